@@ -1,0 +1,62 @@
+"""servekit: define network servers the socketserver way, production grade.
+
+``import servekit as socketserver`` works: every public name of the
+standard library's socketserver (Python 3.11-3.13) is here with the same
+hooks and defaults, with its known faults fixed (``shutdown()`` wakes the
+loop at once, errors go to ``logging``, ``accept()`` backs off when out of
+descriptors, oversized datagrams are reported). ``make_server`` builds a
+server from a listen address with production defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from servekit.addresses import ListenAddress, parse_address
+from servekit.concurrency import (
+    ThreadingMixIn,
+    ThreadingTCPServer,
+    ThreadingUDPServer,
+)
+from servekit.core import BaseServer
+from servekit.factory import make_server
+from servekit.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from servekit.sockets import TCPServer, UDPServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseRequestHandler",
+    "BaseServer",
+    "DatagramRequestHandler",
+    "ListenAddress",
+    "StreamRequestHandler",
+    "TCPServer",
+    "ThreadingMixIn",
+    "ThreadingTCPServer",
+    "ThreadingUDPServer",
+    "UDPServer",
+    "make_server",
+    "parse_address",
+]
+
+if hasattr(os, "fork"):
+    from servekit.concurrency import ForkingMixIn, ForkingTCPServer, ForkingUDPServer
+
+    __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
+
+if hasattr(socket, "AF_UNIX"):
+    from servekit.concurrency import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from servekit.sockets import UnixDatagramServer, UnixStreamServer
+
+    __all__ += [
+        "ThreadingUnixDatagramServer",
+        "ThreadingUnixStreamServer",
+        "UnixDatagramServer",
+        "UnixStreamServer",
+    ]
+    if hasattr(os, "fork"):
+        from servekit.concurrency import ForkingUnixDatagramServer, ForkingUnixStreamServer
+
+        __all__ += ["ForkingUnixDatagramServer", "ForkingUnixStreamServer"]

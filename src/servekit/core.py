@@ -1,0 +1,365 @@
+"""BaseServer: the request loop and its hooks. It knows nothing of sockets.
+
+A request source is anything with ``fileno()`` that turns readable when a
+request is waiting, and a ``get_request()`` that returns ``(request,
+client_address)``. TCP and UDP sockets, Unix sockets, the asyncio engine, ONC
+RPC and a SQL table all plug in here, under the same hooks.
+
+Theory of operation (what differs from the stdlib, and why):
+
+- ``serve_forever`` watches a wake-up pipe beside the request source, so
+  ``shutdown()`` is noticed at once instead of after ``poll_interval``.
+- ``shutdown()`` knows which thread runs the loop: called from that thread
+  (a handler of a synchronous server) it asks the loop to stop and returns
+  instead of waiting for itself; called when no loop runs it returns at once,
+  and a ``serve_forever`` started afterwards returns immediately, as in the
+  stdlib, where the same race is common in tests.
+- Errors go to the ``servekit`` logger, never to stderr by ``print``.
+- A request source that fails for lack of resources (see ``sockets``) pauses
+  the loop for a growing, capped delay instead of spinning at full CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import threading
+import time
+from collections.abc import Callable
+from time import monotonic
+from typing import Any, Self
+
+from servekit._wakeup import Waker
+
+__all__ = ["BaseServer"]
+
+logger = logging.getLogger(__name__)
+
+#: How the server builds a handler: any callable taking (request, client_address, server).
+RequestHandlerFactory = Callable[[Any, Any, "BaseServer"], object]
+
+# poll() needs no extra file descriptor and one system call per wait, where
+# epoll needs both; with two descriptors to watch it is the cheapest.
+if hasattr(selectors, "PollSelector"):
+    _ServerSelector: type[selectors.BaseSelector] = selectors.PollSelector
+else:  # pragma: no cover - platforms without poll()
+    _ServerSelector = selectors.SelectSelector
+
+
+class BaseServer:
+    """Base class for server classes.
+
+    Methods for the caller:
+
+    - __init__(server_address, RequestHandlerClass)
+    - serve_forever(poll_interval=0.5)
+    - shutdown()
+    - handle_request()  # if you do not use serve_forever()
+    - fileno() -> int   # for selector
+
+    Methods that may be overridden:
+
+    - server_bind()
+    - server_activate()
+    - get_request() -> request, client_address
+    - handle_timeout()
+    - verify_request(request, client_address)
+    - server_close()
+    - process_request(request, client_address)
+    - shutdown_request(request)
+    - close_request(request)
+    - service_actions()
+    - handle_error(request, client_address)
+
+    Methods for derived classes:
+
+    - finish_request(request, client_address)
+
+    Class variables that may be overridden by derived classes or instances:
+
+    - timeout
+    - address_family
+    - socket_type
+    - allow_reuse_address
+    - allow_reuse_port
+
+    Instance variables:
+
+    - RequestHandlerClass
+    - socket
+    """
+
+    timeout: float | None = None
+
+    # Class-level defaults keep subclasses that skip BaseServer.__init__ working.
+    _shutdown_flag = False
+    _waker: Waker | None = None
+    _serving_thread: int | None = None
+    _requests_resume_at = 0.0
+
+    def __init__(self, server_address: Any, RequestHandlerClass: RequestHandlerFactory) -> None:
+        """Constructor.  May be extended, do not override."""
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        self.__is_shut_down = threading.Event()
+        self._loop_lock = threading.Lock()
+        self._shutdown_flag = False
+
+    # Code written for the stdlib sets ``server._BaseServer__shutdown_request =
+    # True`` to stop the loop. A property keeps that working and wakes the loop.
+    @property
+    def __shutdown_request(self) -> bool:
+        return self._shutdown_flag
+
+    @__shutdown_request.setter
+    def __shutdown_request(self, value: bool) -> None:
+        self._shutdown_flag = bool(value)
+        waker = self._waker
+        if value and waker is not None:
+            waker.wake()
+
+    def server_activate(self) -> None:
+        """Called by constructor to activate the server.
+
+        May be overridden.
+        """
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle one request at a time until shutdown.
+
+        ``shutdown()`` stops the loop at once. ``poll_interval`` is how often
+        ``service_actions()`` runs while no request arrives. Ignores
+        ``self.timeout``.
+        """
+        self.__is_shut_down.clear()
+        try:
+            if self._shutdown_flag:
+                return  # shutdown() was called before the loop started
+            with _ServerSelector() as selector, Waker() as waker:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(waker, selectors.EVENT_READ)
+                with self._lock():
+                    self._waker = waker
+                    self._serving_thread = threading.get_ident()
+                while not self._shutdown_flag:
+                    ready = self._wait_for_request(selector, waker, poll_interval)
+                    # bpo-35017: shutdown() called during select(), exit immediately.
+                    if self._shutdown_flag:
+                        break
+                    if ready:
+                        self._handle_request_noblock()
+                    self.service_actions()
+        finally:
+            with self._lock():
+                self._waker = None
+                self._serving_thread = None
+                self._shutdown_flag = False
+            self.__is_shut_down.set()
+
+    def _lock(self) -> threading.Lock:
+        lock: threading.Lock | None = self.__dict__.get("_loop_lock")
+        if lock is None:  # a subclass skipped BaseServer.__init__
+            lock = self.__dict__.setdefault("_loop_lock", threading.Lock())
+        return lock
+
+    def _wait_for_request(
+        self, selector: selectors.BaseSelector, waker: Waker, timeout: float | None
+    ) -> bool:
+        """Wait until a request is ready, the loop is woken, or ``timeout`` passes."""
+        paused = self._requests_resume_at - monotonic()
+        if paused > 0:
+            waker.wait(paused if timeout is None else min(paused, timeout))
+            return False
+        ready = False
+        for key, _ in selector.select(timeout):
+            if key.fileobj is waker:
+                waker.drain()
+            else:
+                ready = True
+        return ready
+
+    def shutdown(self) -> None:
+        """Stop the serve_forever loop.
+
+        Blocks until the loop has finished, except when called from the thread
+        running the loop (a handler of a synchronous server), where it returns
+        and the loop stops after the current request. Safe to call when no
+        loop is running: it returns at once.
+        """
+        with self._lock():
+            self._shutdown_flag = True
+            waker = self._waker
+            serving = self._serving_thread
+        if serving is None:
+            return
+        if waker is not None:
+            waker.wake()
+        if serving != threading.get_ident():
+            self.__is_shut_down.wait()
+
+    def fileno(self) -> int:
+        """Return a descriptor that turns readable when a request is waiting.
+
+        A request source must define this and get_request().
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must define fileno() and get_request() to be a request source"
+        )
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Return ``(request, client_address)`` for a waiting request.
+
+        Called when fileno() is readable. Raise OSError to skip this wake-up.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must define fileno() and get_request() to be a request source"
+        )
+
+    def service_actions(self) -> None:
+        """Called by the serve_forever() loop.
+
+        May be overridden by a subclass / Mixin to implement any code that
+        needs to be run during the loop.
+        """
+
+    # The distinction between handling, getting, processing and finishing a
+    # request is fairly arbitrary.  Remember:
+    #
+    # - handle_request() is the top-level call.  It calls selector.select(),
+    #   get_request(), verify_request() and process_request()
+    # - get_request() is different for stream or datagram sockets
+    # - process_request() is the place that may fork a new process or create a
+    #   new thread to finish the request
+    # - finish_request() instantiates the request handler class; this
+    #   constructor will handle the request all by itself
+
+    def handle_request(self) -> None:
+        """Handle one request, possibly blocking.
+
+        Respects self.timeout.
+        """
+        # Support people who used socket.settimeout() to escape
+        # handle_request before self.timeout was available.
+        sock = getattr(self, "socket", None)
+        timeout = sock.gettimeout() if sock is not None else None
+        if timeout is None:
+            timeout = self.timeout
+        elif self.timeout is not None:
+            timeout = min(timeout, self.timeout)
+        deadline = None if timeout is None else monotonic() + timeout
+        # The loop accommodates early wakeups and a paused request source.
+        with _ServerSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            while True:
+                paused = self._requests_resume_at - monotonic()
+                if paused > 0:
+                    wait = paused if timeout is None else min(paused, timeout)
+                    time.sleep(wait)
+                elif selector.select(timeout):
+                    return self._handle_request_noblock()
+                if deadline is not None:
+                    timeout = deadline - monotonic()
+                    if timeout < 0:
+                        return self.handle_timeout()
+
+    def _handle_request_noblock(self) -> None:
+        """Handle one request, without blocking.
+
+        I assume that selector.select() has returned that the socket is
+        readable before this function was called, so there should be no risk of
+        blocking in get_request().
+        """
+        try:
+            request, client_address = self.get_request()
+        except OSError as exc:
+            self._get_request_failed(exc)
+            return
+        if self._requests_resume_at:
+            self._get_request_recovered()
+        if self.verify_request(request, client_address):
+            try:
+                self.process_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+                self.shutdown_request(request)
+            except:
+                self.shutdown_request(request)
+                raise
+        else:
+            self.shutdown_request(request)
+
+    def _get_request_failed(self, exc: OSError) -> None:
+        """Called when get_request() raises OSError. The stdlib ignores it.
+
+        Request sources that can run out of resources override this to log
+        and call ``_pause_requests``.
+        """
+
+    def _pause_requests(self, seconds: float) -> None:
+        """Stop calling get_request() for ``seconds``; shutdown() still wakes the loop."""
+        self._requests_resume_at = monotonic() + seconds
+
+    def _get_request_recovered(self) -> None:
+        """Called on the first successful get_request() after a pause."""
+        self._requests_resume_at = 0.0
+
+    def handle_timeout(self) -> None:
+        """Called if no new request arrives within self.timeout.
+
+        Overridden by ForkingMixIn.
+        """
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Verify the request.  May be overridden.
+
+        Return True if we should proceed with this request.
+        """
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Call finish_request.
+
+        Overridden by ForkingMixIn and ThreadingMixIn.
+        """
+        self.finish_request(request, client_address)
+        self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Called to clean-up the server.
+
+        May be overridden.
+        """
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Finish one request by instantiating RequestHandlerClass."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Called to shutdown and close an individual request."""
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Called to clean up an individual request."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Handle an error gracefully.  May be overridden.
+
+        Called from inside an ``except`` block. The default logs the traceback
+        and the client address at ERROR on the ``servekit.core`` logger, and
+        the server goes on serving.
+        """
+        logger.error(
+            "Exception occurred during processing of request from %s",
+            client_address,
+            exc_info=True,  # noqa: LOG014 - handle_error is called from an except block
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server_close()
+
+    def __repr__(self) -> str:
+        state = " serving" if self._serving_thread is not None else ""
+        return f"<{type(self).__name__} {self.server_address!r}{state}>"

@@ -1,0 +1,178 @@
+"""make_server: a server from a listen address, with production defaults.
+
+The stdlib classes keep the stdlib's defaults (a backlog of 5, no
+SO_REUSEADDR), because code written for them may depend on them. A server
+made here gets what a production server wants instead:
+
+- a listen backlog of at least ``socket.SOMAXCONN`` (the kernel caps it at
+  ``net.core.somaxconn``), so a burst of connections waits in the kernel
+  rather than being refused;
+- SO_REUSEADDR on TCP, so a restart does not fail on TIME_WAIT connections;
+- dual-stack on ``[::]`` where the OS allows, so one socket takes IPv4 too.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Any, Literal
+
+from servekit.addresses import ListenAddress, format_address, parse_address
+from servekit.concurrency import (
+    ForkingTCPServer,
+    ForkingUDPServer,
+    ForkingUnixDatagramServer,
+    ForkingUnixStreamServer,
+    ThreadingTCPServer,
+    ThreadingUDPServer,
+    ThreadingUnixDatagramServer,
+    ThreadingUnixStreamServer,
+)
+from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
+
+if TYPE_CHECKING:
+    from servekit.core import RequestHandlerFactory
+
+__all__ = ["CONCURRENCY_MODELS", "make_server"]
+
+logger = logging.getLogger(__name__)
+
+Concurrency = Literal["threads", "fork", "sync"]
+
+#: The models make_server knows, by name (also the names of ``--concurrency``).
+CONCURRENCY_MODELS: tuple[str, ...] = ("threads", "fork", "sync")
+
+_CLASSES: dict[tuple[str, str], type[TCPServer]] = {
+    ("tcp", "sync"): TCPServer,
+    ("tcp", "threads"): ThreadingTCPServer,
+    ("tcp", "fork"): ForkingTCPServer,
+    ("udp", "sync"): UDPServer,
+    ("udp", "threads"): ThreadingUDPServer,
+    ("udp", "fork"): ForkingUDPServer,
+    ("unix", "sync"): UnixStreamServer,
+    ("unix", "threads"): ThreadingUnixStreamServer,
+    ("unix", "fork"): ForkingUnixStreamServer,
+    ("unix-dgram", "sync"): UnixDatagramServer,
+    ("unix-dgram", "threads"): ThreadingUnixDatagramServer,
+    ("unix-dgram", "fork"): ForkingUnixDatagramServer,
+}
+
+
+def make_server(
+    address: str,
+    handler: RequestHandlerFactory,
+    *,
+    concurrency: Concurrency = "threads",
+    backlog: int | None = None,
+    reuse_port: bool = False,
+    socket_file_mode: int | None = None,
+    max_packet_size: int | None = None,
+) -> TCPServer:
+    """Make a bound, listening server for ``address`` that runs ``handler``.
+
+    ``address`` is any form of ``servekit.addresses`` (``"127.0.0.1:8000"``,
+    ``"udp://[::]:5353"``, ``"unix:/run/app.sock"``, ``"fd://3"``, ...).
+    ``concurrency`` picks how requests run: ``"threads"`` (a thread per
+    request), ``"fork"`` (a process per request) or ``"sync"`` (one at a time).
+    ``backlog`` raises the listen backlog above ``socket.SOMAXCONN``;
+    ``reuse_port`` sets SO_REUSEPORT; ``socket_file_mode`` sets the permission
+    bits of a Unix socket file; ``max_packet_size`` bounds datagrams.
+
+    The bound address is in ``server.server_address`` and logged at INFO.
+    Raises ValueError for a bad address or model, OSError if binding fails.
+    """
+    spec = parse_address(address)
+    if concurrency not in CONCURRENCY_MODELS:
+        raise ValueError(
+            f"unknown concurrency {concurrency!r}; choose one of {', '.join(CONCURRENCY_MODELS)}"
+        )
+    if spec.transport == "fd":
+        try:
+            sock = socket.socket(fileno=spec.address)
+        except OSError as exc:
+            raise ValueError(f"{address}: descriptor {spec.address} is not an open socket") from exc
+        transport = _transport_of(sock, address)
+    else:
+        sock = None
+        transport = spec.transport
+    server = _CLASSES[(transport, concurrency)](spec.address, handler, bind_and_activate=False)
+    try:
+        _configure(server, spec, sock, backlog=backlog, reuse_port=reuse_port)
+        if socket_file_mode is not None:
+            server.socket_file_mode = socket_file_mode  # type: ignore[attr-defined]
+        if max_packet_size is not None:
+            server.max_packet_size = max_packet_size  # type: ignore[attr-defined]
+        if sock is None:
+            server.server_bind()
+            server.server_activate()
+        elif sock.type == socket.SOCK_STREAM and not sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
+            server.server_activate()  # an inherited socket that is bound but not listening
+    except BaseException:
+        server.server_close()
+        raise
+    logger.info("listening on %s (%s, %s)", _describe(server), concurrency, type(server).__name__)
+    return server
+
+
+def _transport_of(sock: socket.socket, address: str) -> str:
+    stream = sock.type == socket.SOCK_STREAM
+    if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        sock.detach()
+        raise ValueError(f"{address}: the inherited socket is neither stream nor datagram")
+    if sock.family == getattr(socket, "AF_UNIX", None):
+        return "unix" if stream else "unix-dgram"
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        return "tcp" if stream else "udp"
+    sock.detach()
+    raise ValueError(f"{address}: the inherited socket is of unsupported family {sock.family!r}")
+
+
+def _configure(
+    server: TCPServer,
+    spec: ListenAddress,
+    sock: socket.socket | None,
+    *,
+    backlog: int | None,
+    reuse_port: bool,
+) -> None:
+    """Give ``server`` the socket and the options ``spec`` calls for, before binding."""
+    server.request_queue_size = max(socket.SOMAXCONN, backlog or 0)
+    server.allow_reuse_port = reuse_port
+    if sock is not None:
+        _replace_socket(server, sock)
+        server.server_address = sock.getsockname()
+        return
+    family = spec.family
+    if family is None:  # a host name: bind to what it resolves to first
+        info = socket.getaddrinfo(
+            spec.address[0], spec.address[1], socket.AF_UNSPEC, server.socket_type,
+            0, socket.AI_PASSIVE,
+        )  # fmt: skip
+        family, _, _, _, sockaddr = info[0]
+        server.server_address = sockaddr[:2]
+    if family != server.address_family:
+        _replace_socket(server, socket.socket(family, server.socket_type))
+    if family in (socket.AF_INET, socket.AF_INET6) and server.socket_type == socket.SOCK_STREAM:
+        server.allow_reuse_address = True
+    if family == socket.AF_INET6 and server.server_address[0] in ("::", ""):
+        _try_dual_stack(server.socket)
+
+
+def _replace_socket(server: TCPServer, sock: socket.socket) -> None:
+    server.socket.close()
+    server.socket = sock
+    server.address_family = sock.family
+
+
+def _try_dual_stack(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    except (AttributeError, OSError):
+        logger.info("dual-stack IPv6 is not available here; [::] serves IPv6 only")
+
+
+def _describe(server: Any) -> str:
+    """The listen address of ``server`` in the form make_server accepts."""
+    return format_address(server.address_family, server.socket_type, server.server_address)

@@ -1,0 +1,160 @@
+"""Request handlers: one instance per request, built by the server.
+
+Subclass one of these and override ``handle()``. The stream and datagram
+handlers give the same ``rfile``/``wfile`` interface, so one handler class can
+serve both kinds of socket.
+"""
+
+from __future__ import annotations
+
+import socket
+from io import BufferedIOBase, BytesIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+    from servekit.core import BaseServer
+
+__all__ = ["BaseRequestHandler", "DatagramRequestHandler", "StreamRequestHandler"]
+
+
+class BaseRequestHandler:
+    """Base class for request handler classes.
+
+    This class is instantiated for each request to be handled.  The
+    constructor sets the instance variables request, client_address
+    and server, and then calls the handle() method.  To implement a
+    specific service, all you need to do is to derive a class which
+    defines a handle() method.
+
+    The handle() method can find the request as self.request, the
+    client address as self.client_address, and the server (in case it
+    needs access to per-server information) as self.server.  Since a
+    separate instance is created for each request, the handle() method
+    can define other arbitrary instance variables.
+
+    Methods that may be overridden: setup(), handle(), finish(). finish()
+    runs even when handle() raises.
+    """
+
+    def __init__(self, request: Any, client_address: Any, server: BaseServer) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+        self.setup()
+        try:
+            self.handle()
+        finally:
+            self.finish()
+
+    def setup(self) -> None:
+        """Prepare for handle(). Called before it."""
+
+    def handle(self) -> None:
+        """Serve the request. Override this."""
+
+    def finish(self) -> None:
+        """Clean up after handle(). Called even if it raised."""
+
+
+# The following two classes make it possible to use the same service
+# class for stream or datagram servers.
+# Each class sets up these instance variables:
+# - rfile: a file object from which receives the request is read
+# - wfile: a file object to which the reply is written
+# When the handle() method returns, wfile is flushed properly
+
+
+class StreamRequestHandler(BaseRequestHandler):
+    """Define self.rfile and self.wfile for stream sockets.
+
+    Class variables that may be overridden:
+
+    - rbufsize: buffer size of rfile (-1: the default buffer size)
+    - wbufsize: buffer size of wfile (0: unbuffered, every write is sent)
+    - timeout: a timeout applied to the connection, if not None
+    - disable_nagle_algorithm: set TCP_NODELAY (useful when wbufsize != 0)
+    """
+
+    # We default rfile to buffered because otherwise it could be really slow
+    # for large data (a recv() per byte); wfile is unbuffered because after a
+    # write() we often want to read, and the reply must have left by then.
+    rbufsize = -1
+    wbufsize = 0
+
+    # A timeout to apply to the request socket, if not None.
+    timeout: float | None = None
+
+    # Disable nagle algorithm for this socket, if True.
+    # Use only when wbufsize != 0, to avoid small packets.
+    disable_nagle_algorithm = False
+
+    connection: socket.socket
+    rfile: BinaryIO
+    wfile: BinaryIO
+
+    def setup(self) -> None:
+        self.connection = self.request
+        if self.timeout is not None:
+            self.connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.rfile = cast("BinaryIO", self.connection.makefile("rb", self.rbufsize))
+        if self.wbufsize == 0:
+            self.wfile = cast("BinaryIO", _SocketWriter(self.connection))
+        else:
+            self.wfile = cast("BinaryIO", self.connection.makefile("wb", self.wbufsize))
+
+    def finish(self) -> None:
+        if not self.wfile.closed:
+            try:
+                self.wfile.flush()
+            except OSError:
+                # A final socket error may have occurred here, such as
+                # the local error ECONNABORTED.
+                pass
+        self.wfile.close()
+        self.rfile.close()
+
+
+class _SocketWriter(BufferedIOBase):
+    """A writable file over a socket that sends each write at once.
+
+    It holds no buffer, so nothing needs flushing.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: ReadableBuffer, /) -> int:
+        self._sock.sendall(b)
+        with memoryview(b) as view:
+            return view.nbytes
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+class DatagramRequestHandler(BaseRequestHandler):
+    """Define self.rfile and self.wfile for datagram sockets.
+
+    The whole datagram is in ``self.packet`` and readable from ``rfile``; what
+    is written to ``wfile`` is sent back as one datagram by finish().
+    """
+
+    packet: bytes
+    socket: socket.socket
+    rfile: BytesIO
+    wfile: BytesIO
+
+    def setup(self) -> None:
+        self.packet, self.socket = self.request
+        self.rfile = BytesIO(self.packet)
+        self.wfile = BytesIO()
+
+    def finish(self) -> None:
+        self.socket.sendto(self.wfile.getvalue(), self.client_address)

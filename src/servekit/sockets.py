@@ -1,0 +1,362 @@
+"""Socket servers: TCP, UDP, Unix stream and Unix datagram.
+
+Each is a request source for ``core.BaseServer``: it binds and listens in the
+constructor (unless ``bind_and_activate=False``) and turns readiness of its
+socket into ``(request, client_address)`` pairs.
+
+Error handling: ``accept()``/``recvmsg()`` failures are sorted by errno. A
+connection that died before it was accepted is skipped quietly; running out of
+descriptors or memory is logged and pauses the loop for a growing delay
+(``ACCEPT_BACKOFF_FIRST`` up to ``ACCEPT_BACKOFF_MAX``) instead of spinning on
+a socket that stays readable; anything else is logged at ERROR and paused the
+same way. A datagram longer than ``max_packet_size`` is dropped and logged,
+never handed to the handler cut short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from servekit.core import BaseServer
+
+if TYPE_CHECKING:
+    from servekit.core import RequestHandlerFactory
+
+__all__ = [
+    "ACCEPT_BACKOFF_FIRST",
+    "ACCEPT_BACKOFF_MAX",
+    "ACCEPT_CAPACITY_ERRNOS",
+    "TCPServer",
+    "UDPServer",
+    "UnixDatagramServer",
+    "UnixStreamServer",
+]
+
+logger = logging.getLogger(__name__)
+
+#: accept() ran out of a resource; retrying at once would fail the same way
+#: and spin, so the loop pauses instead.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+# The one connection is lost, not the listener: the peer reset before accept()
+# returned, another process took it, or Linux reports a pending network error
+# of the new socket from accept() (accept(2), "Error handling"). Datagram
+# sockets report ICMP errors of earlier sends the same way.
+_SKIP_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED", "EAGAIN", "EWOULDBLOCK", "EINTR", "EPROTO", "EPERM", "ENETDOWN",
+        "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH",
+        "ECONNREFUSED", "ECONNRESET", "EMSGSIZE",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+
+#: First pause after a resource failure, in seconds. Short, because a
+#: descriptor is often freed within milliseconds by a finishing request.
+ACCEPT_BACKOFF_FIRST = 0.01
+#: The pause doubles on each failure in a row up to this, so a server out of
+#: descriptors for minutes costs a few system calls a second and recovers
+#: within a second of them coming back.
+ACCEPT_BACKOFF_MAX = 1.0
+
+
+class TCPServer(BaseServer):
+    """Base class for various socket-based server classes.
+
+    Defaults to synchronous IP stream (i.e., TCP).
+
+    Methods for the caller:
+
+    - __init__(server_address, RequestHandlerClass, bind_and_activate=True)
+    - serve_forever(poll_interval=0.5)
+    - shutdown()
+    - handle_request()  # if you don't use serve_forever()
+    - fileno() -> int   # for selector
+
+    Methods that may be overridden:
+
+    - server_bind()
+    - server_activate()
+    - get_request() -> request, client_address
+    - handle_timeout()
+    - verify_request(request, client_address)
+    - process_request(request, client_address)
+    - shutdown_request(request)
+    - close_request(request)
+    - handle_error()
+
+    Methods for derived classes:
+
+    - finish_request(request, client_address)
+
+    Class variables that may be overridden by derived classes or instances:
+
+    - timeout
+    - address_family
+    - socket_type
+    - request_queue_size (only for stream sockets)
+    - allow_reuse_address
+    - allow_reuse_port
+
+    Instance variables:
+
+    - server_address
+    - RequestHandlerClass
+    - socket
+    """
+
+    address_family: int = socket.AF_INET
+    socket_type: int = socket.SOCK_STREAM
+    request_queue_size = 5
+    allow_reuse_address = False
+    allow_reuse_port = False
+
+    _request_failures = 0
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: RequestHandlerFactory,
+        bind_and_activate: bool = True,
+    ) -> None:
+        """Constructor.  May be extended, do not override."""
+        BaseServer.__init__(self, server_address, RequestHandlerClass)
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except:
+                self.server_close()
+                raise
+
+    def server_bind(self) -> None:
+        """Called by constructor to bind the socket.
+
+        May be overridden.
+        """
+        if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Called by constructor to activate the server.
+
+        May be overridden.
+        """
+        self.socket.listen(self.request_queue_size)
+
+    def server_close(self) -> None:
+        """Called to clean-up the server.
+
+        May be overridden.
+        """
+        self.socket.close()
+
+    def fileno(self) -> int:
+        """Return socket file number.
+
+        Interface required by selector.
+        """
+        return self.socket.fileno()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Get the request and client address from the socket.
+
+        May be overridden.
+        """
+        return self.socket.accept()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Called to shutdown and close an individual request."""
+        try:
+            # Explicitly shutdown: socket.close() merely releases the socket
+            # and waits for GC to perform the actual close.
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # some platforms may raise ENOTCONN here
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Called to clean up an individual request."""
+        request.close()
+
+    def _get_request_failed(self, exc: OSError) -> None:
+        if exc.errno is None or exc.errno in _SKIP_ERRNOS:
+            return  # one request lost, not the source: serve the next one
+        self._request_failures += 1
+        delay = min(ACCEPT_BACKOFF_FIRST * 2 ** (self._request_failures - 1), ACCEPT_BACKOFF_MAX)
+        self._pause_requests(delay)
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+            level = logging.WARNING if self._request_failures == 1 else logging.DEBUG
+            logger.log(
+                level,
+                "%s: cannot take a new request (%s: %s); pausing %.2fs (failure %d in a row). "
+                "Raise the open-file limit (ulimit -n) or lower the load.",
+                self, name, exc.strerror, delay, self._request_failures,
+            )  # fmt: skip
+        else:
+            logger.error(
+                "%s: getting a request failed (%s: %s); pausing %.2fs (failure %d in a row)",
+                self, name, exc.strerror, delay, self._request_failures,
+            )  # fmt: skip
+
+    def _get_request_recovered(self) -> None:
+        super()._get_request_recovered()
+        if self._request_failures:
+            logger.info("%s: taking requests again after %d failures", self, self._request_failures)
+            self._request_failures = 0
+
+
+class UDPServer(TCPServer):
+    """UDP server class.
+
+    ``max_packet_size`` is the largest datagram accepted; a longer one is
+    dropped with a warning on the ``servekit.sockets`` logger.
+    """
+
+    allow_reuse_address = False
+    allow_reuse_port = False
+    socket_type = socket.SOCK_DGRAM
+    max_packet_size = 8192
+
+    def get_request(self) -> tuple[Any, Any]:
+        # recvmsg, not recvfrom, because only its flags tell that the kernel
+        # cut the datagram to fit (MSG_TRUNC).
+        data, _, flags, client_addr = self.socket.recvmsg(self.max_packet_size)
+        if flags & socket.MSG_TRUNC:
+            logger.warning(
+                "%s: dropped a datagram from %r longer than max_packet_size=%d; "
+                "raise max_packet_size to accept it",
+                self, client_addr, self.max_packet_size,
+            )  # fmt: skip
+            raise OSError(errno.EMSGSIZE, "datagram longer than max_packet_size")
+        return (data, self.socket), client_addr
+
+    def server_activate(self) -> None:
+        # No need to call listen() for UDP.
+        pass
+
+    def shutdown_request(self, request: Any) -> None:
+        # No need to shutdown anything.
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        # No need to close anything.
+        pass
+
+
+def _is_filesystem_path(address: Any) -> bool:
+    """True for a Unix socket path that names a file (not abstract, not unnamed)."""
+    if isinstance(address, (str, bytes, os.PathLike)):
+        path = os.fsencode(address)
+        return bool(path) and not path.startswith(b"\0")
+    return False
+
+
+class _UnixSocketFile(TCPServer):
+    """Manage the file of a Unix socket bound to a filesystem path.
+
+    - binding over the file of a live server fails with EADDRINUSE;
+    - the file of a dead server (connect() is refused) is replaced;
+    - any other kind of file is left alone and binding fails;
+    - ``socket_file_mode``, when set, is applied to the file before clients
+      can connect;
+    - server_close() removes the file, if it is still the one this server made
+      and this is the process that made it.
+
+    Abstract-namespace names (a leading NUL byte) have no file and none of this applies.
+    """
+
+    #: Permission bits for the socket file (say 0o660), or None for the umask's.
+    socket_file_mode: int | None = None
+
+    _bound_file: tuple[str | bytes, int, int, int] | None = None
+
+    def server_bind(self) -> None:
+        path = self.server_address
+        if _is_filesystem_path(path):
+            self._remove_stale_socket_file(path)
+        super().server_bind()
+        if _is_filesystem_path(path):
+            if self.socket_file_mode is not None:
+                os.chmod(path, self.socket_file_mode)
+            st = os.stat(path)
+            self._bound_file = (path, st.st_dev, st.st_ino, os.getpid())
+
+    def _remove_stale_socket_file(self, path: str | bytes) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FileExistsError(
+                errno.EEXIST,
+                f"{path!r} exists and is not a socket; remove it or choose another path",
+            )
+        with socket.socket(socket.AF_UNIX, self.socket_type) as probe:
+            probe.setblocking(False)
+            try:
+                probe.connect(path)
+            except ConnectionRefusedError:
+                pass  # nobody listens: stale
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EPROTOTYPE):
+                    return  # cannot tell (permissions?): let bind() report it
+                self._refuse_live(path)
+            else:
+                self._refuse_live(path)
+        logger.info("%s: removing stale socket file %r left by a stopped server", self, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def _refuse_live(self, path: str | bytes) -> NoReturn:
+        raise OSError(
+            errno.EADDRINUSE,
+            f"a running server is listening on {path!r}; stop it or choose another path",
+        )
+
+    def server_close(self) -> None:
+        super().server_close()
+        bound, self._bound_file = self._bound_file, None
+        if bound is None:
+            return
+        path, dev, ino, pid = bound
+        if pid != os.getpid():
+            return  # a forked child: the file belongs to its parent
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.unlink(path)
+
+
+if hasattr(socket, "AF_UNIX"):
+
+    class UnixStreamServer(_UnixSocketFile, TCPServer):
+        """A stream server on a Unix socket.
+
+        Beyond the stdlib: see ``socket_file_mode`` and the handling of an
+        existing socket file, described on ``_UnixSocketFile``.
+        """
+
+        address_family = socket.AF_UNIX
+
+    class UnixDatagramServer(_UnixSocketFile, UDPServer):
+        """A datagram server on a Unix socket; its file is managed as for UnixStreamServer."""
+
+        address_family = socket.AF_UNIX
