@@ -1,0 +1,75 @@
+"""Shared helpers: run a server in a thread, bounded, and talk to it on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: Upper bound on any single wait in a test; generous, because CI machines stall.
+WAIT = 10.0
+
+
+def _has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+HAS_IPV6 = _has_ipv6()
+requires_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback on this machine")
+
+
+@contextlib.contextmanager
+def serving(server: Any, poll_interval: float = 0.5) -> Iterator[Any]:
+    """Run ``server.serve_forever`` in a thread; stop and close it on exit, bounded."""
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": poll_interval}, daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(WAIT)
+        thread.join(WAIT)
+        server.server_close()
+        assert not thread.is_alive(), "serve_forever did not stop within the bound"
+
+
+def connect(address: Any, family: int = socket.AF_INET) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(WAIT)
+    sock.connect(address)
+    return sock
+
+
+def recv_until(sock: socket.socket, end: bytes = b"\n") -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short directory for Unix sockets (their paths are limited to ~108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="sk", dir="/tmp"))
+    yield path
+    shutil.rmtree(path)
