@@ -1,0 +1,170 @@
+"""make_server: every listen-address form, production defaults, and clear errors."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import servekit
+from tests.conftest import WAIT, connect, recv_until, requires_ipv6, serving
+
+
+class Echo(servekit.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+class DatagramEcho(servekit.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+def _stream_ok(address: Any, family: int = socket.AF_INET) -> None:
+    with connect(address, family) as client:
+        client.sendall(b"hi\n")
+        assert recv_until(client) == b"hi\n"
+
+
+def _dgram_ok(address: Any, family: int = socket.AF_INET, bind: Any = None) -> None:
+    with socket.socket(family, socket.SOCK_DGRAM) as client:
+        client.settimeout(WAIT)
+        if bind is not None:
+            client.bind(bind)
+        client.sendto(b"ping", address)
+        assert client.recv(100) == b"ping"
+
+
+@pytest.mark.parametrize("concurrency", ["threads", "fork", "sync"])
+def test_tcp_with_production_defaults(
+    concurrency: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="servekit")
+    with serving(servekit.make_server("127.0.0.1:0", Echo, concurrency=concurrency)) as server:
+        sock = server.socket
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        assert server.request_queue_size >= socket.SOMAXCONN
+        _stream_ok(server.server_address)
+    port = server.server_address[1]
+    assert any(f"listening on tcp://127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
+
+
+def test_model_picks_the_stdlib_class() -> None:
+    for concurrency, cls in [
+        ("threads", servekit.ThreadingTCPServer),
+        ("fork", servekit.ForkingTCPServer),
+        ("sync", servekit.TCPServer),
+    ]:
+        with servekit.make_server("127.0.0.1:0", Echo, concurrency=concurrency) as server:  # type: ignore[arg-type]
+            assert type(server) is cls
+
+
+def test_backlog_option() -> None:
+    with servekit.make_server("127.0.0.1:0", Echo, backlog=10000) as server:
+        assert server.request_queue_size == 10000
+
+
+@pytest.mark.parametrize("concurrency", ["threads", "sync"])
+def test_udp(concurrency: Any) -> None:
+    with serving(
+        servekit.make_server("udp://127.0.0.1:0", DatagramEcho, concurrency=concurrency)
+    ) as server:
+        assert isinstance(server, servekit.UDPServer)
+        _dgram_ok(server.server_address)
+
+
+@requires_ipv6
+def test_ipv6_loopback() -> None:
+    with serving(servekit.make_server("[::1]:0", Echo)) as server:
+        assert server.address_family == socket.AF_INET6
+        _stream_ok(server.server_address, socket.AF_INET6)
+
+
+@requires_ipv6
+def test_ipv6_any_is_dual_stack() -> None:
+    with serving(servekit.make_server("[::]:0", Echo)) as server:
+        assert server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        port = server.server_address[1]
+        _stream_ok(("::1", port), socket.AF_INET6)
+        _stream_ok(("127.0.0.1", port))
+
+
+@requires_ipv6
+def test_udp_ipv6() -> None:
+    with serving(servekit.make_server("udp://[::1]:0", DatagramEcho)) as server:
+        _dgram_ok(server.server_address, socket.AF_INET6)
+
+
+def test_host_name_is_resolved() -> None:
+    with serving(servekit.make_server("localhost:0", Echo)) as server:
+        _stream_ok(server.server_address, server.address_family)
+
+
+def test_unix_stream_and_mode(sock_dir: Path) -> None:
+    path = sock_dir / "m.sock"
+    with serving(servekit.make_server(f"unix:{path}", Echo, socket_file_mode=0o640)) as server:
+        assert isinstance(server, servekit.ThreadingUnixStreamServer)
+        assert (path.stat().st_mode & 0o777) == 0o640
+        _stream_ok(str(path), socket.AF_UNIX)
+    assert not path.exists()
+
+
+def test_unix_datagram(sock_dir: Path) -> None:
+    path = sock_dir / "d.sock"
+    with serving(servekit.make_server(f"unix-dgram:{path}", DatagramEcho)) as server:
+        assert isinstance(server, servekit.UnixDatagramServer)
+        _dgram_ok(str(path), socket.AF_UNIX, bind=str(sock_dir / "c.sock"))
+
+
+def test_unix_abstract() -> None:
+    with serving(servekit.make_server("unix:@servekit-factory-test", Echo)) as server:
+        _stream_ok(server.server_address, socket.AF_UNIX)
+
+
+def test_max_packet_size_option() -> None:
+    with servekit.make_server("udp://127.0.0.1:0", DatagramEcho, max_packet_size=65535) as s:
+        assert s.max_packet_size == 65535  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("listening", [True, False])
+def test_inherited_stream_socket(listening: bool) -> None:
+    inherited = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    inherited.bind(("127.0.0.1", 0))
+    if listening:
+        inherited.listen()
+    fd = inherited.detach()
+    with serving(servekit.make_server(f"fd://{fd}", Echo)) as server:
+        assert server.socket.fileno() == fd
+        assert isinstance(server, servekit.ThreadingTCPServer)
+        _stream_ok(server.server_address)
+
+
+def test_inherited_datagram_socket() -> None:
+    inherited = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inherited.bind(("127.0.0.1", 0))
+    fd = inherited.detach()
+    with serving(servekit.make_server(f"fd://{fd}", DatagramEcho)) as server:
+        assert isinstance(server, servekit.ThreadingUDPServer)
+        _dgram_ok(server.server_address)
+
+
+def test_inherited_descriptor_that_is_not_a_socket(tmp_path: Path) -> None:
+    with open(tmp_path / "f", "w") as f, pytest.raises(ValueError, match="not an open socket"):
+        servekit.make_server(f"fd://{f.fileno()}", Echo)
+
+
+def test_bad_address_and_bad_model_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="accepted forms"):
+        servekit.make_server("nonsense", Echo)
+    with pytest.raises(ValueError, match="choose one of threads, fork, sync"):
+        servekit.make_server("127.0.0.1:0", Echo, concurrency="greenlets")  # type: ignore[arg-type]
+
+
+def test_bind_failure_is_an_os_error_and_leaks_nothing() -> None:
+    with servekit.make_server("127.0.0.1:0", Echo) as taken:
+        port = taken.server_address[1]
+        with pytest.raises(OSError, match="in use"):
+            servekit.make_server(f"127.0.0.1:{port}", Echo)
