@@ -68,7 +68,8 @@ def test_bad_addresses_name_the_bad_part_and_the_forms(text: str, names: str) ->
 )  # fmt: skip
 def test_format_reads_back(text: str) -> None:
     parsed = parse_address(text)
-    assert parsed.family is not None and parsed.socket_type is not None
+    assert parsed.family is not None
+    assert parsed.socket_type is not None
     assert format_address(parsed.family, parsed.socket_type, parsed.address) == text
 
 
@@ -77,4 +78,7 @@ def test_parser_never_fails_unexpectedly(text: str) -> None:
     try:
         parse_address(text)
     except ValueError as exc:
-        assert "accepted forms" in str(exc)
+        message = str(exc)
+    else:
+        return
+    assert "accepted forms" in message

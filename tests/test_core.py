@@ -157,7 +157,8 @@ def test_handle_error_logs_traceback_and_address_not_stderr(
     record = errors[0]
     assert record.name.startswith("servekit")
     assert str(port) in record.getMessage()
-    assert record.exc_info is not None and record.exc_info[0] is ValueError
+    assert record.exc_info is not None
+    assert record.exc_info[0] is ValueError
     assert capfd.readouterr().err == ""
 
 
@@ -165,7 +166,7 @@ def test_handle_error_override_may_reraise() -> None:
     class Strict(servekit.TCPServer):
         def handle_error(self, request: Any, client_address: Any) -> None:
             self.close_request(request)
-            raise  # noqa: PLE0704 - the stdlib's own tests do this
+            raise
 
     with Strict(LOCAL, Boom) as server, connect(server.server_address) as client:
         client.sendall(b"x\n")
@@ -178,9 +179,12 @@ def test_base_exceptions_are_not_swallowed() -> None:
         def handle(self) -> None:
             raise SystemExit(3)
 
-    with servekit.TCPServer(LOCAL, Quit) as server, connect(server.server_address):
-        with pytest.raises(SystemExit):
-            server.handle_request()
+    with (
+        servekit.TCPServer(LOCAL, Quit) as server,
+        connect(server.server_address),
+        pytest.raises(SystemExit),
+    ):
+        server.handle_request()
 
 
 # -- the ways real code subclasses the stdlib --------------------------------
@@ -294,7 +298,8 @@ def test_service_actions_run_while_idle() -> None:
 
 def test_repr_says_what_the_server_is_doing() -> None:
     with servekit.TCPServer(LOCAL, Echo) as server:
-        assert "TCPServer" in repr(server) and "serving" not in repr(server)
+        assert "TCPServer" in repr(server)
+        assert "serving" not in repr(server)
         with serving(server):
             assert _round_trip(server) == b"hi\n"
             assert "serving" in repr(server)

@@ -39,9 +39,7 @@ def _dgram_ok(address: Any, family: int = socket.AF_INET, bind: Any = None) -> N
 
 
 @pytest.mark.parametrize("concurrency", ["threads", "fork", "sync"])
-def test_tcp_with_production_defaults(
-    concurrency: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_tcp_with_production_defaults(concurrency: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="servekit")
     with serving(servekit.make_server("127.0.0.1:0", Echo, concurrency=concurrency)) as server:
         sock = server.socket

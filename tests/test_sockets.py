@@ -32,7 +32,9 @@ def test_out_of_descriptors_backs_off_and_recovers() -> None:
         [sys.executable, str(PROGRAMS / "emfile_server.py")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert proc.stdin and proc.stdout and proc.stderr
+    assert proc.stdin
+    assert proc.stdout
+    assert proc.stderr
     watchdog = threading.Timer(50, proc.kill)
     watchdog.start()
     clients: list[socket.socket] = []
