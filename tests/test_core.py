@@ -384,3 +384,16 @@ def test_forking_server_reaps_children_on_close() -> None:
         for _ in range(3):
             assert _round_trip(server) == b"hi\n"
     assert not server.active_children
+
+
+def test_subclass_state_does_not_collide_with_the_loops() -> None:
+    class Stateful(servekit.ThreadingTCPServer):
+        def __init__(self, *args: Any) -> None:
+            self._lock = "mine"
+            self._waker = "mine"
+            self._serving_thread = "mine"
+            super().__init__(*args)
+
+    with serving(Stateful(LOCAL, Echo), poll_interval=NEVER) as server:
+        assert _round_trip(server) == b"hi\n"
+    assert (server._lock, server._waker, server._serving_thread) == ("mine",) * 3

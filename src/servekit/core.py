@@ -92,9 +92,12 @@ class BaseServer:
     timeout: float | None = None
 
     # Class-level defaults keep subclasses that skip BaseServer.__init__ working.
+    # The loop's own state has mangled names, as in the stdlib, so that a
+    # subclass's ``self._lock`` or ``self._waker`` cannot collide with it.
+    __loop_lock = threading.Lock()
+    __waker: Waker | None = None
+    __serving_thread: int | None = None
     _shutdown_flag = False
-    _waker: Waker | None = None
-    _serving_thread: int | None = None
     _requests_resume_at = 0.0
 
     def __init__(self, server_address: Any, RequestHandlerClass: RequestHandlerFactory) -> None:
@@ -102,7 +105,7 @@ class BaseServer:
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self.__is_shut_down = threading.Event()
-        self._loop_lock = threading.Lock()
+        self.__loop_lock = threading.Lock()
         self._shutdown_flag = False
 
     # Code written for the stdlib sets ``server._BaseServer__shutdown_request =
@@ -114,7 +117,7 @@ class BaseServer:
     @__shutdown_request.setter
     def __shutdown_request(self, value: bool) -> None:
         self._shutdown_flag = bool(value)
-        waker = self._waker
+        waker = self.__waker
         if value and waker is not None:
             waker.wake()
 
@@ -138,9 +141,9 @@ class BaseServer:
             with _ServerSelector() as selector, Waker() as waker:
                 selector.register(self, selectors.EVENT_READ)
                 selector.register(waker, selectors.EVENT_READ)
-                with self._lock():
-                    self._waker = waker
-                    self._serving_thread = threading.get_ident()
+                with self.__loop_lock:
+                    self.__waker = waker
+                    self.__serving_thread = threading.get_ident()
                 while not self._shutdown_flag:
                     ready = self._wait_for_request(selector, waker, poll_interval)
                     # bpo-35017: shutdown() called during select(), exit immediately.
@@ -150,17 +153,11 @@ class BaseServer:
                         self._handle_request_noblock()
                     self.service_actions()
         finally:
-            with self._lock():
-                self._waker = None
-                self._serving_thread = None
+            with self.__loop_lock:
+                self.__waker = None
+                self.__serving_thread = None
                 self._shutdown_flag = False
             self.__is_shut_down.set()
-
-    def _lock(self) -> threading.Lock:
-        lock: threading.Lock | None = self.__dict__.get("_loop_lock")
-        if lock is None:  # a subclass skipped BaseServer.__init__
-            lock = self.__dict__.setdefault("_loop_lock", threading.Lock())
-        return lock
 
     def _wait_for_request(
         self, selector: selectors.BaseSelector, waker: Waker, timeout: float | None
@@ -186,10 +183,10 @@ class BaseServer:
         and the loop stops after the current request. Safe to call when no
         loop is running: it returns at once.
         """
-        with self._lock():
+        with self.__loop_lock:
             self._shutdown_flag = True
-            waker = self._waker
-            serving = self._serving_thread
+            waker = self.__waker
+            serving = self.__serving_thread
         if serving is None:
             return
         if waker is not None:
@@ -361,5 +358,5 @@ class BaseServer:
         self.server_close()
 
     def __repr__(self) -> str:
-        state = " serving" if self._serving_thread is not None else ""
+        state = " serving" if self.__serving_thread is not None else ""
         return f"<{type(self).__name__} {self.server_address!r}{state}>"
