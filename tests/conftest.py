@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import socket
 import tempfile
@@ -73,3 +74,39 @@ def sock_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="sk", dir="/tmp"))
     yield path
     shutil.rmtree(path)
+
+
+class LogWatcher(logging.Handler):
+    """Collects servekit's log records; ``wait_for(text)`` blocks until one contains text."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def messages(self) -> list[str]:
+        with self._changed:
+            return [r.getMessage() for r in self.records]
+
+    def wait_for(self, text: str, count: int = 1) -> bool:
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: sum(text in r.getMessage() for r in self.records) >= count, WAIT
+            )
+
+
+@pytest.fixture
+def servekit_log() -> Iterator[LogWatcher]:
+    watcher = LogWatcher()
+    logger = logging.getLogger("servekit")
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(watcher)
+    yield watcher
+    logger.removeHandler(watcher)
+    logger.setLevel(old_level)

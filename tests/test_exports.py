@@ -7,7 +7,17 @@ import socketserver
 
 import servekit
 
-OWN_NAMES = {"ListenAddress", "make_server", "parse_address"}
+OWN_NAMES = {
+    "ListenAddress",
+    "StatsSnapshot",
+    "ThreadPoolMixIn",
+    "ThreadPoolTCPServer",
+    "ThreadPoolUDPServer",
+    "ThreadPoolUnixDatagramServer",
+    "ThreadPoolUnixStreamServer",
+    "make_server",
+    "parse_address",
+}
 #: Added to socketserver in Python 3.12; servekit has them on 3.11 too.
 NEWER_STDLIB_NAMES = {"ForkingUnixStreamServer", "ForkingUnixDatagramServer"}
 

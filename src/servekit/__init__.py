@@ -18,11 +18,15 @@ from servekit.concurrency import (
     ThreadingMixIn,
     ThreadingTCPServer,
     ThreadingUDPServer,
+    ThreadPoolMixIn,
+    ThreadPoolTCPServer,
+    ThreadPoolUDPServer,
 )
 from servekit.core import BaseServer
 from servekit.factory import make_server
 from servekit.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from servekit.sockets import TCPServer, UDPServer
+from servekit.stats import StatsSnapshot
 
 __version__ = "0.1.0"
 
@@ -31,8 +35,12 @@ __all__ = [
     "BaseServer",
     "DatagramRequestHandler",
     "ListenAddress",
+    "StatsSnapshot",
     "StreamRequestHandler",
     "TCPServer",
+    "ThreadPoolMixIn",
+    "ThreadPoolTCPServer",
+    "ThreadPoolUDPServer",
     "ThreadingMixIn",
     "ThreadingTCPServer",
     "ThreadingUDPServer",
@@ -47,10 +55,17 @@ if hasattr(os, "fork"):
     __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
 
 if hasattr(socket, "AF_UNIX"):
-    from servekit.concurrency import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from servekit.concurrency import (
+        ThreadingUnixDatagramServer,
+        ThreadingUnixStreamServer,
+        ThreadPoolUnixDatagramServer,
+        ThreadPoolUnixStreamServer,
+    )
     from servekit.sockets import UnixDatagramServer, UnixStreamServer
 
     __all__ += [
+        "ThreadPoolUnixDatagramServer",
+        "ThreadPoolUnixStreamServer",
         "ThreadingUnixDatagramServer",
         "ThreadingUnixStreamServer",
         "UnixDatagramServer",

@@ -41,9 +41,10 @@ class Waker:
         except (BlockingIOError, InterruptedError):
             pass
 
-    def wait(self, timeout: float) -> bool:
-        """Block until woken or ``timeout`` seconds pass; True if woken."""
-        readable, _, _ = select.select([self._reader], [], [], max(timeout, 0.0))
+    def wait(self, timeout: float | None) -> bool:
+        """Block until woken or ``timeout`` seconds pass (None: no limit); True if woken."""
+        delay = None if timeout is None else max(timeout, 0.0)
+        readable, _, _ = select.select([self._reader], [], [], delay)
         if readable:
             self.drain()
         return bool(readable)

@@ -7,25 +7,70 @@ mixins override ``process_request`` (where a request is handed off) and
 - ``ThreadingMixIn``: a new thread per request (the stdlib's semantics).
 - ``ForkingMixIn``: a new child process per request, at most ``max_children``
   at once (the stdlib's semantics).
+- ``ThreadPoolMixIn``: at most ``max_workers`` reused threads and
+  ``max_pending`` queued requests; when both are full the server stops
+  accepting until one finishes.
+
+Stopping: ``shutdown()`` stops accepting; ``server_close()`` then lets the
+requests in flight finish within ``shutdown_timeout`` seconds (None: wait for
+ever, the stdlib's behaviour), cuts the connections still open after that,
+and logs how many it cut.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 import threading
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from servekit._pool import WorkerPool
 from servekit.sockets import TCPServer, UDPServer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from servekit.core import BaseServer
 
     _MixinBase = BaseServer
 else:
     _MixinBase = object
 
-__all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
+__all__ = [
+    "ThreadPoolMixIn",
+    "ThreadPoolTCPServer",
+    "ThreadPoolUDPServer",
+    "ThreadingMixIn",
+    "ThreadingTCPServer",
+    "ThreadingUDPServer",
+]
+
+logger = logging.getLogger(__name__)
+
+#: After shutdown_timeout, connections are cut; handlers then get this long to
+#: notice (a read returns EOF, a write fails) and return.
+CUT_GRACE = 5.0
+
+
+def _drain(server: Any, wait: Callable[[float | None], bool]) -> None:
+    """Wait for requests in flight up to ``server.shutdown_timeout``, then cut the rest.
+
+    ``wait(timeout)`` blocks until every request has finished or ``timeout``
+    passes, and says which.
+    """
+    timeout = server.shutdown_timeout
+    if wait(timeout):
+        return
+    cut = server._cut_requests()
+    logger.warning(
+        "%s: cut %d connection(s) still open after shutdown_timeout=%ss", server, cut, timeout
+    )
+    if not wait(CUT_GRACE):
+        logger.error("%s: requests still running %ss after their connections were cut",
+                     server, CUT_GRACE)  # fmt: skip
 
 
 if hasattr(os, "fork"):
@@ -58,8 +103,8 @@ if hasattr(os, "fork"):
             # reaping children we did not spawn, hence only above max_children.
             while len(self.active_children) >= self.max_children:
                 try:
-                    pid, _ = os.waitpid(-1, 0)
-                    self.active_children.discard(pid)
+                    pid, status = os.waitpid(-1, 0)
+                    self._child_exited(pid, status)
                 except ChildProcessError:
                     # we don't have any children, we're done
                     self.active_children.clear()
@@ -70,15 +115,60 @@ if hasattr(os, "fork"):
             for pid in self.active_children.copy():
                 try:
                     flags = 0 if blocking else os.WNOHANG
-                    pid, _ = os.waitpid(pid, flags)
+                    pid, status = os.waitpid(pid, flags)
                     # if the child hasn't exited yet, pid will be 0 and ignored
-                    # by discard() below
-                    self.active_children.discard(pid)
+                    if pid:
+                        self._child_exited(pid, status)
                 except ChildProcessError:
                     # someone else reaped it
                     self.active_children.discard(pid)
                 except OSError:
                     pass
+
+        def _child_exited(self, pid: int, status: int) -> None:
+            if self.active_children is not None:
+                self.active_children.discard(pid)
+            if os.waitstatus_to_exitcode(status) != 0:
+                self._counters.error()  # the child's handle_error ran there
+            if len(self.active_children or ()) == self.max_children - 1:
+                self._wake_loop()
+
+        def _open_requests(self) -> int:
+            return super()._open_requests() + len(self.active_children or ())
+
+        def _ready_for_request(self) -> bool:
+            # Above max_children, process_request would block in waitpid();
+            # waiting here instead keeps shutdown() responsive.
+            if len(self.active_children or ()) >= self.max_children:
+                self.collect_children()
+                if len(self.active_children or ()) >= self.max_children:
+                    return False
+            return super()._ready_for_request()
+
+        def _cut_requests(self) -> int:
+            children = list(self.active_children or ())
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            return len(children)
+
+        def _children_done(self, timeout: float | None) -> bool:
+            """Reap children until none is left or ``timeout`` passes."""
+            if timeout is None:
+                self.collect_children(blocking=True)
+                return True
+            deadline = monotonic() + timeout
+            while True:
+                self.collect_children()
+                if not self.active_children:
+                    return True
+                if monotonic() >= deadline:
+                    return False
+                # No event tells a parent a child exited without a signal
+                # handler it may not own; poll children at a modest rate.
+                threading.Event().wait(min(0.02, max(0.0, deadline - monotonic())))
 
         def handle_timeout(self) -> None:
             """Wait for zombies after self.timeout seconds of inactivity.
@@ -119,7 +209,12 @@ if hasattr(os, "fork"):
 
         def server_close(self) -> None:
             super().server_close()
-            self.collect_children(blocking=self.block_on_close)
+            if not self.block_on_close:
+                self.collect_children()
+            elif self.shutdown_timeout is None:
+                self.collect_children(blocking=True)
+            else:
+                _drain(self, self._children_done)
 
     __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
 
@@ -137,9 +232,17 @@ class _Threads(list[threading.Thread]):
         self[:], result = [], self[:]
         return result
 
-    def join(self) -> None:
-        for thread in self.pop_all():
-            thread.join()
+    def join(self, timeout: float | None = None) -> bool:
+        """Join every thread; with a timeout, True if all ended in time."""
+        if timeout is None:
+            for thread in self.pop_all():
+                thread.join()
+            return True
+        deadline = monotonic() + timeout
+        for thread in list(self):
+            thread.join(max(0.0, deadline - monotonic()))
+        self.reap()
+        return not self
 
     def reap(self) -> None:
         self[:] = (thread for thread in self if thread.is_alive())
@@ -151,8 +254,8 @@ class _NoThreads:
     def append(self, thread: threading.Thread) -> None:
         pass
 
-    def join(self) -> None:
-        pass
+    def join(self, timeout: float | None = None) -> bool:
+        return True
 
 
 class ThreadingMixIn(_MixinBase):
@@ -179,7 +282,7 @@ class ThreadingMixIn(_MixinBase):
         try:
             self.finish_request(request, client_address)
         except Exception:
-            self.handle_error(request, client_address)
+            self._report_error(request, client_address)
         finally:
             self.shutdown_request(request)
 
@@ -194,7 +297,78 @@ class ThreadingMixIn(_MixinBase):
 
     def server_close(self) -> None:
         super().server_close()
-        self._threads.join()
+        if self.shutdown_timeout is None:
+            self._threads.join()
+        else:
+            _drain(self, self._threads.join)
+
+
+class ThreadPoolMixIn(_MixinBase):
+    """Mix-in class to handle requests on a bounded pool of reused threads.
+
+    Class variables that may be overridden:
+
+    - max_workers: threads at most; started as requests need them, then kept
+    - max_pending: requests accepted and waiting for a free thread; when
+      workers and queue are all taken, the server stops accepting (clients
+      wait in the kernel's backlog) and resumes as soon as one finishes
+    """
+
+    max_workers = 32
+    max_pending = 64
+
+    _pool: WorkerPool | None = None
+    _pool_full = False
+
+    def _worker_pool(self) -> WorkerPool:
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = WorkerPool(
+                self.process_request_thread,
+                max_workers=self.max_workers,
+                max_pending=self.max_pending,
+                on_room=self._pool_has_room,
+                name=type(self).__name__,
+            )
+        return pool
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Run one request on a worker thread; errors go to handle_error()."""
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self._report_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Queue the request for the next free worker thread."""
+        self._worker_pool().submit(request, client_address)
+
+    def _ready_for_request(self) -> bool:
+        pool = self._pool
+        if pool is not None and not pool.has_room():
+            if not self._pool_full:
+                self._pool_full = True
+                self._counters.limit("max_pending")
+                logger.warning(
+                    "%s: all %d workers busy and %d requests queued; "
+                    "not accepting until one finishes",
+                    self, pool.max_workers, pool.max_pending,
+                )  # fmt: skip
+            return False
+        return super()._ready_for_request()
+
+    def _pool_has_room(self) -> None:
+        if self._pool_full:
+            self._pool_full = False
+            self._wake_loop()
+
+    def server_close(self) -> None:
+        super().server_close()
+        pool = self._pool
+        if pool is not None:
+            _drain(self, pool.close)
 
 
 if hasattr(os, "fork"):
@@ -214,6 +388,14 @@ class ThreadingTCPServer(ThreadingMixIn, TCPServer):
     pass
 
 
+class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
+    pass
+
+
+class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
+    pass
+
+
 if hasattr(socket, "AF_UNIX"):
     from servekit.sockets import UnixDatagramServer, UnixStreamServer
 
@@ -223,7 +405,18 @@ if hasattr(socket, "AF_UNIX"):
     class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
         pass
 
-    __all__ += ["ThreadingUnixDatagramServer", "ThreadingUnixStreamServer"]
+    class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer):
+        pass
+
+    class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
+        pass
+
+    __all__ += [
+        "ThreadPoolUnixDatagramServer",
+        "ThreadPoolUnixStreamServer",
+        "ThreadingUnixDatagramServer",
+        "ThreadingUnixStreamServer",
+    ]
 
     if hasattr(os, "fork"):
 

@@ -26,10 +26,12 @@ import selectors
 import threading
 import time
 from collections.abc import Callable
+from functools import cached_property
 from time import monotonic
 from typing import Any, Self
 
 from servekit._wakeup import Waker
+from servekit.stats import Stats, StatsSnapshot
 
 __all__ = ["BaseServer"]
 
@@ -87,9 +89,16 @@ class BaseServer:
 
     - RequestHandlerClass
     - socket
+    - stats (read only: a StatsSnapshot of the counters)
+
+    servekit adds:
+
+    - shutdown_timeout: how long server_close() lets requests in flight run
+      before cutting them (None, the stdlib's behaviour: wait for ever)
     """
 
     timeout: float | None = None
+    shutdown_timeout: float | None = None
 
     # Class-level defaults keep subclasses that skip BaseServer.__init__ working.
     # The loop's own state has mangled names, as in the stdlib, so that a
@@ -167,6 +176,9 @@ class BaseServer:
         if paused > 0:
             waker.wait(paused if timeout is None else min(paused, timeout))
             return False
+        if not self._ready_for_request():
+            waker.wait(timeout)  # _wake_loop() says when there is room again
+            return False
         ready = False
         for key, _ in selector.select(timeout):
             if key.fileobj is waker:
@@ -181,7 +193,8 @@ class BaseServer:
         Blocks until the loop has finished, except when called from the thread
         running the loop (a handler of a synchronous server), where it returns
         and the loop stops after the current request. Safe to call when no
-        loop is running: it returns at once.
+        loop is running: it returns at once. If the loop is still in a request
+        after ``shutdown_timeout`` seconds, that request's connection is cut.
         """
         with self.__loop_lock:
             self._shutdown_flag = True
@@ -191,7 +204,16 @@ class BaseServer:
             return
         if waker is not None:
             waker.wake()
-        if serving != threading.get_ident():
+        if serving == threading.get_ident():
+            return
+        # A synchronous server finishes the request it is in before the loop
+        # ends; shutdown_timeout bounds how long that may take.
+        if not self.__is_shut_down.wait(self.shutdown_timeout):
+            cut = self._cut_requests()
+            logger.warning(
+                "%s: cut %d connection(s) still open after shutdown_timeout=%ss",
+                self, cut, self.shutdown_timeout,
+            )  # fmt: skip
             self.__is_shut_down.wait()
 
     def fileno(self) -> int:
@@ -273,17 +295,58 @@ class BaseServer:
             return
         if self._requests_resume_at:
             self._get_request_recovered()
+        self._request_accepted(request, client_address)
         if self.verify_request(request, client_address):
+            self._counters.request()
             try:
                 self.process_request(request, client_address)
             except Exception:
-                self.handle_error(request, client_address)
+                self._report_error(request, client_address)
                 self.shutdown_request(request)
             except:
                 self.shutdown_request(request)
                 raise
         else:
             self.shutdown_request(request)
+
+    # -- accounting and limits, for the request sources and models -----------
+
+    @cached_property
+    def _counters(self) -> Stats:
+        return Stats()
+
+    @property
+    def stats(self) -> StatsSnapshot:
+        """A consistent copy of this server's counters (see StatsSnapshot)."""
+        return self._counters.snapshot(self._open_requests())
+
+    def _request_accepted(self, request: Any, client_address: Any) -> None:
+        """Called for each request get_request() returned, before verify_request()."""
+
+    def _open_requests(self) -> int:
+        """How many accepted requests are not closed yet (for stats and limits)."""
+        return 0
+
+    def _ready_for_request(self) -> bool:
+        """False while a limit is reached: the loop stops calling get_request()
+        (clients wait in the kernel's backlog) until ``_wake_loop()``."""
+        return True
+
+    def _wake_loop(self) -> None:
+        """Make serve_forever look again at once (room freed, state changed)."""
+        waker = self.__waker
+        if waker is not None:
+            waker.wake()
+
+    def _report_error(self, request: Any, client_address: Any) -> None:
+        """Count the error and call handle_error(); for use inside ``except``."""
+        self._counters.error()
+        self.handle_error(request, client_address)
+
+    def _cut_requests(self) -> int:
+        """Force requests still running to end (close their connections);
+        return how many were cut. Called when shutdown_timeout runs out."""
+        return 0
 
     def _get_request_failed(self, exc: OSError) -> None:
         """Called when get_request() raises OSError. The stdlib ignores it.

@@ -21,6 +21,9 @@ import logging
 import os
 import socket
 import stat
+import struct
+import threading
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from servekit.core import BaseServer
@@ -66,6 +69,40 @@ ACCEPT_BACKOFF_FIRST = 0.01
 #: within a second of them coming back.
 ACCEPT_BACKOFF_MAX = 1.0
 
+# Linux's struct tcp_info holds tcpi_bytes_acked and tcpi_bytes_received (both
+# u64) at these offsets since Linux 4.1/4.6; asking for them once at close is
+# what makes byte counting free while the connection runs.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_BYTES = struct.Struct("=QQ")
+_TCP_INFO_BYTES_AT = 120
+_TCP_INFO_LEN = _TCP_INFO_BYTES_AT + _TCP_INFO_BYTES.size
+# Linux TCP states (include/net/tcp_states.h) after the peer's FIN arrived:
+# TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING; and after ours was
+# acknowledged: FIN_WAIT2, TIME_WAIT, CLOSE.
+_PEER_FIN_STATES = frozenset({6, 7, 8, 9, 11})
+_OUR_FIN_ACKED_STATES = frozenset({5, 6, 7})
+
+
+def _tcp_bytes(sock: Any) -> tuple[int, int]:
+    """(received, sent and acknowledged) bytes of a TCP socket; (0, 0) if unknown."""
+    if _TCP_INFO is None:
+        return 0, 0
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return 0, 0
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+    except (AttributeError, OSError):
+        return 0, 0
+    if len(info) < _TCP_INFO_LEN:
+        return 0, 0
+    acked, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_BYTES_AT)
+    # Both counters count sequence numbers, and a FIN takes one: take out the
+    # peer's FIN once it arrived and ours once it was acknowledged.
+    state = info[0]
+    fin_in = state in _PEER_FIN_STATES and received > 0
+    fin_out = state in _OUR_FIN_ACKED_STATES and acked > 0
+    return received - fin_in, acked - fin_out
+
 
 class TCPServer(BaseServer):
     """Base class for various socket-based server classes.
@@ -104,6 +141,8 @@ class TCPServer(BaseServer):
     - request_queue_size (only for stream sockets)
     - allow_reuse_address
     - allow_reuse_port
+    - max_connections (servekit: stop accepting while this many are open;
+      None, the default, for no limit)
 
     Instance variables:
 
@@ -117,8 +156,10 @@ class TCPServer(BaseServer):
     request_queue_size = 5
     allow_reuse_address = False
     allow_reuse_port = False
+    max_connections: int | None = None
 
     _request_failures = 0
+    _at_max_connections = False
 
     def __init__(
         self,
@@ -189,7 +230,57 @@ class TCPServer(BaseServer):
 
     def close_request(self, request: Any) -> None:
         """Called to clean up an individual request."""
+        self._forget_request(request)
         request.close()
+
+    # -- connection accounting: what max_connections, stats and cutting use --
+
+    @cached_property
+    def _connections(self) -> _Connections:
+        return _Connections()
+
+    def _request_accepted(self, request: Any, client_address: Any) -> None:
+        self._counters.connection()
+        self._connections.add(request)
+
+    def _forget_request(self, request: Any) -> None:
+        if not self._connections.remove(request):
+            return
+        self._counters.transferred(*_tcp_bytes(request))
+        if self._at_max_connections:
+            self._wake_loop()
+
+    def _open_requests(self) -> int:
+        return len(self._connections)
+
+    def _ready_for_request(self) -> bool:
+        limit = self.max_connections
+        if limit is not None:
+            if self._open_requests() >= limit:
+                self._connections.prune()
+            full = self._open_requests() >= limit
+            if full and not self._at_max_connections:
+                self._counters.limit("max_connections")
+                logger.warning(
+                    "%s: max_connections=%d reached; new clients wait in the backlog "
+                    "until a connection closes",
+                    self, limit,
+                )  # fmt: skip
+            elif not full and self._at_max_connections:
+                logger.info("%s: below max_connections=%d again; accepting", self, limit)
+            self._at_max_connections = full
+            if full:
+                return False
+        return super()._ready_for_request()
+
+    def _cut_requests(self) -> int:
+        open_now = self._connections.snapshot()
+        for conn in open_now:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except (AttributeError, OSError):
+                pass  # already closed, or not a socket
+        return len(open_now)
 
     def _get_request_failed(self, exc: OSError) -> None:
         if exc.errno is None or exc.errno in _SKIP_ERRNOS:
@@ -248,6 +339,9 @@ class UDPServer(TCPServer):
         # No need to call listen() for UDP.
         pass
 
+    def _request_accepted(self, request: Any, client_address: Any) -> None:
+        self._counters.transferred(len(request[0]), 0)
+
     def shutdown_request(self, request: Any) -> None:
         # No need to shutdown anything.
         self.close_request(request)
@@ -255,6 +349,47 @@ class UDPServer(TCPServer):
     def close_request(self, request: Any) -> None:
         # No need to close anything.
         pass
+
+
+class _Connections:
+    """The stream connections a server accepted and has not closed yet."""
+
+    __slots__ = ("_lock", "_open")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, conn: Any) -> None:
+        with self._lock:
+            self._open.add(conn)
+
+    def remove(self, conn: Any) -> bool:
+        """Forget ``conn``; False if it was not tracked."""
+        with self._lock:
+            if conn not in self._open:
+                return False
+            self._open.discard(conn)
+            return True
+
+    def snapshot(self) -> list[Any]:
+        with self._lock:
+            return list(self._open)
+
+    def prune(self) -> None:
+        """Forget connections closed without close_request() (a subclass's doing)."""
+        with self._lock:
+            self._open = {conn for conn in self._open if not _is_closed(conn)}
+
+
+def _is_closed(conn: Any) -> bool:
+    try:
+        return bool(conn.fileno() == -1)
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 def _is_filesystem_path(address: Any) -> bool:

@@ -1,0 +1,109 @@
+"""A bounded pool of reusable threads fed by a bounded queue.
+
+Not ``concurrent.futures.ThreadPoolExecutor``: its queue has no bound, it
+keeps a Future per job that nobody reads, and it cannot tell the accept loop
+that a slot has freed. This pool does the three things a server needs: it
+starts threads only as jobs need them (up to ``max_workers``), it says when it
+is full (``has_room``), and it calls ``on_room`` when a job finishes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["WorkerPool"]
+
+
+class WorkerPool:
+    """Run ``job(*args)`` on at most ``max_workers`` threads, queueing ``max_pending`` more."""
+
+    def __init__(
+        self,
+        run: Callable[[Any, Any], None],
+        *,
+        max_workers: int,
+        max_pending: int,
+        on_room: Callable[[], None],
+        name: str,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+        if max_pending < 0:
+            raise ValueError(f"max_pending must be 0 or more, not {max_pending}")
+        self._run = run
+        self._on_room = on_room
+        self._name = name
+        self.max_workers = max_workers
+        self.max_pending = max_pending
+        self._jobs: deque[tuple[Any, Any]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._busy = 0
+        self._closing = False
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs running or queued."""
+        return self._busy + len(self._jobs)
+
+    def has_room(self) -> bool:
+        """True if submit() would not exceed the bounds."""
+        return self._busy + len(self._jobs) < self.max_workers + self.max_pending
+
+    def submit(self, a: Any, b: Any) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError(f"{self._name}: the pool is closed")
+            self._jobs.append((a, b))
+            if len(self._jobs) > self._idle and len(self._threads) < self.max_workers:
+                self._start_thread()
+            self._cond.notify()
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self._name} worker {len(self._threads) + 1}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        cond, jobs = self._cond, self._jobs
+        while True:
+            with cond:
+                while not jobs and not self._closing:
+                    self._idle += 1
+                    cond.wait()
+                    self._idle -= 1
+                if not jobs:
+                    return  # closing, and nothing left to do
+                a, b = jobs.popleft()
+                self._busy += 1
+            try:
+                self._run(a, b)
+            finally:
+                with cond:
+                    self._busy -= 1
+                    cond.notify_all()  # close() may be waiting for the pool to empty
+                self._on_room()
+
+    def close(self, timeout: float | None) -> bool:
+        """Refuse new jobs, let queued and running ones finish; True if all did in time."""
+        deadline = None if timeout is None else monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while self._jobs or self._busy:
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - monotonic()))
+        return True

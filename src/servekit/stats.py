@@ -1,0 +1,105 @@
+"""Server statistics: counters cheap enough to leave on.
+
+Each counter is a plain int guarded by one lock: an uncontended lock costs
+tens of nanoseconds, against the tens of microseconds a request costs. Byte
+counts of TCP connections come from the kernel (``TCP_INFO``) when the
+connection closes, so reading and writing pay nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["Stats", "StatsSnapshot"]
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """What ``server.stats`` returns: a consistent copy of the counters.
+
+    - connections_open / connections_total: stream connections open now / ever
+    - requests: requests handed to process_request (a stream connection is one)
+    - errors: requests whose handler raised (handle_error was called)
+    - limits: how often each named limit tripped, e.g. ``{"max_connections": 3}``
+    - bytes_in / bytes_out: bytes received and sent on closed TCP connections
+      and on datagrams
+    """
+
+    connections_open: int = 0
+    connections_total: int = 0
+    requests: int = 0
+    errors: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    limits: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for a log: ``open=3 total=120 requests=120 errors=0 ...``."""
+        parts = [
+            f"open={self.connections_open}",
+            f"total={self.connections_total}",
+            f"requests={self.requests}",
+            f"errors={self.errors}",
+            f"in={self.bytes_in}B",
+            f"out={self.bytes_out}B",
+        ]
+        parts += [f"{name}={count}" for name, count in sorted(self.limits.items())]
+        return " ".join(parts)
+
+
+class Stats:
+    """The live counters of one server. Increment with the methods; read with snapshot()."""
+
+    __slots__ = (
+        "_limits",
+        "_lock",
+        "bytes_in",
+        "bytes_out",
+        "connections_total",
+        "errors",
+        "requests",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.connections_total = 0
+        self.requests = 0
+        self.errors = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._limits: Counter[str] = Counter()
+
+    def connection(self) -> None:
+        with self._lock:
+            self.connections_total += 1
+
+    def request(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def error(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+    def transferred(self, received: int, sent: int) -> None:
+        with self._lock:
+            self.bytes_in += received
+            self.bytes_out += sent
+
+    def limit(self, name: str) -> None:
+        with self._lock:
+            self._limits[name] += 1
+
+    def snapshot(self, connections_open: int) -> StatsSnapshot:
+        with self._lock:
+            return StatsSnapshot(
+                connections_open=connections_open,
+                connections_total=self.connections_total,
+                requests=self.requests,
+                errors=self.errors,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                limits=dict(self._limits),
+            )
