@@ -27,6 +27,8 @@ from servekit.addresses import ACCEPTED_FORMS, format_address, parse_address
         ("unix-dgram:/dev/log", "unix-dgram", socket.AF_UNIX, "/dev/log"),
         ("unix:@servekit", "unix", socket.AF_UNIX, "\0servekit"),
         ("fd://3", "fd", None, 3),
+        ("systemd", "systemd", None, None),
+        ("systemd:web", "systemd", None, "web"),
     ],
 )
 def test_accepted_forms(text: str, transport: str, family: int | None, address: object) -> None:
@@ -51,7 +53,8 @@ def test_accepted_forms(text: str, transport: str, family: int | None, address: 
         ("unix:@", "abstract name after '@' is empty"),
         ("fd://x", "not a non-negative integer"),
         ("fd://-1", "not a non-negative integer"),
-        ("systemd", "not supported yet"),
+        ("systemd:", "not a systemd socket name"),
+        ("systemd:a b", "not a systemd socket name"),
     ],
 )
 def test_bad_addresses_name_the_bad_part_and_the_forms(text: str, names: str) -> None:

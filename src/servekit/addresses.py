@@ -8,6 +8,9 @@
 ``unix-dgram:/path``        Unix datagram socket
 ``unix:@name``              Linux abstract namespace (no file)
 ``fd://N``                  an inherited, already bound socket
+``systemd``                 the one socket systemd passed (``LISTEN_FDS``)
+``systemd:NAME``            the socket systemd passed as ``NAME``
+                            (``FileDescriptorName=``)
 ==========================  ==============================================
 
 An empty HOST (``:8000``) means every IPv4 interface; a host name is
@@ -25,11 +28,11 @@ from typing import Any, Literal
 
 __all__ = ["ACCEPTED_FORMS", "ListenAddress", "format_address", "parse_address"]
 
-Transport = Literal["tcp", "udp", "unix", "unix-dgram", "fd"]
+Transport = Literal["tcp", "udp", "unix", "unix-dgram", "fd", "systemd"]
 
 ACCEPTED_FORMS = (
     "HOST:PORT, tcp://HOST:PORT, udp://HOST:PORT, [IPV6]:PORT, "
-    "unix:/path, unix-dgram:/path, unix:@name, fd://N"
+    "unix:/path, unix-dgram:/path, unix:@name, fd://N, systemd, systemd:NAME"
 )
 
 _SCHEMES: dict[str, Transport] = {
@@ -48,7 +51,8 @@ class ListenAddress:
     ``family`` is None for a host name (resolved when binding) and for
     ``fd://`` (read from the socket). ``address`` is what ``bind()`` takes:
     ``(host, port)`` for IP, a path or an abstract name for Unix; for
-    ``fd://`` it is the descriptor number.
+    ``fd://`` it is the descriptor number; for ``systemd`` the socket's name
+    or None.
     """
 
     text: str
@@ -84,7 +88,9 @@ def parse_address(text: str) -> ListenAddress:
             scheme = text.split("://", 1)[0]
             raise _bad(text, f"unknown scheme {scheme + '://'!r}")
         if text == "systemd":
-            raise _bad(text, "systemd socket activation is not supported yet; use fd://N")
+            return ListenAddress(text, "systemd", None, None)
+        if text.startswith("systemd:"):
+            return ListenAddress(text, "systemd", None, _parse_fd_name(text, text[8:]))
         transport, rest = "tcp", text
     if transport == "fd":
         return ListenAddress(text, "fd", None, _parse_fd(text, rest))
@@ -98,6 +104,13 @@ def _parse_fd(text: str, rest: str) -> int:
     if not rest.isdigit() or not rest.isascii():
         raise _bad(text, f"the descriptor {rest!r} is not a non-negative integer")
     return int(rest)
+
+
+def _parse_fd_name(text: str, name: str) -> str:
+    # systemd's rule for FileDescriptorName=: printable ASCII, no colon, at most 255.
+    if not name or len(name) > 255 or not all(" " < c <= "~" for c in name):
+        raise _bad(text, f"{name!r} is not a systemd socket name (FileDescriptorName=)")
+    return name
 
 
 def _parse_unix(text: str, rest: str) -> str:

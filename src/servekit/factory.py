@@ -17,6 +17,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Literal
 
+from servekit.activation import inherited_sockets
 from servekit.addresses import ListenAddress, format_address, parse_address
 from servekit.concurrency import (
     ForkingTCPServer,
@@ -71,7 +72,8 @@ def make_server(
     """Make a bound, listening server for ``address`` that runs ``handler``.
 
     ``address`` is any form of ``servekit.addresses`` (``"127.0.0.1:8000"``,
-    ``"udp://[::]:5353"``, ``"unix:/run/app.sock"``, ``"fd://3"``, ...).
+    ``"udp://[::]:5353"``, ``"unix:/run/app.sock"``, ``"fd://3"``,
+    ``"systemd"``, ...).
     ``concurrency`` picks how requests run: ``"threads"`` (a thread per
     request), ``"fork"`` (a process per request) or ``"sync"`` (one at a time).
     ``backlog`` raises the listen backlog above ``socket.SOMAXCONN``;
@@ -91,6 +93,9 @@ def make_server(
             sock = socket.socket(fileno=spec.address)
         except OSError as exc:
             raise ValueError(f"{address}: descriptor {spec.address} is not an open socket") from exc
+        transport = _transport_of(sock, address)
+    elif spec.transport == "systemd":
+        sock = _systemd_socket(spec.address)
         transport = _transport_of(sock, address)
     else:
         sock = None
@@ -114,6 +119,23 @@ def make_server(
         raise
     logger.info("listening on %s (%s, %s)", _describe(server), concurrency, type(server).__name__)
     return server
+
+
+def _systemd_socket(name: str | None) -> socket.socket:
+    """The socket systemd passed (named ``name``, or the only one)."""
+    # The environment stays: LISTEN_PID already keeps children from taking
+    # these sockets, and another make_server("systemd:other") may still come.
+    found = inherited_sockets(None if name is None else [name], unset_environment=False)
+    if name is None and len(found) > 1:
+        for extra in found:
+            extra.detach()
+        raise ValueError(
+            f"systemd passed {len(found)} sockets; choose one with systemd:NAME "
+            "(the FileDescriptorName= of its .socket unit)"
+        )
+    if not found:
+        raise ValueError(f"systemd passed no socket named {name!r}")
+    return found[0]
 
 
 def _transport_of(sock: socket.socket, address: str) -> str:
