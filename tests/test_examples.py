@@ -16,7 +16,7 @@ from tests.conftest import WAIT, connect, recv_until
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-@pytest.mark.parametrize("concurrency", ["threads", "fork", "sync"])
+@pytest.mark.parametrize("concurrency", ["pool", "threads", "fork", "sync"])
 def test_echo_example(concurrency: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "echo.py"), "--listen", "127.0.0.1:0",

@@ -38,13 +38,18 @@ def _dgram_ok(address: Any, family: int = socket.AF_INET, bind: Any = None) -> N
         assert client.recv(100) == b"ping"
 
 
-@pytest.mark.parametrize("concurrency", ["threads", "fork", "sync"])
+@pytest.mark.parametrize("concurrency", ["pool", "threads", "fork", "sync"])
 def test_tcp_with_production_defaults(concurrency: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="servekit")
     with serving(servekit.make_server("127.0.0.1:0", Echo, concurrency=concurrency)) as server:
         sock = server.socket
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         assert server.request_queue_size >= socket.SOMAXCONN
+        assert server.shutdown_timeout == servekit.factory.DEFAULT_SHUTDOWN_TIMEOUT
+        assert server.max_connections == servekit.factory.DEFAULT_MAX_CONNECTIONS
+        assert server.idle_timeout == servekit.factory.DEFAULT_IDLE_TIMEOUT
+        assert server.read_timeout == servekit.factory.DEFAULT_READ_TIMEOUT
+        assert server.max_line_length == servekit.factory.DEFAULT_MAX_LINE_LENGTH
         _stream_ok(server.server_address)
     port = server.server_address[1]
     assert any(f"listening on tcp://127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
@@ -52,6 +57,7 @@ def test_tcp_with_production_defaults(concurrency: Any, caplog: pytest.LogCaptur
 
 def test_model_picks_the_stdlib_class() -> None:
     for concurrency, cls in [
+        ("pool", servekit.ThreadPoolTCPServer),
         ("threads", servekit.ThreadingTCPServer),
         ("fork", servekit.ForkingTCPServer),
         ("sync", servekit.TCPServer),
@@ -65,7 +71,7 @@ def test_backlog_option() -> None:
         assert server.request_queue_size == 10000
 
 
-@pytest.mark.parametrize("concurrency", ["threads", "sync"])
+@pytest.mark.parametrize("concurrency", ["pool", "threads", "sync"])
 def test_udp(concurrency: Any) -> None:
     with serving(
         servekit.make_server("udp://127.0.0.1:0", DatagramEcho, concurrency=concurrency)
@@ -104,7 +110,7 @@ def test_host_name_is_resolved() -> None:
 def test_unix_stream_and_mode(sock_dir: Path) -> None:
     path = sock_dir / "m.sock"
     with serving(servekit.make_server(f"unix:{path}", Echo, socket_file_mode=0o640)) as server:
-        assert isinstance(server, servekit.ThreadingUnixStreamServer)
+        assert isinstance(server, servekit.ThreadPoolUnixStreamServer)
         assert (path.stat().st_mode & 0o777) == 0o640
         _stream_ok(str(path), socket.AF_UNIX)
     assert not path.exists()
@@ -136,7 +142,7 @@ def test_inherited_stream_socket(listening: bool) -> None:
     fd = inherited.detach()
     with serving(servekit.make_server(f"fd://{fd}", Echo)) as server:
         assert server.socket.fileno() == fd
-        assert isinstance(server, servekit.ThreadingTCPServer)
+        assert isinstance(server, servekit.ThreadPoolTCPServer)
         _stream_ok(server.server_address)
 
 
@@ -145,7 +151,7 @@ def test_inherited_datagram_socket() -> None:
     inherited.bind(("127.0.0.1", 0))
     fd = inherited.detach()
     with serving(servekit.make_server(f"fd://{fd}", DatagramEcho)) as server:
-        assert isinstance(server, servekit.ThreadingUDPServer)
+        assert isinstance(server, servekit.ThreadPoolUDPServer)
         _dgram_ok(server.server_address)
 
 
@@ -157,7 +163,7 @@ def test_inherited_descriptor_that_is_not_a_socket(tmp_path: Path) -> None:
 def test_bad_address_and_bad_model_are_value_errors() -> None:
     with pytest.raises(ValueError, match="accepted forms"):
         servekit.make_server("nonsense", Echo)
-    with pytest.raises(ValueError, match="choose one of threads, fork, sync"):
+    with pytest.raises(ValueError, match="choose one of pool, threads, fork, sync"):
         servekit.make_server("127.0.0.1:0", Echo, concurrency="greenlets")  # type: ignore[arg-type]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import selectors
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from time import monotonic
 from typing import Any, Self
 
 from servekit._wakeup import Waker
+from servekit.limits import LimitExceeded
 from servekit.stats import Stats, StatsSnapshot
 
 __all__ = ["BaseServer"]
@@ -339,7 +341,19 @@ class BaseServer:
             waker.wake()
 
     def _report_error(self, request: Any, client_address: Any) -> None:
-        """Count the error and call handle_error(); for use inside ``except``."""
+        """Count the error and call handle_error(); for use inside ``except``.
+
+        A client that went past a limit is not a handler error: the limit
+        logged and counted it when it tripped.
+        """
+        exc = sys.exception()
+        if isinstance(exc, LimitExceeded):
+            return
+        idle = getattr(self, "idle_timeout", None)
+        if isinstance(exc, TimeoutError) and idle is not None:
+            self._counters.limit("idle_timeout")
+            logger.info("%s: closing connection from %s: idle for %ss", self, client_address, idle)
+            return
         self._counters.error()
         self.handle_error(request, client_address)
 

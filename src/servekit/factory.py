@@ -28,6 +28,10 @@ from servekit.concurrency import (
     ThreadingUDPServer,
     ThreadingUnixDatagramServer,
     ThreadingUnixStreamServer,
+    ThreadPoolTCPServer,
+    ThreadPoolUDPServer,
+    ThreadPoolUnixDatagramServer,
+    ThreadPoolUnixStreamServer,
 )
 from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 
@@ -38,12 +42,39 @@ __all__ = ["CONCURRENCY_MODELS", "make_server"]
 
 logger = logging.getLogger(__name__)
 
-Concurrency = Literal["threads", "fork", "sync"]
+Concurrency = Literal["pool", "threads", "fork", "sync"]
 
 #: The models make_server knows, by name (also the names of ``--concurrency``).
-CONCURRENCY_MODELS: tuple[str, ...] = ("threads", "fork", "sync")
+CONCURRENCY_MODELS: tuple[str, ...] = ("pool", "threads", "fork", "sync")
+
+# Production defaults. Each bounds what one client, or a crowd of them, can
+# cost; each can be changed per server, and None turns a limit off.
+
+#: Threads of the pool: enough to keep two cores busy with handlers that wait
+#: on I/O most of the time, few enough that their stacks stay small (64 x the
+#: ~60 KiB a parked Python thread touches).
+DEFAULT_MAX_WORKERS = 64
+#: Requests accepted and queued for a busy pool before the server stops
+#: accepting; beyond it, clients wait in the kernel backlog at no cost to us.
+DEFAULT_MAX_PENDING = 256
+#: Open connections at once, in every model: each holds a descriptor and, in
+#: the threads model, a thread; 1,024 stays far below the usual open-file limit.
+DEFAULT_MAX_CONNECTIONS = 1024
+#: What a stop lets requests in flight run before cutting them: under the 30 s
+#: Kubernetes and 90 s systemd give a service between SIGTERM and SIGKILL.
+DEFAULT_SHUTDOWN_TIMEOUT = 25.0
+#: A connection with no traffic either way for this long is closed.
+DEFAULT_IDLE_TIMEOUT = 300.0
+#: A request (a line, a read(n)) must be complete this long after its first byte.
+DEFAULT_READ_TIMEOUT = 30.0
+#: The longest line StreamRequestHandler reads, newline included: http.server's own bound.
+DEFAULT_MAX_LINE_LENGTH = 65536
 
 _CLASSES: dict[tuple[str, str], type[TCPServer]] = {
+    ("tcp", "pool"): ThreadPoolTCPServer,
+    ("udp", "pool"): ThreadPoolUDPServer,
+    ("unix", "pool"): ThreadPoolUnixStreamServer,
+    ("unix-dgram", "pool"): ThreadPoolUnixDatagramServer,
     ("tcp", "sync"): TCPServer,
     ("tcp", "threads"): ThreadingTCPServer,
     ("tcp", "fork"): ForkingTCPServer,
@@ -63,22 +94,36 @@ def make_server(
     address: str,
     handler: RequestHandlerFactory,
     *,
-    concurrency: Concurrency = "threads",
+    concurrency: Concurrency = "pool",
     backlog: int | None = None,
     reuse_port: bool = False,
     socket_file_mode: int | None = None,
     max_packet_size: int | None = None,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_pending: int = DEFAULT_MAX_PENDING,
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
 ) -> TCPServer:
     """Make a bound, listening server for ``address`` that runs ``handler``.
 
     ``address`` is any form of ``servekit.addresses`` (``"127.0.0.1:8000"``,
     ``"udp://[::]:5353"``, ``"unix:/run/app.sock"``, ``"fd://3"``,
     ``"systemd"``, ...).
-    ``concurrency`` picks how requests run: ``"threads"`` (a thread per
-    request), ``"fork"`` (a process per request) or ``"sync"`` (one at a time).
+    ``concurrency`` picks how requests run: ``"pool"`` (a bounded pool of
+    ``max_workers`` threads and ``max_pending`` queued requests), ``"threads"``
+    (a thread per request), ``"fork"`` (a process per request) or ``"sync"``
+    (one at a time).
     ``backlog`` raises the listen backlog above ``socket.SOMAXCONN``;
     ``reuse_port`` sets SO_REUSEPORT; ``socket_file_mode`` sets the permission
     bits of a Unix socket file; ``max_packet_size`` bounds datagrams.
+
+    Limits (the DEFAULT_* constants of this module say why each default):
+    ``max_connections`` open at once, ``shutdown_timeout`` for requests in
+    flight at a stop, and per connection ``idle_timeout``, ``read_timeout``
+    and ``max_line_length``. None turns a limit off.
 
     The bound address is in ``server.server_address`` and logged at INFO.
     Raises ValueError for a bad address or model, OSError if binding fails.
@@ -107,6 +152,15 @@ def make_server(
             server.socket_file_mode = socket_file_mode  # type: ignore[attr-defined]
         if max_packet_size is not None:
             server.max_packet_size = max_packet_size  # type: ignore[attr-defined]
+        if concurrency == "pool":
+            server.max_workers = max_workers  # type: ignore[attr-defined]
+            server.max_pending = max_pending  # type: ignore[attr-defined]
+        server.shutdown_timeout = shutdown_timeout
+        if server.socket_type == socket.SOCK_STREAM:
+            server.max_connections = max_connections
+            server.idle_timeout = idle_timeout
+            server.read_timeout = read_timeout
+            server.max_line_length = max_line_length
         if sock is None:
             server.server_bind()
             server.server_activate()

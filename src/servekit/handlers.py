@@ -7,9 +7,12 @@ serve both kinds of socket.
 
 from __future__ import annotations
 
+import io
 import socket
 from io import BufferedIOBase, BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from servekit.limits import ConnectionLimits, LimitedReader, LimitedSocketIO
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -75,6 +78,10 @@ class StreamRequestHandler(BaseRequestHandler):
     - wbufsize: buffer size of wfile (0: unbuffered, every write is sent)
     - timeout: a timeout applied to the connection, if not None
     - disable_nagle_algorithm: set TCP_NODELAY (useful when wbufsize != 0)
+
+    On a server with ``idle_timeout``, ``read_timeout`` or ``max_line_length``
+    set (make_server sets all three), rfile and wfile enforce them: see
+    ``servekit.limits``. ``timeout``, when set, replaces ``idle_timeout``.
     """
 
     # We default rfile to buffered because otherwise it could be really slow
@@ -96,15 +103,44 @@ class StreamRequestHandler(BaseRequestHandler):
 
     def setup(self) -> None:
         self.connection = self.request
-        if self.timeout is not None:
-            self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        limits = self._connection_limits()
+        if limits is not None:
+            self._setup_limited(limits)
+            return
+        if self.timeout is not None:
+            self.connection.settimeout(self.timeout)
         self.rfile = cast("BinaryIO", self.connection.makefile("rb", self.rbufsize))
         if self.wbufsize == 0:
             self.wfile = cast("BinaryIO", _SocketWriter(self.connection))
         else:
             self.wfile = cast("BinaryIO", self.connection.makefile("wb", self.wbufsize))
+
+    def _connection_limits(self) -> ConnectionLimits | None:
+        """The server's stream limits (servekit servers), or None: the stdlib's files."""
+        server = self.server
+        idle = getattr(server, "idle_timeout", None)
+        read = getattr(server, "read_timeout", None)
+        max_line = getattr(server, "max_line_length", None)
+        if idle is None and read is None and max_line is None:
+            return None
+        if self.timeout is not None:  # the handler's own timeout wins, as in the stdlib
+            idle = self.timeout
+        return ConnectionLimits(
+            self.connection, idle=idle, read=read, max_line=max_line,
+            server=server, client=self.client_address,
+        )  # fmt: skip
+
+    def _setup_limited(self, limits: ConnectionLimits) -> None:
+        raw = LimitedSocketIO(limits)
+        size = io.DEFAULT_BUFFER_SIZE if self.rbufsize in (-1, 0) else self.rbufsize
+        self.rfile = cast("BinaryIO", LimitedReader(raw, limits, size))
+        if self.wbufsize == 0:
+            self.wfile = cast("BinaryIO", raw)
+        else:
+            size = io.DEFAULT_BUFFER_SIZE if self.wbufsize < 0 else self.wbufsize
+            self.wfile = cast("BinaryIO", io.BufferedWriter(raw, size))
 
     def finish(self) -> None:
         if not self.wfile.closed:

@@ -143,6 +143,8 @@ class TCPServer(BaseServer):
     - allow_reuse_port
     - max_connections (servekit: stop accepting while this many are open;
       None, the default, for no limit)
+    - idle_timeout, read_timeout, max_line_length (servekit: limits on each
+      connection, enforced by StreamRequestHandler; see servekit.limits)
 
     Instance variables:
 
@@ -157,6 +159,10 @@ class TCPServer(BaseServer):
     allow_reuse_address = False
     allow_reuse_port = False
     max_connections: int | None = None
+    # Stream limits (servekit.limits); None, the stdlib's behaviour, for none.
+    idle_timeout: float | None = None
+    read_timeout: float | None = None
+    max_line_length: int | None = None
 
     _request_failures = 0
     _at_max_connections = False
@@ -242,6 +248,9 @@ class TCPServer(BaseServer):
     def _request_accepted(self, request: Any, client_address: Any) -> None:
         self._counters.connection()
         self._connections.add(request)
+        if self.idle_timeout is not None:
+            # Handlers that read self.request directly get the idle limit too.
+            request.settimeout(self.idle_timeout)
 
     def _forget_request(self, request: Any) -> None:
         if not self._connections.remove(request):

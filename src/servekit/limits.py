@@ -1,0 +1,191 @@
+"""Per-connection limits for stream handlers: idle time, request read time, line length.
+
+A slow or hostile client must cost a bounded amount. Three limits do it for a
+stream connection, each named after the server attribute that sets it:
+
+- ``idle_timeout``: no byte arrives (or none of ours is taken) for this long;
+- ``read_timeout``: a request (a line, or a ``read(n)``) has started to arrive
+  but is not complete this long after its first byte: this is what stops a
+  client that sends one byte a second, which ``idle_timeout`` never would;
+- ``max_line_length``: a line longer than this many bytes (newline included).
+
+A trip raises a ``LimitExceeded`` (an ``OSError``, so handler code that
+already catches socket errors ends the connection as it would for a reset),
+is logged once with the client's address and counted in ``server.stats``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socket
+
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+__all__ = ["IdleTimeout", "LimitExceeded", "LineTooLong", "ReadTimeout"]
+
+logger = logging.getLogger(__name__)
+
+
+class LimitExceeded(OSError):
+    """A client went past a limit of the server; its connection is closed.
+
+    ``limit`` is the name of the limit (``"idle_timeout"``, ...).
+    """
+
+    limit = "limit"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class IdleTimeout(LimitExceeded, TimeoutError):
+    """Nothing was received or sent for ``idle_timeout`` seconds."""
+
+    limit = "idle_timeout"
+
+
+class ReadTimeout(LimitExceeded, TimeoutError):
+    """A request started to arrive but was not complete within ``read_timeout`` seconds."""
+
+    limit = "read_timeout"
+
+
+class LineTooLong(LimitExceeded):
+    """A line was longer than ``max_line_length`` bytes."""
+
+    limit = "max_line_length"
+
+
+class ConnectionLimits:
+    """The limits of one connection, and the socket timeout that enforces them.
+
+    The socket's timeout is changed only when the value differs, because
+    settimeout() costs a system call.
+    """
+
+    __slots__ = ("_current", "client", "deadline", "idle", "max_line", "read", "server", "sock")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        idle: float | None,
+        read: float | None,
+        max_line: int | None,
+        server: Any,
+        client: Any,
+    ) -> None:
+        self.sock = sock
+        self.idle = idle
+        self.read = read
+        self.max_line = max_line
+        self.server = server
+        self.client = client
+        self.deadline: float | None = None
+        self._current = sock.gettimeout()
+
+    def set_timeout(self, value: float | None) -> None:
+        if value != self._current:
+            self.sock.settimeout(value)
+            self._current = value
+
+    def trip(self, error: LimitExceeded) -> LimitExceeded:
+        """Log and count ``error``; return it for the caller to raise."""
+        counters = getattr(self.server, "_counters", None)
+        if counters is not None:
+            counters.limit(error.limit)
+        level = logging.INFO if isinstance(error, IdleTimeout) else logging.WARNING
+        logger.log(level, "%s: closing connection from %s: %s", self.server, self.client, error)
+        return error
+
+
+class LimitedSocketIO(io.RawIOBase):
+    """Raw reads and writes on a socket under ConnectionLimits."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        super().__init__()
+        self._limits = limits
+        self._sock = limits.sock
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        limits = self._limits
+        timeout, by_deadline = limits.idle, False
+        if limits.deadline is not None:
+            remaining = limits.deadline - monotonic()
+            if remaining <= 0:
+                raise limits.trip(ReadTimeout(f"request not complete after {limits.read}s"))
+            if timeout is None or remaining < timeout:
+                timeout, by_deadline = remaining, True
+        limits.set_timeout(timeout)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            if by_deadline:
+                raise limits.trip(
+                    ReadTimeout(f"request not complete after {limits.read}s")
+                ) from None
+            raise limits.trip(IdleTimeout(f"idle for {limits.idle}s")) from None
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        limits = self._limits
+        limits.set_timeout(limits.idle)
+        try:
+            self._sock.sendall(data)
+        except TimeoutError:
+            raise limits.trip(IdleTimeout(f"did not take our data for {limits.idle}s")) from None
+        with memoryview(data) as view:
+            return view.nbytes
+
+
+class LimitedReader(io.BufferedReader):
+    """A buffered reader whose readline() and read(n) obey read_timeout and max_line_length."""
+
+    def __init__(self, raw: LimitedSocketIO, limits: ConnectionLimits, buffer_size: int) -> None:
+        super().__init__(raw, buffer_size)
+        self._limits = limits
+
+    def _start_request(self) -> bool:
+        """Wait (idle_timeout) for a first byte, then start the read_timeout clock."""
+        limits = self._limits
+        limits.deadline = None
+        if not self.peek(1):
+            return False
+        if limits.read is not None:
+            limits.deadline = monotonic() + limits.read
+        return True
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        if not self._start_request():
+            return b""
+        limit = self._limits.max_line
+        try:
+            if limit is None or (size is not None and 0 <= size <= limit):
+                return super().readline(size)
+            line = super().readline(limit + 1)
+        finally:
+            self._limits.deadline = None
+        if len(line) > limit:
+            raise self._limits.trip(LineTooLong(f"line longer than {limit} bytes"))
+        return line
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if not self._start_request():
+            return b""
+        try:
+            return super().read(size)
+        finally:
+            self._limits.deadline = None

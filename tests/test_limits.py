@@ -1,0 +1,129 @@
+"""Per-connection limits: idle_timeout, read_timeout, max_line_length."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+import servekit
+from tests.conftest import LogWatcher, connect, recv_until, serving
+
+
+class Echo(servekit.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+def _server(**limits: Any) -> Any:
+    defaults: dict[str, Any] = {
+        "idle_timeout": None, "read_timeout": None, "max_line_length": None,
+    }  # fmt: skip
+    return servekit.make_server("127.0.0.1:0", Echo, **(defaults | limits))
+
+
+def _closed(client: socket.socket) -> bool:
+    """True once the server closed the connection (EOF or reset)."""
+    try:
+        while client.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_read_timeout_stops_a_client_that_trickles(servekit_log: LogWatcher) -> None:
+    stop = threading.Event()
+    with serving(_server(read_timeout=0.3, idle_timeout=5)) as server:
+        with connect(server.server_address) as slow:
+            slow.sendall(b"x")  # the request has started ...
+
+            def trickle() -> None:  # ... and goes on one byte at a time, never ending
+                while not stop.wait(0.05):
+                    try:
+                        slow.sendall(b"x")
+                    except OSError:
+                        return
+
+            threading.Thread(target=trickle, daemon=True).start()
+            assert servekit_log.wait_for("request not complete after 0.3s")
+            assert _closed(slow)
+            stop.set()
+        assert server.stats.limits == {"read_timeout": 1}
+        assert server.stats.errors == 0
+    assert not [r for r in servekit_log.records if r.levelno >= logging.ERROR]
+
+
+def test_read_timeout_does_not_count_waiting_between_requests() -> None:
+    with (
+        serving(_server(read_timeout=0.2, idle_timeout=5)) as server,
+        connect(server.server_address) as client,
+    ):
+        for i in range(3):
+            client.sendall(b"%d\n" % i)
+            assert recv_until(client) == b"%d\n" % i
+            # Idle between requests for longer than read_timeout: still served.
+            threading.Event().wait(0.3)
+        client.sendall(b"last\n")
+        assert recv_until(client) == b"last\n"
+
+
+def test_idle_timeout_closes_a_silent_client(servekit_log: LogWatcher) -> None:
+    with serving(_server(idle_timeout=0.2)) as server:
+        with connect(server.server_address) as silent:
+            assert _closed(silent)
+        assert servekit_log.wait_for("idle for 0.2s")
+        assert server.stats.limits == {"idle_timeout": 1}
+
+
+def test_idle_timeout_applies_to_raw_socket_handlers(servekit_log: LogWatcher) -> None:
+    class Raw(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.recv(10)
+
+    with servekit.make_server("127.0.0.1:0", Raw, idle_timeout=0.2) as server, serving(server):
+        with connect(server.server_address) as silent:
+            assert _closed(silent)
+        assert servekit_log.wait_for("idle for 0.2s")
+    assert server.stats.errors == 0
+
+
+@pytest.mark.parametrize("concurrency", ["pool", "threads", "sync"])
+def test_max_line_length(concurrency: str, servekit_log: LogWatcher) -> None:
+    server = servekit.make_server(
+        "127.0.0.1:0",
+        Echo,
+        concurrency=concurrency,
+        max_line_length=64,  # type: ignore[arg-type]
+    )
+    with serving(server):
+        with connect(server.server_address) as client:
+            fits = b"a" * 63 + b"\n"
+            client.sendall(fits)
+            assert recv_until(client) == fits
+            client.sendall(b"b" * 65 + b"\n")
+            assert _closed(client)
+        assert servekit_log.wait_for("line longer than 64 bytes")
+        assert server.stats.limits == {"max_line_length": 1}
+
+
+def test_a_hostile_client_does_not_delay_others() -> None:
+    """While trickling clients hold connections, normal clients are answered."""
+    stop = threading.Event()
+    with serving(_server(read_timeout=1.0, idle_timeout=5)) as server:
+        slow = [connect(server.server_address) for _ in range(20)]
+        for client in slow:
+            client.sendall(b"x")
+        try:
+            for i in range(20):
+                with connect(server.server_address) as client:
+                    client.sendall(b"%d\n" % i)
+                    assert recv_until(client) == b"%d\n" % i
+        finally:
+            stop.set()
+            for client in slow:
+                client.close()
