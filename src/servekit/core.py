@@ -298,7 +298,7 @@ class BaseServer:
         if self._requests_resume_at:
             self._get_request_recovered()
         self._request_accepted(request, client_address)
-        if self.verify_request(request, client_address):
+        if self._verify_in_worker or self.verify_request(request, client_address):
             self._counters.request()
             try:
                 self.process_request(request, client_address)
@@ -324,6 +324,12 @@ class BaseServer:
 
     def _request_accepted(self, request: Any, client_address: Any) -> None:
         """Called for each request get_request() returned, before verify_request()."""
+
+    @property
+    def _verify_in_worker(self) -> bool:
+        """True when verify_request() must wait for what the worker learns first
+        (a PROXY header, a TLS handshake): see sockets.TCPServer."""
+        return False
 
     def _open_requests(self) -> int:
         """How many accepted requests are not closed yet (for stats and limits)."""

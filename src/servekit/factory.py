@@ -33,9 +33,14 @@ from servekit.concurrency import (
     ThreadPoolUnixDatagramServer,
     ThreadPoolUnixStreamServer,
 )
+from servekit.proxy import parse_networks
 from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
+from servekit.tls import StrPath, server_context
 
 if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Iterable
+
     from servekit.core import RequestHandlerFactory
 
 __all__ = ["CONCURRENCY_MODELS", "make_server"]
@@ -69,6 +74,9 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_READ_TIMEOUT = 30.0
 #: The longest line StreamRequestHandler reads, newline included: http.server's own bound.
 DEFAULT_MAX_LINE_LENGTH = 65536
+#: The TLS handshake and the PROXY header together: a real client needs a few
+#: round trips (milliseconds); 10 s covers a slow mobile link and no more.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 _CLASSES: dict[tuple[str, str], type[TCPServer]] = {
     ("tcp", "pool"): ThreadPoolTCPServer,
@@ -106,6 +114,13 @@ def make_server(
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
+    ssl_context: ssl.SSLContext | None = None,
+    certfile: StrPath | None = None,
+    keyfile: StrPath | None = None,
+    cafile: StrPath | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    proxy_protocol: bool = False,
+    trusted_proxies: Iterable[str] = (),
 ) -> TCPServer:
     """Make a bound, listening server for ``address`` that runs ``handler``.
 
@@ -125,10 +140,28 @@ def make_server(
     flight at a stop, and per connection ``idle_timeout``, ``read_timeout``
     and ``max_line_length``. None turns a limit off.
 
+    TLS: pass ``ssl_context``, or ``certfile`` (and ``keyfile``) to build one;
+    ``cafile`` then requires client certificates signed by its authorities.
+    The handshake runs in the worker within ``handshake_timeout``.
+    PROXY protocol: ``proxy_protocol=True`` reads a v1 or v2 header from peers
+    in ``trusted_proxies`` (addresses, networks, "unix") and refuses others.
+
     The bound address is in ``server.server_address`` and logged at INFO.
     Raises ValueError for a bad address or model, OSError if binding fails.
     """
     spec = parse_address(address)
+    if certfile is not None:
+        if ssl_context is not None:
+            raise ValueError("pass ssl_context or certfile, not both")
+        ssl_context = server_context(certfile, keyfile, cafile)
+    elif keyfile is not None or cafile is not None:
+        raise ValueError("keyfile and cafile need certfile (the server's certificate)")
+    trusted = parse_networks(trusted_proxies)
+    if proxy_protocol and not trusted:
+        raise ValueError(
+            "proxy_protocol needs trusted_proxies: the addresses of the proxies allowed to "
+            "say who the client is (for example ['127.0.0.1', '10.0.0.0/8'])"
+        )
     if concurrency not in CONCURRENCY_MODELS:
         raise ValueError(
             f"unknown concurrency {concurrency!r}; choose one of {', '.join(CONCURRENCY_MODELS)}"
@@ -145,6 +178,8 @@ def make_server(
     else:
         sock = None
         transport = spec.transport
+    if transport in ("udp", "unix-dgram") and (ssl_context is not None or proxy_protocol):
+        raise ValueError(f"{address}: TLS and the PROXY protocol need a stream socket")
     server = _CLASSES[(transport, concurrency)](spec.address, handler, bind_and_activate=False)
     try:
         _configure(server, spec, sock, backlog=backlog, reuse_port=reuse_port)
@@ -157,6 +192,10 @@ def make_server(
             server.max_pending = max_pending  # type: ignore[attr-defined]
         server.shutdown_timeout = shutdown_timeout
         if server.socket_type == socket.SOCK_STREAM:
+            server.ssl_context = ssl_context
+            server.handshake_timeout = handshake_timeout
+            server.proxy_protocol = proxy_protocol
+            server.trusted_proxies = trusted
             server.max_connections = max_connections
             server.idle_timeout = idle_timeout
             server.read_timeout = read_timeout

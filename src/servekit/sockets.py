@@ -20,16 +20,21 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import stat
 import struct
 import threading
 from functools import cached_property
+from time import monotonic
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from servekit._preface import PrefaceFailed, handshake, read_proxy_header
 from servekit.core import BaseServer
+from servekit.proxy import is_trusted
 
 if TYPE_CHECKING:
     from servekit.core import RequestHandlerFactory
+    from servekit.proxy import TrustedNetwork
 
 __all__ = [
     "ACCEPT_BACKOFF_FIRST",
@@ -145,6 +150,14 @@ class TCPServer(BaseServer):
       None, the default, for no limit)
     - idle_timeout, read_timeout, max_line_length (servekit: limits on each
       connection, enforced by StreamRequestHandler; see servekit.limits)
+    - ssl_context, handshake_timeout (servekit: TLS, with the handshake in
+      the worker; see servekit.tls)
+    - proxy_protocol, trusted_proxies (servekit: read a PROXY header from
+      peers in trusted_proxies; see servekit.proxy)
+
+    With TLS or the PROXY protocol on, verify_request() runs in the worker
+    after the handshake and the header, so it sees the real client's address
+    and the peer's certificate.
 
     Instance variables:
 
@@ -163,6 +176,10 @@ class TCPServer(BaseServer):
     idle_timeout: float | None = None
     read_timeout: float | None = None
     max_line_length: int | None = None
+    ssl_context: ssl.SSLContext | None = None
+    handshake_timeout: float | None = None
+    proxy_protocol = False
+    trusted_proxies: tuple[TrustedNetwork, ...] = ()
 
     _request_failures = 0
     _at_max_connections = False
@@ -222,7 +239,64 @@ class TCPServer(BaseServer):
 
         May be overridden.
         """
+        if isinstance(self.socket, ssl.SSLSocket):
+            # Accept plainly: the handshake is the worker's job (see tls.py).
+            return socket.socket.accept(self.socket)
         return self.socket.accept()
+
+    @property
+    def _verify_in_worker(self) -> bool:
+        return (
+            self.ssl_context is not None
+            or self.proxy_protocol
+            # getattr: some subclasses never make a socket (wsgiref's tests do that)
+            or isinstance(getattr(self, "socket", None), ssl.SSLSocket)
+        )
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Finish one request by instantiating RequestHandlerClass.
+
+        With TLS or the PROXY protocol, first read the header, run the
+        handshake, and call verify_request() with what they revealed.
+        """
+        if not self._verify_in_worker:
+            self.RequestHandlerClass(request, client_address, self)
+            return
+        conn, address = self._open_preface(request, client_address)
+        try:
+            if self.verify_request(conn, address):
+                self.RequestHandlerClass(conn, address, self)
+        finally:
+            if conn is not request:
+                self.shutdown_request(conn)
+
+    def _open_preface(self, request: Any, client_address: Any) -> tuple[Any, Any]:
+        """The PROXY header, then the TLS handshake: (connection, real client address)."""
+        timeout = self.handshake_timeout
+        deadline = None if timeout is None else monotonic() + timeout
+        address, conn = client_address, request
+        try:
+            if self.proxy_protocol:
+                if not is_trusted(client_address, self.trusted_proxies):
+                    raise PrefaceFailed(
+                        "not a trusted proxy: PROXY headers are taken from trusted_proxies only",
+                        "proxy_protocol",
+                    )
+                real = read_proxy_header(request, deadline)
+                if real is not None:
+                    address = real
+            context = self.ssl_context
+            if context is None and isinstance(self.socket, ssl.SSLSocket):
+                context = self.socket.context
+            if context is not None:
+                conn = handshake(request, context, deadline)
+                self._connections.replace(request, conn)
+        except PrefaceFailed as exc:
+            self._counters.limit(exc.limit)
+            logger.warning("%s: closing connection from %s: %s", self, client_address, exc)
+            raise
+        conn.settimeout(self.idle_timeout)
+        return conn, address
 
     def shutdown_request(self, request: Any) -> None:
         """Called to shutdown and close an individual request."""
@@ -383,6 +457,12 @@ class _Connections:
                 return False
             self._open.discard(conn)
             return True
+
+    def replace(self, old: Any, new: Any) -> None:
+        """Track ``new`` in place of ``old`` (a socket wrapped for TLS)."""
+        with self._lock:
+            self._open.discard(old)
+            self._open.add(new)
 
     def snapshot(self) -> list[Any]:
         with self._lock:

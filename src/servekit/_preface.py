@@ -1,0 +1,117 @@
+"""The connection preface: what a stream connection goes through before its handler.
+
+First the PROXY header, if the server expects one (it says who the real
+client is), then the TLS handshake, if the server speaks TLS. Both read from
+a client that may be slow or hostile, so both run in the worker, never in the
+serving loop, and both share one deadline: ``handshake_timeout``.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from time import monotonic
+from typing import Any
+
+from servekit.limits import LimitExceeded
+from servekit.proxy import (
+    NEED_DATA,
+    V1_MAX_LENGTH,
+    V2_FIXED_LENGTH,
+    ProxyHeaderError,
+    ProxyParser,
+)
+
+__all__ = ["PrefaceFailed", "handshake", "read_proxy_header"]
+
+# The shortest valid headers are "PROXY UNKNOWN\r\n" (15 bytes) and a v2
+# fixed part (16 bytes): reading 15 bytes at first never takes application
+# data, and after that the parser knows how much more to ask for.
+_FIRST_READ = 15
+
+
+class PrefaceFailed(LimitExceeded):
+    """The PROXY header or the TLS handshake failed; the connection is closed."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def _remaining(deadline: float | None, what: str) -> float | None:
+    if deadline is None:
+        return None
+    remaining = deadline - monotonic()
+    if remaining <= 0:
+        raise PrefaceFailed(f"{what} not complete within handshake_timeout", "handshake_timeout")
+    return remaining
+
+
+def read_proxy_header(sock: socket.socket, deadline: float | None) -> Any:
+    """Read a PROXY header and nothing after it; return the client address it names.
+
+    Returns the real client's address, or None when the header says LOCAL or
+    UNKNOWN (the proxy speaking for itself, as in a health check: the
+    connection's own address holds).
+    """
+    parser = ProxyParser()
+    received = bytearray()
+    want = _FIRST_READ
+    while True:
+        if want:
+            data = _recv(sock, want, deadline)
+        else:  # a v1 line of unknown length: look ahead, take up to the CRLF
+            data = _recv_v1_part(sock, deadline)
+        received += data
+        parser.receive_data(data)
+        try:
+            event = parser.next_event()
+        except ProxyHeaderError as exc:
+            raise PrefaceFailed(f"bad PROXY header: {exc}", "proxy_protocol") from None
+        if event is not NEED_DATA:
+            return event.source if event.command == "PROXY" else None
+        want = _v2_bytes_wanted(received) if received[:1] == b"\r" else 0
+
+
+def _recv(sock: socket.socket, size: int, deadline: float | None, flags: int = 0) -> bytes:
+    sock.settimeout(_remaining(deadline, "PROXY header"))
+    try:
+        return sock.recv(size, flags)
+    except TimeoutError:
+        raise PrefaceFailed(
+            "PROXY header not complete within handshake_timeout", "handshake_timeout"
+        ) from None
+
+
+def _recv_v1_part(sock: socket.socket, deadline: float | None) -> bytes:
+    """Take what has arrived of a v1 line, never past its CRLF."""
+    ahead = _recv(sock, V1_MAX_LENGTH, deadline, socket.MSG_PEEK)
+    end = ahead.find(b"\n")
+    return _recv(sock, len(ahead) if end < 0 else end + 1, deadline) if ahead else b""
+
+
+def _v2_bytes_wanted(received: bytearray) -> int:
+    """Bytes still missing from a v2 header (its length is in bytes 14-15)."""
+    if len(received) < V2_FIXED_LENGTH:
+        return V2_FIXED_LENGTH - len(received)
+    total = V2_FIXED_LENGTH + int.from_bytes(received[14:16], "big")
+    return max(1, total - len(received))
+
+
+def handshake(
+    sock: socket.socket, context: ssl.SSLContext, deadline: float | None
+) -> ssl.SSLSocket:
+    """Run the server side of a TLS handshake on ``sock`` before ``deadline``."""
+    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        tls.settimeout(_remaining(deadline, "TLS handshake"))
+        tls.do_handshake()
+    except TimeoutError:
+        tls.close()
+        raise PrefaceFailed(
+            "TLS handshake not complete within handshake_timeout", "handshake_timeout"
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        tls.close()
+        raise PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake") from None
+    return tls
