@@ -8,7 +8,11 @@ import socketserver
 import servekit
 
 OWN_NAMES = {
+    "IdleTimeout",
+    "LimitExceeded",
+    "LineTooLong",
     "ListenAddress",
+    "ReadTimeout",
     "StatsSnapshot",
     "ThreadPoolMixIn",
     "ThreadPoolTCPServer",

@@ -1,5 +1,9 @@
 """servekit: define network servers the socketserver way, production grade.
 
+Submodules with more: ``servekit.tls`` (server contexts), ``servekit.proxy``
+(the PROXY protocol, sans-IO), ``servekit.activation`` (systemd sockets),
+``servekit.limits``, ``servekit.addresses``.
+
 ``import servekit as socketserver`` works: every public name of the
 standard library's socketserver (Python 3.11-3.13) is here with the same
 hooks and defaults, with its known faults fixed (``shutdown()`` wakes the
@@ -25,6 +29,7 @@ from servekit.concurrency import (
 from servekit.core import BaseServer
 from servekit.factory import make_server
 from servekit.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from servekit.limits import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout
 from servekit.sockets import TCPServer, UDPServer
 from servekit.stats import StatsSnapshot
 
@@ -34,7 +39,11 @@ __all__ = [
     "BaseRequestHandler",
     "BaseServer",
     "DatagramRequestHandler",
+    "IdleTimeout",
+    "LimitExceeded",
+    "LineTooLong",
     "ListenAddress",
+    "ReadTimeout",
     "StatsSnapshot",
     "StreamRequestHandler",
     "TCPServer",
