@@ -258,7 +258,23 @@ class _NoThreads:
         return True
 
 
-class ThreadingMixIn(_MixinBase):
+class _RequestThreads(_MixinBase):
+    """What runs on a request's own thread, for ThreadingMixIn and ThreadPoolMixIn."""
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Same as in BaseServer but as a thread.
+
+        In addition, exception handling is done here.
+        """
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self._report_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+
+class ThreadingMixIn(_RequestThreads):
     """Mix-in class to handle each request in a new thread.
 
     Class variables that may be overridden:
@@ -273,18 +289,6 @@ class ThreadingMixIn(_MixinBase):
     block_on_close = True
     # Threads object used by server_close() to wait for all threads completion.
     _threads: _Threads | _NoThreads = _NoThreads()
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Same as in BaseServer but as a thread.
-
-        In addition, exception handling is done here.
-        """
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self._report_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a new thread to process the request."""
@@ -303,7 +307,7 @@ class ThreadingMixIn(_MixinBase):
             _drain(self, self._threads.join)
 
 
-class ThreadPoolMixIn(_MixinBase):
+class ThreadPoolMixIn(_RequestThreads):
     """Mix-in class to handle requests on a bounded pool of reused threads.
 
     Class variables that may be overridden:
@@ -331,15 +335,6 @@ class ThreadPoolMixIn(_MixinBase):
                 name=type(self).__name__,
             )
         return pool
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Run one request on a worker thread; errors go to handle_error()."""
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self._report_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Queue the request for the next free worker thread."""
