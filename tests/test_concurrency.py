@@ -91,9 +91,8 @@ def test_pool_stops_accepting_when_full_and_resumes(servekit_log: LogWatcher) ->
 def test_graceful_stop_finishes_requests_in_flight(name: str) -> None:
     """Requests accepted before the stop are all answered; none is cut."""
     gate = Gate()
-    cls = getattr(servekit, name)
     busy = 1 if name == "TCPServer" else 4
-    server = cls(LOCAL, gated_echo(gate))
+    server = _counting(name)(LOCAL, gated_echo(gate))
     server.shutdown_timeout = WAIT
     forking = name == "ForkingTCPServer"
     if forking:
@@ -104,7 +103,7 @@ def test_graceful_stop_finishes_requests_in_flight(name: str) -> None:
     for i, client in enumerate(clients):
         client.sendall(b"%d\n" % i)
     if forking:  # children check in in their own memory: count what the parent accepted
-        assert _wait_until(lambda: server.stats.connections_total == busy)
+        assert server.wait_verified(busy)
     else:
         assert gate.wait_started(busy)
     stopper = threading.Thread(target=lambda: (server.shutdown(), server.server_close()))
@@ -133,13 +132,12 @@ class Silent(servekit.StreamRequestHandler):
     "name", ["ThreadPoolTCPServer", "ThreadingTCPServer", "ForkingTCPServer", "TCPServer"]
 )
 def test_stop_cuts_what_outlives_shutdown_timeout(name: str, servekit_log: LogWatcher) -> None:
-    server = getattr(servekit, name)(LOCAL, Silent)
+    server = _counting(name)(LOCAL, Silent)
     server.shutdown_timeout = 0.2
     loop = threading.Thread(target=server.serve_forever, daemon=True)
     loop.start()
     with connect(server.server_address) as client:
-        # The server has the connection once it counts it (the fork parent: a child).
-        assert _wait_until(lambda: server.stats.connections_open == 1)
+        assert server.wait_verified(1)  # the server has the connection
         stopper = threading.Thread(target=lambda: (server.shutdown(), server.server_close()))
         stopper.start()
         stopper.join(WAIT)
@@ -149,13 +147,26 @@ def test_stop_cuts_what_outlives_shutdown_timeout(name: str, servekit_log: LogWa
     assert servekit_log.wait_for("cut 1 connection(s) still open after shutdown_timeout=0.2s")
 
 
-def _wait_until(predicate: Any) -> bool:
-    done = threading.Event()
-    for _ in range(int(WAIT / 0.005)):
-        if predicate():
+def _counting(name: str) -> Any:
+    """The server class ``name``, whose verify_request() counts the connections it sees."""
+
+    class Counting(getattr(servekit, name)):  # type: ignore[misc]
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self._verified = threading.Condition()
+            self.verified = 0
+
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            with self._verified:
+                self.verified += 1
+                self._verified.notify_all()
             return True
-        done.wait(0.005)  # polling a counter the server exposes; no event exists for it
-    return False
+
+        def wait_verified(self, count: int) -> bool:
+            with self._verified:
+                return self._verified.wait_for(lambda: self.verified >= count, WAIT)
+
+    return Counting
 
 
 def test_max_connections_waits_in_backlog_then_serves(servekit_log: LogWatcher) -> None:
@@ -198,8 +209,8 @@ def test_stats_count_connections_requests_errors_and_bytes() -> None:
             with connect(server.server_address) as client:
                 client.sendall(line)
                 recv_until(client)
-        assert _wait_until(lambda: server.stats.connections_open == 0)
-        stats = server.stats
+    stats = server.stats  # after server_close(): every connection is closed and counted
+    assert stats.connections_open == 0
     assert stats.connections_total == 3
     assert stats.requests == 3
     assert stats.errors == 1
