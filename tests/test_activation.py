@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -349,16 +348,12 @@ def test_nothing_passed_in_child() -> None:
 # -- the real launcher ------------------------------------------------------------------------
 
 
-def _connect_when_ready(path: Path) -> socket.socket:
-    """Connect to the Unix socket systemd-socket-activate is about to listen on."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            return connect(str(path), socket.AF_UNIX)
-        except (FileNotFoundError, ConnectionRefusedError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def _wait_listening(proc: subprocess.Popen[str], count: int) -> None:
+    """Read systemd-socket-activate's "Listening on ..." lines until all sockets are up."""
+    assert proc.stderr is not None
+    for _ in range(count):
+        line = proc.stderr.readline()
+        assert line.startswith("Listening on "), line
 
 
 @pytest.mark.skipif(
@@ -376,7 +371,8 @@ def test_under_systemd_socket_activate(sock_dir: Path) -> None:
     )
     try:
         # systemd-socket-activate execs the program on the first connection.
-        with _connect_when_ready(admin) as client:
+        _wait_listening(proc, 2)
+        with connect(str(admin), socket.AF_UNIX) as client:
             client.sendall(b"activated\n")
             assert recv_until(client) == b"activated\n"
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
