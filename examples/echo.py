@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 import servekit
 
@@ -46,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    datagram = servekit.parse_address(args.listen).transport in ("udp", "unix-dgram")
-    handler = DatagramEcho if datagram else LineEcho
-    with servekit.make_server(args.listen, handler, concurrency=args.concurrency) as server:
+    with servekit.make_server(args.listen, LineEcho, concurrency=args.concurrency) as server:
+        if server.socket_type == socket.SOCK_DGRAM:  # udp://, unix-dgram:, or inherited
+            server.RequestHandlerClass = DatagramEcho
         # Ctrl-C stops accepting; requests in flight get a few seconds to finish.
         server.shutdown_timeout = 2.0
         try:

@@ -415,6 +415,28 @@ def test_make_server_serves_the_socket_systemd_passed(tcp: socket.socket, listen
         proc.wait(TIMEOUT)
 
 
+def test_make_server_serves_a_datagram_socket_systemd_passed(udp: socket.socket) -> None:
+    address = udp.getsockname()
+    command = [sys.executable, "-c", LAUNCHER, str(udp.fileno()), str(EXAMPLE),
+               "--listen", "systemd"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, pass_fds=[udp.fileno()], env=_base_env(LISTEN_FDS="1"),
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr
+    try:
+        assert f"listening on udp://127.0.0.1:{address[1]}" in proc.stderr.readline()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(TIMEOUT)
+            client.sendto(b"datagram", address)
+            assert client.recv(100) == b"datagram"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)
+
+
 def test_make_server_systemd_without_sockets_explains() -> None:
     env = _base_env()
     code = "import servekit; servekit.make_server('systemd', servekit.BaseRequestHandler)"
