@@ -1,0 +1,164 @@
+"""``servekit serve``: real processes, real signals, bounded."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import servekit
+from tests.conftest import WAIT, connect, recv_until
+
+ROOT = Path(__file__).parent.parent
+
+
+def _servekit(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "servekit", *args], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+    )  # fmt: skip
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "servekit", *args], cwd=ROOT,
+        capture_output=True, text=True, timeout=WAIT * 3,
+    )  # fmt: skip
+
+
+def test_version() -> None:
+    done = _run("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"servekit {servekit.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "nosuchmodule:X"], "cannot import 'nosuchmodule'"),
+        (["serve", "examples.echo:Nope"], "has no attribute 'Nope'"),
+        (["serve", "examples.echo"], "is not MODULE:ATTR"),
+        (["serve", "examples.echo:logger"], "neither a request handler class nor a function"),
+        (["serve", "examples.echo:LineEcho", "--listen", "bogus"], "bad listen address"),
+        (["serve", "examples.echo:LineEcho", "--concurrency", "nope"], "invalid choice"),
+        (["serve", "examples.echo:LineEcho", "--read-timeout", "-1"], "is negative"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    done = _run(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+class _Log:
+    """Reads a process's stderr on a thread; wait_for(pattern) returns the first match."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        def found() -> list[re.Match[str]]:
+            return [m for line in self.lines if (m := re.search(pattern, line))]
+
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(found()) >= count, WAIT), self.lines
+            return found()
+
+
+def test_serve_two_addresses_status_and_graceful_stop(sock_dir: Path) -> None:
+    path = sock_dir / "cli.sock"
+    proc = _servekit(
+        "serve", "examples.echo:LineEcho", "--listen", "127.0.0.1:0",
+        "--listen", f"unix:{path}", "--status-interval", "none",
+    )  # fmt: skip
+    log = _Log(proc)
+    try:
+        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+        log.wait_for(r"listening on unix:")
+        tcp = connect(("127.0.0.1", port))
+        tcp.sendall(b"over tcp\n")
+        assert recv_until(tcp) == b"over tcp\n"
+        with socket.socket(socket.AF_UNIX) as unix:
+            unix.settimeout(WAIT)
+            unix.connect(str(path))
+            unix.sendall(b"over unix\n")
+            assert recv_until(unix) == b"over unix\n"
+        proc.send_signal(signal.SIGUSR1)
+        log.wait_for(r"status .*open=1 total=1 requests=1", count=1)
+        # A connection still open at the stop is served until it closes.
+        proc.send_signal(signal.SIGTERM)
+        log.wait_for("stopping gracefully")
+        tcp.sendall(b"still here\n")
+        assert recv_until(tcp) == b"still here\n"
+        tcp.close()
+        assert proc.wait(WAIT) == 0
+        log.wait_for("stopped")
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+    assert not path.exists()
+
+
+def test_second_signal_stops_at_once() -> None:
+    proc = _servekit("serve", "examples.echo:LineEcho", "--listen", "127.0.0.1:0",
+                     "--shutdown-timeout", "none")  # fmt: skip
+    log = _Log(proc)
+    try:
+        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+        with connect(("127.0.0.1", port)) as client:
+            client.sendall(b"x\n")
+            assert recv_until(client) == b"x\n"
+            proc.send_signal(signal.SIGINT)
+            log.wait_for("stopping gracefully")  # waits for ever for the open connection ...
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(WAIT) == 1  # ... until the second signal
+            assert client.recv(10) == b""
+        log.wait_for("stopping at once")
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+
+
+def test_factory_target(tmp_path: Path) -> None:
+    (tmp_path / "factory_app.py").write_text(
+        "import servekit\n"
+        "class Upper(servekit.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.wfile.write(self.rfile.readline().upper())\n"
+        "def make():\n"
+        "    return servekit.make_server('127.0.0.1:0', Upper)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servekit", "serve", "factory_app:make"], cwd=tmp_path,
+        stderr=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    log = _Log(proc)
+    try:
+        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+        with connect(("127.0.0.1", port)) as client:
+            client.sendall(b"shout\n")
+            assert recv_until(client) == b"SHOUT\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
