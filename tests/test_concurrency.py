@@ -248,3 +248,67 @@ def test_udp_stats_count_datagrams() -> None:
             assert client.recv(100) == b"12345"
     assert server.stats.requests == 3
     assert server.stats.bytes_in == 15
+
+
+def test_pool_keeps_its_threads_when_a_request_escapes_error_handling() -> None:
+    """A handle_error() that re-raises, or a SystemExit, must not cost the pool a thread."""
+
+    class Quits(servekit.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            if line == b"quit\n":
+                raise SystemExit(1)
+            self.wfile.write(line)
+
+    class One(servekit.ThreadPoolTCPServer):
+        max_workers = 1
+
+    with serving(One(LOCAL, Quits)) as server:
+        for _ in range(3):
+            with connect(server.server_address) as client:
+                client.sendall(b"quit\n")
+                assert client.recv(10) == b""
+        with connect(server.server_address) as client:
+            client.sendall(b"alive\n")
+            assert recv_until(client) == b"alive\n"
+
+
+def test_start_then_stop_at_once_never_races() -> None:
+    """shutdown() right after starting the loop's thread: the loop never runs on a closed socket."""
+    failures: list[BaseException] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: failures.append(args.exc_value)  # type: ignore[assignment,misc,return-value]
+    try:
+        for _ in range(200):
+            server = servekit.TCPServer(LOCAL, servekit.BaseRequestHandler)
+            loop = threading.Thread(target=server.serve_forever)
+            loop.start()
+            server.shutdown()
+            server.server_close()
+            loop.join(WAIT)
+            assert not loop.is_alive()
+    finally:
+        threading.excepthook = old_hook
+    assert failures == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forking_at_max_children_still_stops_promptly() -> None:
+    class Waits(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.recv(10)  # until the test says
+
+    server = type("One", (_counting("ForkingTCPServer"),), {"max_children": 1})(LOCAL, Waits)
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+    loop.start()
+    with connect(server.server_address) as client:
+        assert server.wait_verified(1)
+        stopper = threading.Thread(target=server.shutdown)
+        stopper.start()
+        stopper.join(WAIT)
+        # The stdlib's loop sits in waitpid() until the child exits.
+        assert not stopper.is_alive(), "shutdown() waited for a child"
+        client.sendall(b"go")
+    loop.join(WAIT)
+    server.server_close()
+    assert not server.active_children

@@ -81,6 +81,9 @@ def test_idle_timeout_closes_a_silent_client(servekit_log: LogWatcher) -> None:
 
 
 def test_idle_timeout_applies_to_raw_socket_handlers(servekit_log: LogWatcher) -> None:
+    """A handler reading self.request directly gets idle_timeout as the socket's timeout;
+    the TimeoutError is its own to handle, so an unhandled one goes to handle_error."""
+
     class Raw(servekit.BaseRequestHandler):
         def handle(self) -> None:
             self.request.recv(10)
@@ -88,8 +91,48 @@ def test_idle_timeout_applies_to_raw_socket_handlers(servekit_log: LogWatcher) -
     with servekit.make_server("127.0.0.1:0", Raw, idle_timeout=0.2) as server, serving(server):
         with connect(server.server_address) as silent:
             assert _closed(silent)
-        assert servekit_log.wait_for("idle for 0.2s")
-    assert server.stats.errors == 0
+        assert servekit_log.wait_for("Exception occurred during processing of request")
+    record = next(r for r in servekit_log.records if r.levelno == logging.ERROR)
+    assert record.exc_info is not None
+    assert record.exc_info[0] is TimeoutError
+    assert server.stats.errors == 1
+
+
+def test_read_of_nothing_returns_at_once() -> None:
+    """read(0) must not wait for a byte (http.server reads an empty body that way)."""
+
+    class Body(servekit.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            empty = self.rfile.read(0)
+            self.wfile.write(line.strip() + b" %d\n" % len(empty))
+
+    with (
+        serving(servekit.make_server("127.0.0.1:0", Body, idle_timeout=30)) as server,
+        connect(server.server_address) as client,
+    ):
+        client.sendall(b"POST\n")
+        assert recv_until(client) == b"POST 0\n"
+
+
+def test_a_slow_steady_reader_is_not_cut() -> None:
+    """idle_timeout bounds each wait for the client to take data, not a whole write."""
+
+    class Big(servekit.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"x" * 8_000_000)
+
+    with (
+        serving(servekit.make_server("127.0.0.1:0", Big, idle_timeout=0.5)) as server,
+        connect(server.server_address) as client,
+    ):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        received, pause = 0, threading.Event()
+        while chunk := client.recv(65536):
+            received += len(chunk)
+            pause.wait(0.01)  # the whole write takes over 1 s; no single wait does
+        assert received == 8_000_000
+        assert server.stats.limits == {}
 
 
 @pytest.mark.parametrize("concurrency", ["pool", "threads", "sync"])

@@ -119,3 +119,17 @@ def test_unix_socket_peers_trusted_by_name(sock_dir: Any) -> None:
         client.connect(path)
         client.sendall(build_v1(REAL, FRONT) + b"via unix\n")
         assert recv_until(client) == b"203.0.113.7:4711 via unix\n"
+
+
+def test_finish_request_override_keeps_the_preface() -> None:
+    """As http.server's DualStackServer does: overriding finish_request is common."""
+
+    class Overriding(servekit.ThreadPoolTCPServer):
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            self.RequestHandlerClass(request, client_address, self)
+
+    server = Overriding(("127.0.0.1", 0), Seen)
+    server.proxy_protocol = True
+    server.trusted_proxies = servekit.proxy.parse_networks(["127.0.0.1"])
+    with serving(server):
+        assert _send(server, build_v1(REAL, FRONT) + b"hi\n") == b"203.0.113.7:4711 hi\n"

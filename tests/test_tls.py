@@ -189,3 +189,19 @@ def test_plain_client_to_tls_server_fails_alone(pki: dict[str, Path]) -> None:
                 pass
         assert _tls_round_trip(server.server_address, _client_context(pki)) == b"anonymous hi\n"
     assert server.stats.limits == {"tls_handshake": 1}
+
+
+def test_connections_in_their_handshake_count_toward_max_connections(
+    pki: dict[str, Path], servekit_log: LogWatcher
+) -> None:
+    server = servekit.make_server(
+        "127.0.0.1:0", Echo, certfile=pki["server_pem"], keyfile=pki["server_key"],
+        max_connections=2, handshake_timeout=5,
+    )  # fmt: skip
+    with serving(server):
+        silent = [connect(server.server_address) for _ in range(3)]
+        assert servekit_log.wait_for("max_connections=2 reached")
+        assert server.stats.connections_total == 2
+        assert server.stats.connections_open == 2
+        for sock in silent:
+            sock.close()

@@ -9,6 +9,7 @@ is full (``has_room``), and it calls ``on_room`` when a job finishes.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from time import monotonic
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["WorkerPool"]
+
+logger = logging.getLogger(__name__)
 
 
 class WorkerPool:
@@ -55,7 +58,8 @@ class WorkerPool:
 
     def has_room(self) -> bool:
         """True if submit() would not exceed the bounds."""
-        return self._busy + len(self._jobs) < self.max_workers + self.max_pending
+        with self._cond:
+            return self._busy + len(self._jobs) < self.max_workers + self.max_pending
 
     def submit(self, a: Any, b: Any) -> None:
         with self._cond:
@@ -87,6 +91,10 @@ class WorkerPool:
                 self._busy += 1
             try:
                 self._run(a, b)
+            except BaseException:
+                # A handle_error() that re-raises, a SystemExit in a handler:
+                # the request is over, but the pool must not lose a thread.
+                logger.exception("%s: a request escaped its error handling", self._name)
             finally:
                 with cond:
                     self._busy -= 1

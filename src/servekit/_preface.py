@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from servekit.limits import LimitExceeded
 from servekit.proxy import (
@@ -21,6 +21,9 @@ from servekit.proxy import (
     ProxyHeaderError,
     ProxyParser,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["PrefaceFailed", "handshake", "read_proxy_header"]
 
@@ -99,10 +102,19 @@ def _v2_bytes_wanted(received: bytearray) -> int:
 
 
 def handshake(
-    sock: socket.socket, context: ssl.SSLContext, deadline: float | None
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    deadline: float | None,
+    wrapped: Callable[[socket.socket, ssl.SSLSocket], None],
 ) -> ssl.SSLSocket:
-    """Run the server side of a TLS handshake on ``sock`` before ``deadline``."""
+    """Run the server side of a TLS handshake on ``sock`` before ``deadline``.
+
+    ``wrapped(sock, tls)`` is called as soon as ``tls`` has taken over the
+    descriptor, before the handshake, so the server tracks (and can cut) the
+    connection while the handshake runs.
+    """
     tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    wrapped(sock, tls)
     try:
         tls.settimeout(_remaining(deadline, "TLS handshake"))
         tls.do_handshake()

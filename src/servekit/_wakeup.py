@@ -43,8 +43,11 @@ class Waker:
 
     def wait(self, timeout: float | None) -> bool:
         """Block until woken or ``timeout`` seconds pass (None: no limit); True if woken."""
-        delay = None if timeout is None else max(timeout, 0.0)
-        readable, _, _ = select.select([self._reader], [], [], delay)
+        # poll(), not select(): select() fails on descriptors above 1023.
+        poller = select.poll()
+        poller.register(self._reader, select.POLLIN)
+        delay = None if timeout is None else max(timeout, 0.0) * 1000
+        readable = poller.poll(delay)
         if readable:
             self.drain()
         return bool(readable)

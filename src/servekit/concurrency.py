@@ -23,11 +23,13 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from servekit._pool import WorkerPool
+from servekit.limits import LimitExceeded
 from servekit.sockets import TCPServer, UDPServer
 
 if TYPE_CHECKING:
@@ -112,7 +114,11 @@ if hasattr(os, "fork"):
                     break
 
             # Now reap all defunct children.
-            for pid in self.active_children.copy():
+            self._reap_exited(blocking=blocking)
+
+        def _reap_exited(self, *, blocking: bool = False) -> None:
+            """Reap the children that have exited; never blocks unless ``blocking``."""
+            for pid in (self.active_children or set()).copy():
                 try:
                     flags = 0 if blocking else os.WNOHANG
                     pid, status = os.waitpid(pid, flags)
@@ -121,7 +127,8 @@ if hasattr(os, "fork"):
                         self._child_exited(pid, status)
                 except ChildProcessError:
                     # someone else reaped it
-                    self.active_children.discard(pid)
+                    if self.active_children is not None:
+                        self.active_children.discard(pid)
                 except OSError:
                     pass
 
@@ -137,10 +144,10 @@ if hasattr(os, "fork"):
             return super()._open_requests() + len(self.active_children or ())
 
         def _ready_for_request(self) -> bool:
-            # Above max_children, process_request would block in waitpid();
-            # waiting here instead keeps shutdown() responsive.
+            # At max_children, the stdlib blocks the loop in waitpid(); here the
+            # loop waits for a child without blocking, so shutdown() still works.
             if len(self.active_children or ()) >= self.max_children:
-                self.collect_children()
+                self._reap_exited()
                 if len(self.active_children or ()) >= self.max_children:
                     return False
             return super()._ready_for_request()
@@ -161,7 +168,7 @@ if hasattr(os, "fork"):
                 return True
             deadline = monotonic() + timeout
             while True:
-                self.collect_children()
+                self._reap_exited()
                 if not self.active_children:
                     return True
                 if monotonic() >= deadline:
@@ -181,8 +188,9 @@ if hasattr(os, "fork"):
             """Collect the zombie child processes regularly in the ForkingMixIn.
 
             service_actions is called in the BaseServer's serve_forever loop.
+            It never blocks: at max_children, the loop stops accepting instead.
             """
-            self.collect_children()
+            self._reap_exited()
 
         def process_request(self, request: Any, client_address: Any) -> None:
             """Fork a new subprocess to process the request."""
@@ -197,10 +205,11 @@ if hasattr(os, "fork"):
             # Child process. This must never return, hence os._exit()!
             status = 1
             try:
-                self.finish_request(request, client_address)
+                self._run_request(request, client_address)
                 status = 0
             except Exception:
-                self.handle_error(request, client_address)
+                self._report_error(request, client_address)
+                status = 0 if isinstance(sys.exception(), LimitExceeded) else 1
             finally:
                 try:
                     self.shutdown_request(request)
@@ -215,6 +224,16 @@ if hasattr(os, "fork"):
                 self.collect_children(blocking=True)
             else:
                 _drain(self, self._children_done)
+                self._kill_children()
+
+        def _kill_children(self) -> None:
+            """SIGKILL children that outlived SIGTERM (a handler may catch it)."""
+            for pid in list(self.active_children or ()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._reap_exited(blocking=True)
 
     __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
 
@@ -267,7 +286,7 @@ class _RequestThreads(_MixinBase):
         In addition, exception handling is done here.
         """
         try:
-            self.finish_request(request, client_address)
+            self._run_request(request, client_address)
         except Exception:
             self._report_error(request, client_address)
         finally:
@@ -342,9 +361,11 @@ class ThreadPoolMixIn(_RequestThreads):
 
     def _ready_for_request(self) -> bool:
         pool = self._pool
+        # Raise the flag before looking: a worker finishing in between then
+        # sees it and wakes the loop, so no wake-up is lost.
+        was_full, self._pool_full = self._pool_full, True
         if pool is not None and not pool.has_room():
-            if not self._pool_full:
-                self._pool_full = True
+            if not was_full:
                 self._counters.limit("max_pending")
                 logger.warning(
                     "%s: all %d workers busy and %d requests queued; "
@@ -352,6 +373,7 @@ class ThreadPoolMixIn(_RequestThreads):
                     self, pool.max_workers, pool.max_pending,
                 )  # fmt: skip
             return False
+        self._pool_full = False
         return super()._ready_for_request()
 
     def _pool_has_room(self) -> None:

@@ -147,14 +147,17 @@ class BaseServer:
         """
         self.__is_shut_down.clear()
         try:
-            if self._shutdown_flag:
-                return  # shutdown() was called before the loop started
+            # Say the loop runs before touching the source, so that a shutdown()
+            # from now on waits for it instead of closing the source under it.
+            with self.__loop_lock:
+                if self._shutdown_flag:
+                    return  # shutdown() was called before the loop started
+                self.__serving_thread = threading.get_ident()
             with _ServerSelector() as selector, Waker() as waker:
                 selector.register(self, selectors.EVENT_READ)
                 selector.register(waker, selectors.EVENT_READ)
                 with self.__loop_lock:
                     self.__waker = waker
-                    self.__serving_thread = threading.get_ident()
                 while not self._shutdown_flag:
                     ready = self._wait_for_request(selector, waker, poll_interval)
                     # bpo-35017: shutdown() called during select(), exit immediately.
@@ -352,13 +355,7 @@ class BaseServer:
         A client that went past a limit is not a handler error: the limit
         logged and counted it when it tripped.
         """
-        exc = sys.exception()
-        if isinstance(exc, LimitExceeded):
-            return
-        idle = getattr(self, "idle_timeout", None)
-        if isinstance(exc, TimeoutError) and idle is not None:
-            self._counters.limit("idle_timeout")
-            logger.info("%s: closing connection from %s: idle for %ss", self, client_address, idle)
+        if isinstance(sys.exception(), LimitExceeded):
             return
         self._counters.error()
         self.handle_error(request, client_address)
@@ -401,7 +398,7 @@ class BaseServer:
 
         Overridden by ForkingMixIn and ThreadingMixIn.
         """
-        self.finish_request(request, client_address)
+        self._run_request(request, client_address)
         self.shutdown_request(request)
 
     def server_close(self) -> None:
@@ -409,6 +406,11 @@ class BaseServer:
 
         May be overridden.
         """
+
+    def _run_request(self, request: Any, client_address: Any) -> None:
+        """What every model runs for a request: finish_request(), and where a
+        source needs it first (TLS, PROXY), its preface and verify_request()."""
+        self.finish_request(request, client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Finish one request by instantiating RequestHandlerClass."""

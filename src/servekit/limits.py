@@ -141,14 +141,20 @@ class LimitedSocketIO(io.RawIOBase):
             raise limits.trip(IdleTimeout(f"idle for {limits.idle}s")) from None
 
     def write(self, data: ReadableBuffer, /) -> int:
+        """Send all of ``data``; idle_timeout bounds each wait, not the whole write,
+        so a slow but steady reader is not cut off."""
         limits = self._limits
         limits.set_timeout(limits.idle)
-        try:
-            self._sock.sendall(data)
-        except TimeoutError:
-            raise limits.trip(IdleTimeout(f"did not take our data for {limits.idle}s")) from None
-        with memoryview(data) as view:
-            return view.nbytes
+        with memoryview(data) as view, view.cast("B") as rest:
+            total, sent = len(rest), 0
+            while sent < total:
+                try:
+                    sent += self._sock.send(rest[sent:])
+                except TimeoutError:
+                    raise limits.trip(
+                        IdleTimeout(f"did not take our data for {limits.idle}s")
+                    ) from None
+        return total
 
 
 class LimitedReader(io.BufferedReader):
@@ -169,7 +175,7 @@ class LimitedReader(io.BufferedReader):
         return True
 
     def readline(self, size: int | None = -1, /) -> bytes:
-        if not self._start_request():
+        if size == 0 or not self._start_request():
             return b""
         limit = self._limits.max_line
         try:
@@ -183,7 +189,7 @@ class LimitedReader(io.BufferedReader):
         return line
 
     def read(self, size: int | None = -1, /) -> bytes:
-        if not self._start_request():
+        if size == 0 or not self._start_request():
             return b""
         try:
             return super().read(size)

@@ -82,10 +82,10 @@ _TCP_INFO_BYTES = struct.Struct("=QQ")
 _TCP_INFO_BYTES_AT = 120
 _TCP_INFO_LEN = _TCP_INFO_BYTES_AT + _TCP_INFO_BYTES.size
 # Linux TCP states (include/net/tcp_states.h) after the peer's FIN arrived:
-# TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING; and after ours was
-# acknowledged: FIN_WAIT2, TIME_WAIT, CLOSE.
-_PEER_FIN_STATES = frozenset({6, 7, 8, 9, 11})
-_OUR_FIN_ACKED_STATES = frozenset({5, 6, 7})
+# TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING; and after ours was acknowledged:
+# FIN_WAIT2, TIME_WAIT. CLOSE is left out: a reset leads there too, without FIN.
+_PEER_FIN_STATES = frozenset({6, 8, 9, 11})
+_OUR_FIN_ACKED_STATES = frozenset({5, 6})
 
 
 def _tcp_bytes(sock: Any) -> tuple[int, int]:
@@ -253,19 +253,16 @@ class TCPServer(BaseServer):
             or isinstance(getattr(self, "socket", None), ssl.SSLSocket)
         )
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        """Finish one request by instantiating RequestHandlerClass.
-
-        With TLS or the PROXY protocol, first read the header, run the
-        handshake, and call verify_request() with what they revealed.
-        """
+    def _run_request(self, request: Any, client_address: Any) -> None:
+        """With TLS or the PROXY protocol, first read the header, run the
+        handshake, and call verify_request() with what they revealed."""
         if not self._verify_in_worker:
-            self.RequestHandlerClass(request, client_address, self)
+            self.finish_request(request, client_address)
             return
         conn, address = self._open_preface(request, client_address)
         try:
             if self.verify_request(conn, address):
-                self.RequestHandlerClass(conn, address, self)
+                self.finish_request(conn, address)
         finally:
             if conn is not request:
                 self.shutdown_request(conn)
@@ -289,8 +286,7 @@ class TCPServer(BaseServer):
             if context is None and isinstance(self.socket, ssl.SSLSocket):
                 context = self.socket.context
             if context is not None:
-                conn = handshake(request, context, deadline)
-                self._connections.replace(request, conn)
+                conn = handshake(request, context, deadline, self._connections.replace)
         except PrefaceFailed as exc:
             self._counters.limit(exc.limit)
             logger.warning("%s: closing connection from %s: %s", self, client_address, exc)
@@ -339,21 +335,23 @@ class TCPServer(BaseServer):
     def _ready_for_request(self) -> bool:
         limit = self.max_connections
         if limit is not None:
+            # Raise the flag before counting: a connection closing in between
+            # then sees it and wakes the loop, so no wake-up is lost.
+            was_full, self._at_max_connections = self._at_max_connections, True
             if self._open_requests() >= limit:
                 self._connections.prune()
-            full = self._open_requests() >= limit
-            if full and not self._at_max_connections:
-                self._counters.limit("max_connections")
-                logger.warning(
-                    "%s: max_connections=%d reached; new clients wait in the backlog "
-                    "until a connection closes",
-                    self, limit,
-                )  # fmt: skip
-            elif not full and self._at_max_connections:
-                logger.info("%s: below max_connections=%d again; accepting", self, limit)
-            self._at_max_connections = full
-            if full:
+            if self._open_requests() >= limit:
+                if not was_full:
+                    self._counters.limit("max_connections")
+                    logger.warning(
+                        "%s: max_connections=%d reached; new clients wait in the backlog "
+                        "until a connection closes",
+                        self, limit,
+                    )  # fmt: skip
                 return False
+            self._at_max_connections = False
+            if was_full:
+                logger.info("%s: below max_connections=%d again; accepting", self, limit)
         return super()._ready_for_request()
 
     def _cut_requests(self) -> int:
@@ -441,37 +439,35 @@ class _Connections:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: set[Any] = set()
+        # By id(): a request a subclass's get_request() returns need not be hashable.
+        self._open: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return len(self._open)
 
     def add(self, conn: Any) -> None:
         with self._lock:
-            self._open.add(conn)
+            self._open[id(conn)] = conn
 
     def remove(self, conn: Any) -> bool:
         """Forget ``conn``; False if it was not tracked."""
         with self._lock:
-            if conn not in self._open:
-                return False
-            self._open.discard(conn)
-            return True
+            return self._open.pop(id(conn), None) is not None
 
     def replace(self, old: Any, new: Any) -> None:
         """Track ``new`` in place of ``old`` (a socket wrapped for TLS)."""
         with self._lock:
-            self._open.discard(old)
-            self._open.add(new)
+            self._open.pop(id(old), None)
+            self._open[id(new)] = new
 
     def snapshot(self) -> list[Any]:
         with self._lock:
-            return list(self._open)
+            return list(self._open.values())
 
     def prune(self) -> None:
         """Forget connections closed without close_request() (a subclass's doing)."""
         with self._lock:
-            self._open = {conn for conn in self._open if not _is_closed(conn)}
+            self._open = {key: c for key, c in self._open.items() if not _is_closed(c)}
 
 
 def _is_closed(conn: Any) -> bool:
