@@ -82,10 +82,12 @@ _TCP_INFO_BYTES = struct.Struct("=QQ")
 _TCP_INFO_BYTES_AT = 120
 _TCP_INFO_LEN = _TCP_INFO_BYTES_AT + _TCP_INFO_BYTES.size
 # Linux TCP states (include/net/tcp_states.h) after the peer's FIN arrived:
-# TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING; and after ours was acknowledged:
-# FIN_WAIT2, TIME_WAIT. CLOSE is left out: a reset leads there too, without FIN.
-_PEER_FIN_STATES = frozenset({6, 8, 9, 11})
-_OUR_FIN_ACKED_STATES = frozenset({5, 6})
+# TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING; and after ours was
+# acknowledged: FIN_WAIT2, TIME_WAIT, CLOSE. A reset also ends in CLOSE, with
+# no FIN: such a connection is counted one byte short each way, the price of
+# counting the normal close (LAST_ACK, then CLOSE) exactly.
+_PEER_FIN_STATES = frozenset({6, 7, 8, 9, 11})
+_OUR_FIN_ACKED_STATES = frozenset({5, 6, 7})
 
 
 def _tcp_bytes(sock: Any) -> tuple[int, int]:
