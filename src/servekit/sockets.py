@@ -288,6 +288,7 @@ class TCPServer(BaseServer):
             if context is None and isinstance(self.socket, ssl.SSLSocket):
                 context = self.socket.context
             if context is not None:
+                self._connections.pin(request)
                 conn = handshake(request, context, deadline, self._connections.replace)
         except PrefaceFailed as exc:
             self._counters.limit(exc.limit)
@@ -437,12 +438,15 @@ class UDPServer(TCPServer):
 class _Connections:
     """The stream connections a server accepted and has not closed yet."""
 
-    __slots__ = ("_lock", "_open")
+    __slots__ = ("_lock", "_open", "_pinned")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # By id(): a request a subclass's get_request() returns need not be hashable.
         self._open: dict[int, Any] = {}
+        # Connections being wrapped for TLS: their old socket object looks
+        # closed for a moment, and prune() must not take that for a close.
+        self._pinned: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -454,11 +458,18 @@ class _Connections:
     def remove(self, conn: Any) -> bool:
         """Forget ``conn``; False if it was not tracked."""
         with self._lock:
+            self._pinned.discard(id(conn))
             return self._open.pop(id(conn), None) is not None
+
+    def pin(self, conn: Any) -> None:
+        """``conn`` is about to be wrapped: keep it until replace()."""
+        with self._lock:
+            self._pinned.add(id(conn))
 
     def replace(self, old: Any, new: Any) -> None:
         """Track ``new`` in place of ``old`` (a socket wrapped for TLS)."""
         with self._lock:
+            self._pinned.discard(id(old))
             self._open.pop(id(old), None)
             self._open[id(new)] = new
 
@@ -469,7 +480,11 @@ class _Connections:
     def prune(self) -> None:
         """Forget connections closed without close_request() (a subclass's doing)."""
         with self._lock:
-            self._open = {key: c for key, c in self._open.items() if not _is_closed(c)}
+            self._open = {
+                key: c
+                for key, c in self._open.items()
+                if key in self._pinned or not _is_closed(c)
+            }
 
 
 def _is_closed(conn: Any) -> bool:
