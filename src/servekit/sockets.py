@@ -481,9 +481,7 @@ class _Connections:
         """Forget connections closed without close_request() (a subclass's doing)."""
         with self._lock:
             self._open = {
-                key: c
-                for key, c in self._open.items()
-                if key in self._pinned or not _is_closed(c)
+                key: c for key, c in self._open.items() if key in self._pinned or not _is_closed(c)
             }
 
 
