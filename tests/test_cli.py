@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,44 @@ from tests.conftest import WAIT, connect, recv_until
 ROOT = Path(__file__).parent.parent
 
 
-def _servekit(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "servekit", *args], cwd=ROOT,
+class _Log:
+    """Reads a process's stderr on a thread; wait_for(pattern) returns the first match."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        def found() -> list[re.Match[str]]:
+            return [m for line in self.lines if (m := re.search(pattern, line))]
+
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(found()) >= count, WAIT), self.lines
+            return found()
+
+
+@contextlib.contextmanager
+def _serving(*args: str, cwd: Path = ROOT, **kwargs: Any) -> Iterator[tuple[Any, _Log, int]]:
+    """Run ``servekit serve ARGS``; yield the process, its log and its first TCP port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servekit", "serve", *args], cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
     )  # fmt: skip
+    log = _Log(proc)
+    try:
+        yield proc, log, int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,40 +93,12 @@ def test_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     assert "Traceback" not in done.stderr
 
 
-class _Log:
-    """Reads a process's stderr on a thread; wait_for(pattern) returns the first match."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
-        def found() -> list[re.Match[str]]:
-            return [m for line in self.lines if (m := re.search(pattern, line))]
-
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(found()) >= count, WAIT), self.lines
-            return found()
-
-
 def test_serve_two_addresses_status_and_graceful_stop(sock_dir: Path) -> None:
     path = sock_dir / "cli.sock"
-    proc = _servekit(
-        "serve", "examples.echo:LineEcho", "--listen", "127.0.0.1:0",
+    with _serving(
+        "examples.echo:LineEcho", "--listen", "127.0.0.1:0",
         "--listen", f"unix:{path}", "--status-interval", "none",
-    )  # fmt: skip
-    log = _Log(proc)
-    try:
-        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+    ) as (proc, log, port):  # fmt: skip
         log.wait_for(r"listening on unix:")
         tcp = connect(("127.0.0.1", port))
         tcp.sendall(b"over tcp\n")
@@ -111,18 +118,13 @@ def test_serve_two_addresses_status_and_graceful_stop(sock_dir: Path) -> None:
         tcp.close()
         assert proc.wait(WAIT) == 0
         log.wait_for("stopped")
-    finally:
-        proc.kill()
-        proc.wait(WAIT)
     assert not path.exists()
 
 
 def test_second_signal_stops_at_once() -> None:
-    proc = _servekit("serve", "examples.echo:LineEcho", "--listen", "127.0.0.1:0",
-                     "--shutdown-timeout", "none")  # fmt: skip
-    log = _Log(proc)
-    try:
-        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+    with _serving(
+        "examples.echo:LineEcho", "--listen", "127.0.0.1:0", "--shutdown-timeout", "none"
+    ) as (proc, log, port):
         with connect(("127.0.0.1", port)) as client:
             client.sendall(b"x\n")
             assert recv_until(client) == b"x\n"
@@ -132,9 +134,6 @@ def test_second_signal_stops_at_once() -> None:
             assert proc.wait(WAIT) == 1  # ... until the second signal
             assert client.recv(10) == b""
         log.wait_for("stopping at once")
-    finally:
-        proc.kill()
-        proc.wait(WAIT)
 
 
 def test_factory_target(tmp_path: Path) -> None:
@@ -146,19 +145,10 @@ def test_factory_target(tmp_path: Path) -> None:
         "def make():\n"
         "    return servekit.make_server('127.0.0.1:0', Upper)\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servekit", "serve", "factory_app:make"], cwd=tmp_path,
-        stderr=subprocess.PIPE, text=True,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    log = _Log(proc)
-    try:
-        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    with _serving("factory_app:make", cwd=tmp_path, env=env) as (proc, _, port):
         with connect(("127.0.0.1", port)) as client:
             client.sendall(b"shout\n")
             assert recv_until(client) == b"SHOUT\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
-    finally:
-        proc.kill()
-        proc.wait(WAIT)
