@@ -66,10 +66,7 @@ def _drain(server: Any, wait: Callable[[float | None], bool]) -> None:
     timeout = server.shutdown_timeout
     if wait(timeout):
         return
-    cut = server._cut_requests()
-    logger.warning(
-        "%s: cut %d connection(s) still open after shutdown_timeout=%ss", server, cut, timeout
-    )
+    server._cut_late_requests()
     if not wait(CUT_GRACE):
         logger.error("%s: requests still running %ss after their connections were cut",
                      server, CUT_GRACE)  # fmt: skip

@@ -214,11 +214,7 @@ class BaseServer:
         # A synchronous server finishes the request it is in before the loop
         # ends; shutdown_timeout bounds how long that may take.
         if not self.__is_shut_down.wait(self.shutdown_timeout):
-            cut = self._cut_requests()
-            logger.warning(
-                "%s: cut %d connection(s) still open after shutdown_timeout=%ss",
-                self, cut, self.shutdown_timeout,
-            )  # fmt: skip
+            self._cut_late_requests()
             self.__is_shut_down.wait()
 
     def fileno(self) -> int:
@@ -359,6 +355,14 @@ class BaseServer:
             return
         self._counters.error()
         self.handle_error(request, client_address)
+
+    def _cut_late_requests(self) -> None:
+        """shutdown_timeout ran out: cut what is still running, and say so."""
+        cut = self._cut_requests()
+        logger.warning(
+            "%s: cut %d connection(s) still open after shutdown_timeout=%ss",
+            self, cut, self.shutdown_timeout,
+        )  # fmt: skip
 
     def _cut_requests(self) -> int:
         """Force requests still running to end (close their connections);
