@@ -248,6 +248,7 @@ def test_udp_stats_count_datagrams() -> None:
             assert client.recv(100) == b"12345"
     assert server.stats.requests == 3
     assert server.stats.bytes_in == 15
+    assert server.stats.bytes_out == 15
 
 
 def test_pool_keeps_its_threads_when_a_request_escapes_error_handling() -> None:

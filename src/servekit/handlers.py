@@ -193,4 +193,5 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.wfile = BytesIO()
 
     def finish(self) -> None:
-        self.socket.sendto(self.wfile.getvalue(), self.client_address)
+        sent = self.socket.sendto(self.wfile.getvalue(), self.client_address)
+        self.server._counters.transferred(0, sent)

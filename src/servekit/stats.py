@@ -24,7 +24,8 @@ class StatsSnapshot:
     - errors: requests whose handler raised (handle_error was called)
     - limits: how often each named limit tripped, e.g. ``{"max_connections": 3}``
     - bytes_in / bytes_out: bytes received and sent on closed TCP connections
-      and on datagrams
+      (sent: as acknowledged by the client when the connection closed) and on
+      datagrams (sent: replies from DatagramRequestHandler)
     """
 
     connections_open: int = 0
