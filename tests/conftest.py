@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -110,3 +112,28 @@ def servekit_log() -> Iterator[LogWatcher]:
     yield watcher
     logger.removeHandler(watcher)
     logger.setLevel(old_level)
+
+
+class ProcessLog:
+    """Reads a process's stderr on a thread; wait_for(pattern) returns the first match."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        def found() -> list[re.Match[str]]:
+            return [m for line in self.lines if (m := re.search(pattern, line))]
+
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(found()) >= count, WAIT), self.lines
+            return found()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,44 +14,19 @@ from typing import Any
 import pytest
 
 import servekit
-from tests.conftest import WAIT, connect, recv_until
+from tests.conftest import WAIT, ProcessLog, connect, recv_until
 
 ROOT = Path(__file__).parent.parent
 
 
-class _Log:
-    """Reads a process's stderr on a thread; wait_for(pattern) returns the first match."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
-        def found() -> list[re.Match[str]]:
-            return [m for line in self.lines if (m := re.search(pattern, line))]
-
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(found()) >= count, WAIT), self.lines
-            return found()
-
-
 @contextlib.contextmanager
-def _serving(*args: str, cwd: Path = ROOT, **kwargs: Any) -> Iterator[tuple[Any, _Log, int]]:
+def _serving(*args: str, cwd: Path = ROOT, **kwargs: Any) -> Iterator[tuple[Any, ProcessLog, int]]:
     """Run ``servekit serve ARGS``; yield the process, its log and its first TCP port."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "servekit", "serve", *args], cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
     )  # fmt: skip
-    log = _Log(proc)
+    log = ProcessLog(proc)
     try:
         yield proc, log, int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
     finally:

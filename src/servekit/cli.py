@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -37,9 +39,10 @@ from servekit.factory import (
     make_server,
 )
 from servekit.handlers import BaseRequestHandler
+from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from servekit.core import BaseServer
 
@@ -49,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 #: How often the one-line status is logged at INFO, in seconds.
 DEFAULT_STATUS_INTERVAL = 60.0
+#: A worker whose serving loop sends no heartbeat for this long is stuck (a
+#: synchronous handler that hangs, a deadlock) and is replaced; loops beat at
+#: least every poll_interval (0.5 s), so 30 s leaves a wide margin.
+DEFAULT_WORKER_TIMEOUT = 30.0
 
 
 class UsageError(Exception):
@@ -105,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read a PROXY v1/v2 header from trusted proxies")  # fmt: skip
     serve.add_argument("--trusted-proxy", action="append", default=[], metavar="NETWORK",
                        help="address, network or 'unix' allowed to send PROXY headers")  # fmt: skip
+    serve.add_argument("--workers", type=int, default=None,
+                       help="prefork: this many worker processes under a supervisor")  # fmt: skip
+    serve.add_argument("--worker-timeout", type=_limit, default=DEFAULT_WORKER_TIMEOUT,
+                       help="kill a worker whose serving loop is silent this long")  # fmt: skip
+    serve.add_argument("--max-requests", type=_count, default=None,
+                       help="restart a worker after this many requests")  # fmt: skip
+    serve.add_argument("--max-requests-jitter", type=int, default=0,
+                       help="add up to this many at random: workers restart apart")  # fmt: skip
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])  # fmt: skip
     serve.add_argument("--status-interval", type=_limit, default=DEFAULT_STATUS_INTERVAL,
@@ -165,15 +180,27 @@ def _make(address: str, handler: type[BaseRequestHandler], args: argparse.Namesp
 class Runner:
     """Serve until a signal: one thread per server, the main thread minds signals."""
 
-    def __init__(self, servers: list[BaseServer], status_interval: float | None) -> None:
+    def __init__(
+        self, servers: list[BaseServer], status_interval: float | None, *, escalate: bool = True
+    ) -> None:
         self.servers = servers
         self.status_interval = status_interval
+        # In a prefork worker a repeated signal is not a request to hurry: a
+        # service manager signals every process of the group, and the supervisor
+        # forwards its own; stopping at once is the supervisor's call (SIGKILL).
+        self.escalate = escalate
         self._stop = threading.Event()
         self._signals = 0
 
+    def stop(self) -> None:
+        """Stop gracefully, as on a first SIGTERM; from any thread."""
+        self._stop.set()
+
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         self._signals += 1
-        if self._signals == 1:
+        if self._signals == 1 or not self.escalate:
+            if self._stop.is_set():
+                return
             logger.info("%s: stopping gracefully (again to stop at once)", signal.strsignal(signum))
             self._stop.set()
             return
@@ -189,7 +216,8 @@ class Runner:
         for server in self.servers:
             logger.info("status %s: %s", server, server.stats.summary())
 
-    def run(self) -> int:
+    def run(self, started: Callable[[], None] | None = None) -> int:
+        """Serve until stopped; ``started()`` is called once every loop runs."""
         previous = {
             sig: signal.signal(sig, handler)
             for sig, handler in (
@@ -205,6 +233,8 @@ class Runner:
         try:
             for loop in loops:
                 loop.start()
+            if started is not None:
+                started()
             while not self._stop.wait(self.status_interval):
                 self.log_status()
             self._close(loops)  # our handlers stay: a second signal must still stop at once
@@ -232,8 +262,94 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        if args.workers is not None:
+            sys.exit(_prefork(args))
         servers = make_servers(load_target(args.target), args)
     except UsageError as exc:
-        print(f"servekit: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own output
-        sys.exit(2)
+        _usage_error(exc)
     sys.exit(Runner(servers, args.status_interval).run())
+
+
+def _usage_error(exc: UsageError) -> NoReturn:
+    print(f"servekit: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+    sys.exit(2)
+
+
+def _prefork(args: argparse.Namespace) -> int:
+    """Bind the sockets here, then let a supervisor keep the workers serving on them.
+
+    The supervisor never imports the application: each worker does, after the
+    fork, so the workers a SIGHUP starts serve the code as it is on disk now.
+    """
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {args.workers}")
+    module_name = args.target.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    if found is None:
+        raise UsageError(f"cannot import {module_name!r}: no such module")
+    listeners = [_bind(address, args) for address in args.listen or ["127.0.0.1:8000"]]
+
+    def worker_main(channel: WorkerChannel) -> int:
+        return _serve_in_worker(args, listeners, channel)
+
+    def close_listeners() -> None:
+        for listener in listeners:
+            listener.server_close()
+
+    supervisor = Supervisor(
+        worker_main, workers=args.workers, worker_timeout=args.worker_timeout,
+        shutdown_timeout=args.shutdown_timeout, on_exit=close_listeners,
+    )  # fmt: skip
+    return supervisor.run()
+
+
+def _bind(address: str, args: argparse.Namespace) -> BaseServer:
+    """A server that only holds the listening socket, for the workers to inherit."""
+    try:
+        return make_server(address, BaseRequestHandler, concurrency="sync")
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"cannot serve {address}: {exc}") from exc
+
+
+def _serve_in_worker(
+    args: argparse.Namespace, listeners: list[BaseServer], channel: WorkerChannel
+) -> int:
+    try:
+        target = load_target(args.target)
+        if not (isinstance(target, type) and issubclass(target, BaseRequestHandler)):
+            raise UsageError(f"--workers needs a request handler class; {args.target} is not one")
+        servers = [_make(f"fd://{lis.fileno()}", target, args) for lis in listeners]
+    except UsageError as exc:
+        print(f"servekit: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+        return WORKER_BOOT_FAILED
+    for server in servers:
+        # Every worker waits on the same socket and all wake for one client;
+        # the losers must get EAGAIN from accept(), not block in it.
+        server.socket.setblocking(False)  # type: ignore[attr-defined]
+    runner = Runner(servers, args.status_interval, escalate=False)
+    limit = None
+    if args.max_requests is not None:
+        limit = args.max_requests + random.randint(0, max(0, args.max_requests_jitter))
+    for server in servers:
+        _beat_from_loop(server, channel, runner, limit)
+    return runner.run(started=channel.ready)
+
+
+def _beat_from_loop(
+    server: BaseServer, channel: WorkerChannel, runner: Runner, max_requests: int | None
+) -> None:
+    """Send the heartbeat from the serving loop itself, so a stuck loop stops beating;
+    and stop the worker once it has served max_requests."""
+    own_actions = server.service_actions
+
+    def service_actions() -> None:
+        own_actions()
+        channel.beat()
+        if max_requests is not None and server.stats.requests >= max_requests:
+            logger.info("worker %d served max_requests=%d; restarting", os.getpid(), max_requests)
+            runner.stop()
+
+    server.service_actions = service_actions  # type: ignore[method-assign]

@@ -1,0 +1,396 @@
+"""Prefork: worker processes serving the same listening sockets, under a supervisor.
+
+The supervisor opens the listening sockets, forks the workers, and from then
+on serves nothing itself: it watches. Each worker inherits the sockets and
+runs ``worker_main``, which builds its servers on them and serves.
+
+Shared inherited sockets, not SO_REUSEPORT: with one socket per worker, the
+kernel hashes each new connection to one worker's queue, and the connections
+queued on a worker that dies or is replaced are reset. A shared socket keeps
+one queue that outlives any worker, so a restart or a roll refuses nothing;
+it works for every kind of socket (Unix, UDP, inherited from systemd) too.
+
+Supervisor, by signal:
+
+- SIGTERM, SIGINT: stop. Workers get SIGTERM and drain (stop accepting, let
+  requests in flight finish within their shutdown_timeout); a second signal
+  kills them at once.
+- SIGHUP: replace the workers one by one. A new worker is started and, once
+  it says it is serving, an old one is asked to stop: the number serving never
+  drops, and a worker imports the application afresh, so new code is served.
+- SIGTTIN, SIGTTOU: one worker more, one fewer.
+
+A worker that dies is logged (its exit status or signal) and replaced, at
+once if it had been serving, after a growing delay if workers keep dying
+before they are ready. A worker that does not send a heartbeat within
+``worker_timeout`` (its serving loop is stuck) is killed and replaced.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["WORKER_BOOT_FAILED", "Supervisor", "WorkerChannel"]
+
+logger = logging.getLogger(__name__)
+
+#: A worker exits with this status when it cannot start (the application does
+#: not import): restarting it would fail the same way, so the supervisor stops.
+WORKER_BOOT_FAILED = 3
+
+#: Workers that die before they are ready are restarted after this delay,
+#: doubled each time in a row, up to RESTART_DELAY_MAX seconds.
+RESTART_DELAY_FIRST = 0.1
+RESTART_DELAY_MAX = 10.0
+#: How long past shutdown_timeout a stopping worker may take to exit before it
+#: is killed: it needs to cut its connections and let its handlers return.
+STOP_GRACE = 10.0
+
+_READY = b"R"
+_BEAT = b"."
+
+
+class WorkerChannel:
+    """A worker's line to its supervisor: ready() once, then beat() regularly."""
+
+    def __init__(self, fd: int, heartbeat_interval: float) -> None:
+        self._fd = fd
+        self._interval = heartbeat_interval
+        self._last = 0.0
+
+    def ready(self) -> None:
+        self._send(_READY)
+
+    def beat(self) -> None:
+        """Say the worker is alive; cheap to call often (sends at most once per interval)."""
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._send(_BEAT)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            os.write(self._fd, data)
+        except (BlockingIOError, BrokenPipeError):
+            pass  # the supervisor is gone or behind: it will find out by other means
+
+
+@dataclass
+class _Worker:
+    pid: int
+    pipe: int
+    number: int
+    started: float
+    last_beat: float
+    ready: bool = False
+    retiring: bool = False
+    killed_for: str = ""
+
+
+@dataclass
+class _Roll:
+    """A SIGHUP in progress: the old workers still to replace."""
+
+    old: deque[int] = field(default_factory=deque)
+    waiting_for: int | None = None  # pid of the new worker not yet ready
+
+
+class Supervisor:
+    """Keep ``workers`` processes running ``worker_main(channel)``; see the module doc."""
+
+    def __init__(
+        self,
+        worker_main: Callable[[WorkerChannel], int],
+        *,
+        workers: int,
+        worker_timeout: float | None = 30.0,
+        shutdown_timeout: float | None = 25.0,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        self._worker_main = worker_main
+        self.target = workers
+        self.worker_timeout = worker_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self._on_exit = on_exit
+        self._workers: dict[int, _Worker] = {}
+        self._spawned = 0
+        self._failures = 0
+        self._next_spawn = 0.0
+        self._signals: deque[int] = deque()
+        self._stopping: float | None = None  # when the stop started
+        self._roll: _Roll | None = None
+        self._boot_failed = False
+        self._killed_all = False
+
+    # -- the supervisor's loop ----------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until stopped; return the exit status for the process."""
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        logger.info("supervisor %d: starting %d worker(s)", os.getpid(), self.target)
+        try:
+            status = self._loop(wake_r)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            wake_r.close()
+            wake_w.close()
+            if self._on_exit is not None:
+                self._on_exit()
+        logger.info("supervisor %d: stopped", os.getpid())
+        return status
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _loop(self, wake: socket.socket) -> int:
+        while True:
+            self._reap()
+            if self._boot_failed:
+                self._kill_all(signal.SIGKILL)
+                self._reap(block=True)
+                return 2
+            if self._stopping is not None:
+                if not self._workers:
+                    return 0
+                self._check_stop_deadline()
+            else:
+                self._check_heartbeats()
+                self._advance_roll()
+                self._keep_count()
+            status = self._handle_signals()
+            if status is not None:
+                return status
+            self._wait(wake)
+
+    def _wait(self, wake: socket.socket) -> None:
+        """Sleep until a signal, a worker's message, or the next thing to check."""
+        fds = [wake.fileno(), *(w.pipe for w in self._workers.values())]
+        readable, _, _ = select.select(fds, [], [], 0.1 if self._workers else 0.5)
+        for fd in readable:
+            if fd == wake.fileno():
+                try:
+                    while wake.recv(64):
+                        pass
+                except BlockingIOError:
+                    pass
+            else:
+                self._read_pipe(fd)
+
+    def _read_pipe(self, fd: int) -> None:
+        worker = next((w for w in self._workers.values() if w.pipe == fd), None)
+        if worker is None:
+            return
+        try:
+            data = os.read(fd, 512)
+        except BlockingIOError:
+            return
+        if data:
+            worker.last_beat = time.monotonic()
+            if _READY in data and not worker.ready:
+                worker.ready = True
+                self._failures = 0
+                logger.info("worker %d (pid %d) is serving", worker.number, worker.pid)
+
+    # -- workers ------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        self._spawned += 1
+        number = self._spawned
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(read_fd)
+            self._become_worker(write_fd)
+        os.close(write_fd)
+        now = time.monotonic()
+        worker = _Worker(pid=pid, pipe=read_fd, number=number, started=now, last_beat=now)
+        self._workers[pid] = worker
+        logger.info("worker %d started (pid %d)", number, pid)
+        return worker
+
+    def _become_worker(self, channel_fd: int) -> None:
+        """In the child: drop the supervisor's state, run worker_main, never return."""
+        status = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            # The supervisor's signals; a hangup of the terminal is its business too.
+            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                signal.signal(sig, signal.SIG_IGN)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)  # until worker_main installs its own
+            for other in self._workers.values():
+                os.close(other.pipe)
+            os.set_blocking(channel_fd, False)
+            interval = 1.0 if self.worker_timeout is None else min(1.0, self.worker_timeout / 4)
+            status = self._worker_main(WorkerChannel(channel_fd, interval))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            logger.exception("worker %d crashed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(status)
+
+    def _keep_count(self) -> None:
+        serving = [w for w in self._workers.values() if not w.retiring]
+        if len(serving) < self.target and time.monotonic() >= self._next_spawn:
+            self._spawn()
+        elif len(serving) > self.target and self._roll is None:  # a roll runs one extra
+            newest = max(serving, key=lambda w: w.started)
+            self._retire(newest, "fewer workers asked for")
+
+    def _retire(self, worker: _Worker, why: str) -> None:
+        worker.retiring = True
+        logger.info("worker %d (pid %d): stopping (%s)", worker.number, worker.pid, why)
+        _kill(worker.pid, signal.SIGTERM)
+
+    def _reap(self, *, block: bool = False) -> None:
+        while self._workers:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self._workers.pop(pid, None)
+            if worker is not None:
+                os.close(worker.pipe)
+                self._worker_exited(worker, status)
+
+    def _worker_exited(self, worker: _Worker, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        how = (
+            f"exited with status {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        )
+        if worker.killed_for:
+            how += f" ({worker.killed_for})"
+        expected = worker.retiring or self._stopping is not None
+        level = logging.INFO if expected and code == 0 else logging.WARNING
+        logger.log(level, "worker %d (pid %d) %s", worker.number, worker.pid, how)
+        if expected:
+            return
+        if code == WORKER_BOOT_FAILED and not worker.ready:
+            logger.error("worker %d could not start the application; stopping", worker.number)
+            self._boot_failed = True
+            return
+        if worker.ready:
+            self._failures = 0
+            self._next_spawn = 0.0  # it was serving: replace it at once
+        else:
+            self._failures += 1
+            delay = min(RESTART_DELAY_FIRST * 2 ** (self._failures - 1), RESTART_DELAY_MAX)
+            self._next_spawn = time.monotonic() + delay
+            logger.warning("worker died before it was ready; next start in %.1fs", delay)
+
+    def _check_heartbeats(self) -> None:
+        if self.worker_timeout is None:
+            return
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            silent = now - worker.last_beat
+            if silent > self.worker_timeout and not worker.killed_for:
+                worker.killed_for = f"no heartbeat for {silent:.1f}s > worker_timeout"
+                logger.error(
+                    "worker %d (pid %d): no heartbeat for %.1fs (worker_timeout=%ss); killing it",
+                    worker.number, worker.pid, silent, self.worker_timeout,
+                )  # fmt: skip
+                _kill(worker.pid, signal.SIGKILL)
+
+    # -- signals --------------------------------------------------------------
+
+    def _handle_signals(self) -> int | None:
+        while self._signals:
+            signum = self._signals.popleft()
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self._stopping is not None:
+                    logger.warning("%s again: killing the workers now", name)
+                    self._kill_all(signal.SIGKILL)
+                    self._reap(block=True)
+                    return 1
+                logger.info("%s: stopping the workers gracefully (again to stop at once)", name)
+                self._stopping = time.monotonic()
+                self._roll = None
+                self._kill_all(signal.SIGTERM)
+            elif self._stopping is not None:
+                continue
+            elif signum == signal.SIGHUP:
+                old = deque(w.pid for w in self._workers.values() if not w.retiring)
+                logger.info("SIGHUP: replacing %d worker(s) one by one", len(old))
+                self._roll = _Roll(old=old)
+            elif signum == signal.SIGTTIN:
+                self.target += 1
+                logger.info("SIGTTIN: %d worker(s) now", self.target)
+            elif signum == signal.SIGTTOU and self.target > 1:
+                self.target -= 1
+                logger.info("SIGTTOU: %d worker(s) now", self.target)
+        return None
+
+    def _advance_roll(self) -> None:
+        """One step of a SIGHUP: start a new worker; once it serves, retire an old one."""
+        roll = self._roll
+        if roll is None:
+            return
+        if roll.waiting_for is not None:
+            new = self._workers.get(roll.waiting_for)
+            if new is not None and not new.ready:
+                return  # not serving yet: the old ones keep serving
+            roll.waiting_for = None
+            if new is not None:
+                self._retire_next_old(roll)
+        if not roll.old:
+            self._roll = None
+            logger.info("SIGHUP: all workers replaced")
+        elif time.monotonic() >= self._next_spawn:
+            roll.waiting_for = self._spawn().pid
+
+    def _retire_next_old(self, roll: _Roll) -> None:
+        while roll.old:
+            old = self._workers.get(roll.old.popleft())
+            if old is not None and not old.retiring:
+                self._retire(old, "replaced by a new worker")
+                return
+
+    def _check_stop_deadline(self) -> None:
+        if self._stopping is None or self.shutdown_timeout is None or self._killed_all:
+            return
+        # Workers cut their own connections at shutdown_timeout and need a
+        # moment more to exit (STOP_GRACE); past that, they are stuck.
+        if time.monotonic() - self._stopping > self.shutdown_timeout + STOP_GRACE:
+            logger.error("workers still running after shutdown_timeout; killing them")
+            self._kill_all(signal.SIGKILL)
+            self._killed_all = True
+
+    def _kill_all(self, sig: int) -> None:
+        for pid in list(self._workers):
+            _kill(pid, sig)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise

@@ -1,0 +1,243 @@
+"""Prefork: real worker processes, real signals, every wait bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import pytest
+
+from tests.conftest import WAIT, ProcessLog, connect, recv_until
+
+SRC = Path(__file__).parent.parent / "src"
+
+APP = """
+import os, threading, servekit
+VERSION = "{version}"
+class Handler(servekit.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            if line == b"hang\\n":
+                threading.Event().wait()  # a handler that never returns
+            self.wfile.write(f"{{VERSION}} {{os.getpid()}} ".encode() + line)
+"""
+
+
+@contextlib.contextmanager
+def prefork(tmp: Path, *args: str, version: str = "v1") -> Iterator[tuple[Any, ProcessLog, int]]:
+    """Run ``servekit serve app:Handler --workers ...`` in ``tmp``; yield proc, log, port."""
+    (tmp / "app.py").write_text(APP.format(version=version))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servekit", "serve", "app:Handler", "--listen", "127.0.0.1:0",
+         "--status-interval", "none", *args],
+        cwd=tmp, stderr=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        start_new_session=True,
+    )  # fmt: skip
+    log = ProcessLog(proc)
+    try:
+        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+        yield proc, log, port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(WAIT)
+
+
+def _ask(port: int, line: bytes = b"hi\n") -> tuple[str, int]:
+    """One request on a new connection: (version, pid of the worker that answered)."""
+    with connect(("127.0.0.1", port)) as client:
+        client.sendall(line)
+        version, pid, _ = recv_until(client).split(b" ", 2)
+    return version.decode(), int(pid)
+
+
+def _worker_pids(log: ProcessLog, count: int) -> list[int]:
+    return [int(m.group(1)) for m in log.wait_for(r"worker \d+ \(pid (\d+)\) is serving", count)]
+
+
+class Load:
+    """Client threads each holding one connection and asking on it in a loop."""
+
+    def __init__(self, port: int, clients: int = 8) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.answered: dict[int, int] = {}  # client -> answers
+        self.owner: dict[int, int] = {}  # client -> worker pid
+        self.errors: dict[int, BaseException] = {}
+        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(clients)]
+
+    def __enter__(self) -> Self:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(WAIT)
+
+    def _run(self, n: int) -> None:
+        try:
+            with connect(("127.0.0.1", self.port)) as client:
+                while not self.stop.is_set():
+                    client.sendall(b"%d\n" % n)
+                    _, pid, rest = recv_until(client).split(b" ", 2)
+                    assert rest == b"%d\n" % n
+                    self.owner[n] = int(pid)
+                    self.answered[n] = self.answered.get(n, 0) + 1
+        except (OSError, ValueError, AssertionError) as exc:
+            self.errors[n] = exc
+
+    def progressed(self, clients: list[int], since: dict[int, int]) -> bool:
+        """True once each of ``clients`` has been answered more times than ``since`` says."""
+        for _ in range(int(WAIT / 0.01)):
+            if all(self.answered.get(n, 0) > since.get(n, 0) for n in clients):
+                return True
+            self.stop.wait(0.01)  # sampling the clients' own counters
+        return False
+
+    def served_at_least(self, count: int) -> bool:
+        for _ in range(int(WAIT / 0.01)):
+            if len(self.answered) == len(self._threads) and min(self.answered.values()) >= count:
+                return True
+            self.stop.wait(0.01)  # sampling the clients' own counters
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_workers_serve_and_stop_on_sigterm(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "2") as (proc, log, port):
+        pids = set(_worker_pids(log, 2))
+        answers = {_ask(port, b"%d\n" % i) for i in range(20)}
+        assert {version for version, _ in answers} == {"v1"}
+        assert {pid for _, pid in answers} <= pids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        log.wait_for(r"supervisor \d+: stopped")
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_of_one_worker(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "2") as (_, log, port), Load(port, 16) as load:
+        pids = _worker_pids(log, 2)
+        assert load.served_at_least(3)
+        owners = dict(load.owner)
+        victim = max(pids, key=lambda pid: sum(owner == pid for owner in owners.values()))
+        survivors = [n for n, pid in owners.items() if pid != victim]
+        before = dict(load.answered)
+        os.kill(victim, signal.SIGKILL)
+        log.wait_for(rf"worker \d+ \(pid {victim}\) killed by SIGKILL")
+        replacement = _worker_pids(log, 3)[2]
+        assert replacement not in pids
+        # The other worker's clients go on being served through the kill.
+        assert load.progressed(survivors, before)
+        assert _ask(port)[0] == "v1"  # and a new client is served
+        load.stop.set()
+    assert set(load.errors) <= {n for n, pid in owners.items() if pid == victim}
+    for n in survivors:
+        assert n not in load.errors
+        assert load.answered[n] > before[n]
+
+
+@pytest.mark.timeout(60)
+def test_sighup_replaces_workers_without_refusing_anyone(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "2") as (proc, log, port):
+        old = set(_worker_pids(log, 2))
+        (tmp_path / "app.py").write_text(APP.format(version="v2-new"))
+        errors: list[BaseException] = []
+        versions: list[str] = []
+        stop = threading.Event()
+
+        def clients() -> None:
+            while not stop.is_set():
+                try:
+                    versions.append(_ask(port)[0])
+                except (OSError, ValueError) as exc:
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=clients) for _ in range(4)]
+        for t in threads:
+            t.start()
+        proc.send_signal(signal.SIGHUP)
+        log.wait_for("SIGHUP: all workers replaced")
+        for pid in old:
+            log.wait_for(rf"\(pid {pid}\) exited with status 0")
+        stop.set()
+        for t in threads:
+            t.join(WAIT)
+        assert errors == []
+        assert len(versions) > 10  # served throughout the roll
+        version, pid = _ask(port)
+        assert version == "v2-new"
+        assert pid not in old
+
+
+@pytest.mark.timeout(60)
+def test_hung_worker_is_replaced_after_worker_timeout(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "1", "--concurrency", "sync", "--worker-timeout", "1") as (
+        _proc,
+        log,
+        port,
+    ):
+        (hung,) = _worker_pids(log, 1)
+        stuck = connect(("127.0.0.1", port))
+        stuck.sendall(b"hang\n")
+        log.wait_for(rf"pid {hung}\): no heartbeat for")
+        replacement = _worker_pids(log, 2)[1]
+        assert _ask(port)[1] == replacement
+        stuck.close()
+
+
+@pytest.mark.timeout(60)
+def test_ttin_and_ttou_change_the_worker_count(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "1") as (proc, log, port):
+        _worker_pids(log, 1)
+        proc.send_signal(signal.SIGTTIN)
+        log.wait_for("SIGTTIN: 2 worker")
+        _worker_pids(log, 2)
+        proc.send_signal(signal.SIGTTOU)
+        log.wait_for(r"stopping \(fewer workers asked for\)")
+        log.wait_for(r"worker 2 \(pid \d+\) exited with status 0")
+        assert _ask(port)[0] == "v1"
+
+
+@pytest.mark.timeout(60)
+def test_max_requests_restarts_a_worker(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "1", "--max-requests", "5") as (_, log, port):
+        (first,) = _worker_pids(log, 1)
+        pids = [_ask(port)[1] for _ in range(5)]
+        assert set(pids) == {first}
+        log.wait_for("served max_requests=5; restarting")
+        replacement = _worker_pids(log, 2)[1]
+        assert _ask(port)[1] == replacement
+
+
+def test_a_target_that_does_not_load_stops_with_status_2(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP.format(version="v1"))
+    done = subprocess.run(
+        [sys.executable, "-m", "servekit", "serve", "app:Missing", "--workers", "2",
+         "--listen", "127.0.0.1:0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT * 3,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "has no attribute 'Missing'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_socket_is_shared_not_reuseport(tmp_path: Path) -> None:
+    """Both workers accept from the one socket the supervisor bound."""
+    with prefork(tmp_path, "--workers", "2") as (_, log, port), socket.socket() as probe:
+        _worker_pids(log, 2)
+        # The port is taken by a socket without SO_REUSEPORT: a second bind fails.
+        with pytest.raises(OSError):
+            probe.bind(("127.0.0.1", port))
