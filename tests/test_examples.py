@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import WAIT, connect, recv_until
+from tests.conftest import WAIT, ProcessLog, connect, recv_until
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -54,6 +55,52 @@ def test_echo_example_udp() -> None:
             client.sendto(b"ping", ("127.0.0.1", int(match.group(1))))
             assert client.recv(100) == b"ping"
         proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+
+
+def test_kvstore_example(tmp_path: Any) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servekit", "serve", "examples.kvstore:KeyValue",
+         "--listen", "127.0.0.1:0"],
+        cwd=EXAMPLES.parent, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = ProcessLog(proc)
+    try:
+        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+        with connect(("127.0.0.1", port)) as client:
+            for command, reply in [
+                (b"SET colour blue", b"OK"), (b"GET colour", b"VALUE blue"),
+                (b"KEYS", b"KEYS colour"), (b"DEL colour", b"OK"),
+                (b"GET colour", b"NOT_FOUND"), (b"FLY", (b"ERROR commands: SET <key> <value>, "
+                 b"GET <key>, DEL <key>, KEYS")),
+            ]:  # fmt: skip
+                client.sendall(command + b"\n")
+                assert recv_until(client) == reply + b"\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+
+
+def test_syslog_example() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servekit", "serve", "examples.syslog:Collector",
+         "--listen", "udp://127.0.0.1:0"],
+        cwd=EXAMPLES.parent, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = ProcessLog(proc)
+    try:
+        port = int(log.wait_for(r"listening on udp://127\.0\.0\.1:(\d+)")[0].group(1))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(b"<28>Nov 25 12:00:00 host app: disk almost full", ("127.0.0.1", port))
+            client.sendto(b"no priority at all", ("127.0.0.1", port))
+        log.wait_for(r"WARNING syslog: daemon\.warning from 127\.0\.0\.1: .*disk almost full")
+        log.wait_for(r"INFO syslog: user\.notice from 127\.0\.0\.1: no priority at all")
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
     finally:
         proc.kill()

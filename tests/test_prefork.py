@@ -241,3 +241,20 @@ def test_socket_is_shared_not_reuseport(tmp_path: Path) -> None:
         # The port is taken by a socket without SO_REUSEPORT: a second bind fails.
         with pytest.raises(OSError):
             probe.bind(("127.0.0.1", port))
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_under_load_answers_everything_accepted(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "2", "--shutdown-timeout", "20") as (proc, log, port):
+        _worker_pids(log, 2)
+        with Load(port, 8) as load:
+            assert load.served_at_least(3)
+            proc.send_signal(signal.SIGTERM)
+            log.wait_for("SIGTERM: stopping the workers gracefully")
+            # Connections the workers accepted keep being answered while they drain ...
+            assert load.progressed(list(load.owner), dict(load.answered))
+        # ... until their clients leave; then the workers and the supervisor exit 0.
+        assert load.errors == {}
+        assert proc.wait(WAIT) == 0
+        log.wait_for(r"supervisor \d+: stopped")
+        assert len(log.wait_for(r"exited with status 0", 2)) == 2

@@ -19,6 +19,7 @@ Supervisor, by signal:
   it says it is serving, an old one is asked to stop: the number serving never
   drops, and a worker imports the application afresh, so new code is served.
 - SIGTTIN, SIGTTOU: one worker more, one fewer.
+- SIGUSR1: passed on to the workers, which log their statistics.
 
 A worker that dies is logged (its exit status or signal) and replaced, at
 once if it had been serving, after a growing delay if workers keep dying
@@ -143,7 +144,10 @@ class Supervisor:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+        handled = (
+            signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+            signal.SIGUSR1,
+        )  # fmt: skip
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         logger.info("supervisor %d: starting %d worker(s)", os.getpid(), self.target)
@@ -236,10 +240,10 @@ class Supervisor:
         try:
             signal.set_wakeup_fd(-1)
             # The supervisor's signals; a hangup of the terminal is its business too.
-            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                signal.signal(sig, signal.SIG_IGN)
+            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_IGN)  # until worker_main installs its own
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)  # until worker_main installs its own
+                signal.signal(sig, signal.SIG_DFL)
             for other in self._workers.values():
                 os.close(other.pipe)
             os.set_blocking(channel_fd, False)
@@ -340,6 +344,8 @@ class Supervisor:
                 old = deque(w.pid for w in self._workers.values() if not w.retiring)
                 logger.info("SIGHUP: replacing %d worker(s) one by one", len(old))
                 self._roll = _Roll(old=old)
+            elif signum == signal.SIGUSR1:
+                self._kill_all(signal.SIGUSR1)  # each worker logs its own statistics
             elif signum == signal.SIGTTIN:
                 self.target += 1
                 logger.info("SIGTTIN: %d worker(s) now", self.target)
