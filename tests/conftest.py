@@ -130,10 +130,10 @@ class ProcessLog:
                 self.lines.append(line)
                 self._cond.notify_all()
 
-    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = WAIT) -> list[re.Match[str]]:
         def found() -> list[re.Match[str]]:
             return [m for line in self.lines if (m := re.search(pattern, line))]
 
         with self._cond:
-            assert self._cond.wait_for(lambda: len(found()) >= count, WAIT), self.lines
+            assert self._cond.wait_for(lambda: len(found()) >= count, timeout), self.lines
             return found()

@@ -105,3 +105,23 @@ def test_syslog_example() -> None:
     finally:
         proc.kill()
         proc.wait(WAIT)
+
+
+@pytest.mark.timeout(180)
+def test_readme_example_command() -> None:
+    """./scripts/example, as the README says, installs and serves; Ctrl-C stops it."""
+    proc = subprocess.Popen(
+        [str(EXAMPLES.parent / "scripts" / "example"), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    log = ProcessLog(proc)
+    try:
+        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)", timeout=150)[0].group(1))
+        with connect(("127.0.0.1", port)) as client:
+            client.sendall(b"readme\n")
+            assert recv_until(client) == b"readme\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
