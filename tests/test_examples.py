@@ -125,3 +125,29 @@ def test_readme_example_command() -> None:
     finally:
         proc.kill()
         proc.wait(WAIT)
+
+
+def test_chat_example() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servekit", "serve", "examples.chat:Chat",
+         "--concurrency", "async", "--listen", "127.0.0.1:0"],
+        cwd=EXAMPLES.parent, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = ProcessLog(proc)
+    try:
+        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+        alice = connect(("127.0.0.1", port))
+        assert recv_until(alice).startswith(b"welcome")
+        bob = connect(("127.0.0.1", port))
+        assert recv_until(bob).endswith(b"1 other(s) here\n")
+        assert recv_until(alice).endswith(b"joined\n")
+        alice.sendall(b"hello bob\n")
+        assert recv_until(bob).endswith(b": hello bob\n")
+        bob.close()
+        assert recv_until(alice).endswith(b"left\n")
+        alice.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        proc.kill()
+        proc.wait(WAIT)

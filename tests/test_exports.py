@@ -13,6 +13,7 @@ OWN_NAMES = {
     "LineTooLong",
     "ListenAddress",
     "ReadTimeout",
+    "WriteBufferFull",
     "StatsSnapshot",
     "ThreadPoolMixIn",
     "ThreadPoolTCPServer",

@@ -2,7 +2,8 @@
 
 Submodules with more: ``servekit.tls`` (server contexts), ``servekit.proxy``
 (the PROXY protocol, sans-IO), ``servekit.activation`` (systemd sockets),
-``servekit.limits``, ``servekit.addresses``.
+``servekit.limits``, ``servekit.addresses``, and ``servekit.aio``, the
+asyncio engine.
 
 ``import servekit as socketserver`` works: every public name of the
 standard library's socketserver (Python 3.11-3.13) is here with the same
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 
+from servekit import aio as aio  # the asyncio engine, as servekit.aio
 from servekit.addresses import ListenAddress, parse_address
 from servekit.concurrency import (
     ThreadingMixIn,
@@ -29,7 +31,7 @@ from servekit.concurrency import (
 from servekit.core import BaseServer
 from servekit.factory import make_server
 from servekit.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
-from servekit.limits import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout
+from servekit.limits import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout, WriteBufferFull
 from servekit.sockets import TCPServer, UDPServer
 from servekit.stats import StatsSnapshot
 
@@ -54,6 +56,7 @@ __all__ = [
     "ThreadingTCPServer",
     "ThreadingUDPServer",
     "UDPServer",
+    "WriteBufferFull",
     "make_server",
     "parse_address",
 ]

@@ -26,6 +26,7 @@ import threading
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
+from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.factory import (
     CONCURRENCY_MODELS,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -148,7 +149,7 @@ def load_target(spec: str) -> Any:
 
 def make_servers(target: Any, args: argparse.Namespace) -> list[BaseServer]:
     """The servers ``target`` asks for: one per --listen, or the one a factory returns."""
-    if isinstance(target, type) and issubclass(target, BaseRequestHandler):
+    if _is_handler_class(target):
         return [_make(address, target, args) for address in args.listen or ["127.0.0.1:8000"]]
     if isinstance(target, type) or not callable(target):
         raise UsageError(
@@ -162,7 +163,13 @@ def make_servers(target: Any, args: argparse.Namespace) -> list[BaseServer]:
     return [server]
 
 
-def _make(address: str, handler: type[BaseRequestHandler], args: argparse.Namespace) -> BaseServer:
+def _is_handler_class(target: Any) -> bool:
+    return isinstance(target, type) and issubclass(
+        target, (BaseRequestHandler, AsyncBaseRequestHandler)
+    )
+
+
+def _make(address: str, handler: type[Any], args: argparse.Namespace) -> BaseServer:
     try:
         return make_server(
             address, handler,
@@ -319,7 +326,7 @@ def _serve_in_worker(
 ) -> int:
     try:
         target = load_target(args.target)
-        if not (isinstance(target, type) and issubclass(target, BaseRequestHandler)):
+        if not _is_handler_class(target):
             raise UsageError(f"--workers needs a request handler class; {args.target} is not one")
         servers = [_make(f"fd://{lis.fileno()}", target, args) for lis in listeners]
     except UsageError as exc:

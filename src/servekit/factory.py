@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from servekit.activation import inherited_sockets
 from servekit.addresses import ListenAddress, format_address, parse_address
+from servekit.aio.server import AsyncTCPServer, AsyncUnixStreamServer
 from servekit.concurrency import (
     ForkingTCPServer,
     ForkingUDPServer,
@@ -47,10 +48,10 @@ __all__ = ["CONCURRENCY_MODELS", "make_server"]
 
 logger = logging.getLogger(__name__)
 
-Concurrency = Literal["pool", "threads", "fork", "sync"]
+Concurrency = Literal["pool", "threads", "fork", "sync", "async"]
 
 #: The models make_server knows, by name (also the names of ``--concurrency``).
-CONCURRENCY_MODELS: tuple[str, ...] = ("pool", "threads", "fork", "sync")
+CONCURRENCY_MODELS: tuple[str, ...] = ("pool", "threads", "fork", "sync", "async")
 
 # Production defaults. Each bounds what one client, or a crowd of them, can
 # cost; each can be changed per server, and None turns a limit off.
@@ -83,6 +84,8 @@ _CLASSES: dict[tuple[str, str], type[TCPServer]] = {
     ("udp", "pool"): ThreadPoolUDPServer,
     ("unix", "pool"): ThreadPoolUnixStreamServer,
     ("unix-dgram", "pool"): ThreadPoolUnixDatagramServer,
+    ("tcp", "async"): AsyncTCPServer,
+    ("unix", "async"): AsyncUnixStreamServer,
     ("tcp", "sync"): TCPServer,
     ("tcp", "threads"): ThreadingTCPServer,
     ("tcp", "fork"): ForkingTCPServer,
@@ -130,7 +133,8 @@ def make_server(
     ``concurrency`` picks how requests run: ``"pool"`` (a bounded pool of
     ``max_workers`` threads and ``max_pending`` queued requests), ``"threads"``
     (a thread per request), ``"fork"`` (a process per request) or ``"sync"``
-    (one at a time).
+    (one at a time), or ``"async"`` (asyncio tasks; the handler is a
+    ``servekit.aio.AsyncStreamRequestHandler``).
     ``backlog`` raises the listen backlog above ``socket.SOMAXCONN``;
     ``reuse_port`` sets SO_REUSEPORT; ``socket_file_mode`` sets the permission
     bits of a Unix socket file; ``max_packet_size`` bounds datagrams.
@@ -180,6 +184,16 @@ def make_server(
         transport = spec.transport
     if transport in ("udp", "unix-dgram") and (ssl_context is not None or proxy_protocol):
         raise ValueError(f"{address}: TLS and the PROXY protocol need a stream socket")
+    if (transport, concurrency) not in _CLASSES:
+        raise ValueError(
+            f"{address}: concurrency={concurrency!r} serves stream sockets only so far; "
+            "serve datagrams with 'pool', 'threads', 'fork' or 'sync'"
+        )
+    if concurrency == "async" and (ssl_context is not None or proxy_protocol):
+        raise ValueError(
+            "TLS and the PROXY protocol are not available with concurrency='async' yet; "
+            "use 'pool' or 'threads' for them"
+        )
     server = _CLASSES[(transport, concurrency)](spec.address, handler, bind_and_activate=False)
     try:
         _configure(server, spec, sock, backlog=backlog, reuse_port=reuse_port)

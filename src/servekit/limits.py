@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-__all__ = ["IdleTimeout", "LimitExceeded", "LineTooLong", "ReadTimeout"]
+__all__ = ["IdleTimeout", "LimitExceeded", "LineTooLong", "ReadTimeout", "WriteBufferFull"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,12 @@ class LineTooLong(LimitExceeded):
     """A line was longer than ``max_line_length`` bytes."""
 
     limit = "max_line_length"
+
+
+class WriteBufferFull(LimitExceeded):
+    """More than ``max_write_buffer`` bytes written and not sent: the client does not read."""
+
+    limit = "max_write_buffer"
 
 
 class ConnectionLimits:
@@ -96,12 +102,18 @@ class ConnectionLimits:
 
     def trip(self, error: LimitExceeded) -> LimitExceeded:
         """Log and count ``error``; return it for the caller to raise."""
-        counters = getattr(self.server, "_counters", None)
-        if counters is not None:
-            counters.limit(error.limit)
-        level = logging.INFO if isinstance(error, IdleTimeout) else logging.WARNING
-        logger.log(level, "%s: closing connection from %s: %s", self.server, self.client, error)
-        return error
+        return report(self.server, self.client, error)
+
+
+def report(server: Any, client: Any, error: LimitExceeded) -> LimitExceeded:
+    """Log a tripped limit once (INFO for idleness, WARNING for the rest), count it in
+    ``server.stats``, and return it for the caller to raise."""
+    counters = getattr(server, "_counters", None)
+    if counters is not None:
+        counters.limit(error.limit)
+    level = logging.INFO if isinstance(error, IdleTimeout) else logging.WARNING
+    logger.log(level, "%s: closing connection from %s: %s", server, client, error)
+    return error
 
 
 class LimitedSocketIO(io.RawIOBase):

@@ -1,0 +1,22 @@
+"""servekit's asyncio engine: async handlers under socketserver's hooks.
+
+class Echo(servekit.aio.AsyncStreamRequestHandler):
+    async def handle(self):
+        async for line in self:
+            self.write(line)
+            await self.drain()
+
+servekit.make_server("127.0.0.1:8000", Echo, concurrency="async").serve_forever()
+"""
+
+from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
+from servekit.aio.server import AsyncServerMixIn, AsyncTCPServer, AsyncUnixStreamServer, run
+
+__all__ = [
+    "AsyncBaseRequestHandler",
+    "AsyncServerMixIn",
+    "AsyncStreamRequestHandler",
+    "AsyncTCPServer",
+    "AsyncUnixStreamServer",
+    "run",
+]

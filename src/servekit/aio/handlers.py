@@ -1,0 +1,228 @@
+"""Async request handlers: one instance per connection, its methods coroutines.
+
+Override ``handle()`` (and ``setup()``/``finish()`` if needed), as with the
+sync handlers. ``AsyncStreamRequestHandler`` reads and writes with the names
+asyncio's streams use (``read``, ``readline``, ``readexactly``, ``readuntil``,
+``write``, ``drain``, ``async for line in self``), under the server's limits:
+
+- ``idle_timeout``: no byte arrives, or none of ours is taken, for this long;
+- ``read_timeout``: a line (or a ``readexactly``/``readuntil``) has begun to
+  arrive and is not complete this long after its first byte;
+- ``max_line_length``: a line or ``readuntil`` longer than this;
+- ``max_write_buffer``: bytes written but not yet sent. ``write()`` past it
+  raises: a handler that writes without ``await drain()`` to a client that
+  does not read would otherwise grow the server's memory without bound.
+
+A tripped limit raises a ``servekit.LimitExceeded``; it is logged and counted
+once, and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from servekit.limits import (
+    IdleTimeout,
+    LimitExceeded,
+    LineTooLong,
+    ReadTimeout,
+    WriteBufferFull,
+    report,
+)
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import AsyncIterator
+
+    from servekit.aio.server import AsyncServerMixIn
+
+__all__ = ["AsyncBaseRequestHandler", "AsyncStreamRequestHandler"]
+
+#: How much one read asks the transport for.
+_CHUNK = 65536
+
+
+class AsyncBaseRequestHandler:
+    """Base class of async handlers. The server builds one per request and awaits run()."""
+
+    def __init__(self, request: Any, client_address: Any, server: AsyncServerMixIn) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+
+    async def run(self) -> None:
+        """setup(), handle(), and finish() even if handle() raised."""
+        await self.setup()
+        try:
+            await self.handle()
+        finally:
+            await self.finish()
+
+    async def setup(self) -> None:
+        """Prepare for handle()."""
+
+    async def handle(self) -> None:
+        """Serve the request. Override this."""
+
+    async def finish(self) -> None:
+        """Clean up after handle(); runs even if it raised."""
+
+
+class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
+    """A stream connection, read and written with asyncio's stream method names."""
+
+    #: Bytes written and not yet sent that write() accepts before it raises.
+    max_write_buffer = 4 * 1024 * 1024
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def setup(self) -> None:
+        sock: socket.socket = self.request
+        self.reader, self.writer = await asyncio.open_connection(sock=sock)
+        server = self.server
+        self._idle: float | None = getattr(server, "idle_timeout", None)
+        self._read: float | None = getattr(server, "read_timeout", None)
+        self._max_line: int | None = getattr(server, "max_line_length", None)
+        self._buffer = bytearray()
+        self._eof = False
+
+    async def finish(self) -> None:
+        writer = self.writer
+        if not writer.is_closing():
+            try:
+                await asyncio.wait_for(writer.drain(), self._idle)
+            except (OSError, TimeoutError):
+                pass  # the client is gone or not reading: close regardless
+            writer.close()
+
+    # -- reading --------------------------------------------------------------
+
+    async def _fill(self, deadline: float | None) -> bool:
+        """Read more into the buffer; False at EOF. Enforces idle and read timeouts."""
+        timeout, by_deadline = self._idle, False
+        if deadline is not None:
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                raise self._trip(ReadTimeout(f"request not complete after {self._read}s"))
+            if timeout is None or remaining < timeout:
+                timeout, by_deadline = remaining, True
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await self.reader.read(_CHUNK)
+        except TimeoutError:
+            if by_deadline:
+                raise self._trip(ReadTimeout(f"request not complete after {self._read}s")) from None
+            raise self._trip(IdleTimeout(f"idle for {self._idle}s")) from None
+        if not chunk:
+            self._eof = True
+            return False
+        self._buffer += chunk
+        return True
+
+    def _deadline(self) -> float | None:
+        """The read_timeout clock starts with the first byte of a request."""
+        return None if self._read is None else monotonic() + self._read
+
+    async def _read_until(self, separator: bytes, limit: int | None) -> bytes:
+        buffer = self._buffer
+        deadline = self._deadline() if buffer else None
+        start = 0
+        while True:
+            end = buffer.find(separator, start)
+            if end >= 0:
+                end += len(separator)
+                if limit is not None and end > limit:
+                    break
+                data = bytes(buffer[:end])
+                del buffer[:end]
+                return data
+            if limit is not None and len(buffer) > limit:
+                break
+            start = max(0, len(buffer) - len(separator) + 1)
+            if self._eof or not await self._fill(deadline):
+                data = bytes(buffer)
+                buffer.clear()
+                return data
+            if deadline is None:
+                deadline = self._deadline()
+        raise self._trip(LineTooLong(f"line longer than {limit} bytes"))
+
+    async def readline(self) -> bytes:
+        """A line, newline included; what is left at EOF; b"" at EOF."""
+        return await self._read_until(b"\n", self._max_line)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """Bytes up to and including ``separator``; raises IncompleteReadError at EOF."""
+        data = await self._read_until(separator, self._max_line)
+        if not data.endswith(separator):
+            raise asyncio.IncompleteReadError(data, None)
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; raises IncompleteReadError at EOF."""
+        buffer = self._buffer
+        deadline = self._deadline() if buffer else None
+        while len(buffer) < n:
+            if self._eof or not await self._fill(deadline):
+                data = bytes(buffer)
+                buffer.clear()
+                raise asyncio.IncompleteReadError(data, n)
+            if deadline is None:
+                deadline = self._deadline()
+        data = bytes(buffer[:n])
+        del buffer[:n]
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes as soon as some are there (-1: everything until EOF)."""
+        if n == 0:
+            return b""
+        if n < 0:
+            while not self._eof and await self._fill(None):
+                pass
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            return data
+        if not self._buffer and not self._eof:
+            await self._fill(None)
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    # -- writing --------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; ``await drain()`` to let it out. Raises LimitExceeded
+        rather than buffer more than ``max_write_buffer`` for a client that does not read."""
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() + len(data) > self.max_write_buffer:
+            raise self._trip(
+                WriteBufferFull(
+                    f"more than max_write_buffer={self.max_write_buffer} bytes waiting to be "
+                    "sent: the client does not read (await drain() after writing)"
+                )
+            )
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken enough of what was written (idle_timeout bounds it)."""
+        try:
+            async with asyncio.timeout(self._idle):
+                await self.writer.drain()
+        except TimeoutError:
+            raise self._trip(IdleTimeout(f"did not take our data for {self._idle}s")) from None
+
+    def _trip(self, error: LimitExceeded) -> LimitExceeded:
+        return report(self.server, self.client_address, error)

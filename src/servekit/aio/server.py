@@ -1,0 +1,246 @@
+"""Async servers: every connection a task on one asyncio loop, under the usual hooks.
+
+The loop is uvloop's when it is installed (``servekit[fast]``), asyncio's
+otherwise; ``loop = "asyncio"`` or ``"uvloop"`` on the class forces one.
+
+Two ways to run:
+
+- ``server.serve_forever()`` from plain code blocks, running its own loop
+  (in the calling thread), until ``shutdown()`` from any thread;
+- inside a program's own loop, ``serve_forever()`` returns a coroutine:
+  ``async with server: await server.serve_forever()``.
+
+The hooks keep their meaning: ``verify_request`` (it may be a coroutine
+function) runs before a connection gets its handler, ``handle_error`` logs
+what a handler raised, ``service_actions`` runs every ``poll_interval``,
+``server.stats`` counts, ``max_connections`` pauses accepting, and a stop
+drains the connections within ``shutdown_timeout`` before cutting them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from servekit.aio.handlers import AsyncBaseRequestHandler
+from servekit.sockets import TCPServer, UnixStreamServer
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Coroutine
+
+    from servekit.core import RequestHandlerFactory
+
+    _Base = TCPServer
+else:
+    _Base = object
+
+__all__ = ["AsyncServerMixIn", "AsyncTCPServer", "AsyncUnixStreamServer"]
+
+#: After shutdown_timeout, connections are cut; their handlers get this long
+#: to see it before their tasks are cancelled.
+CUT_GRACE = 5.0
+
+LoopChoice = Literal["auto", "asyncio", "uvloop"]
+
+
+def run(coroutine: Coroutine[Any, Any, None], loop: LoopChoice = "auto") -> None:
+    """Run ``coroutine`` to completion on uvloop (when installed, or required) or asyncio."""
+    if loop != "asyncio":
+        try:
+            import uvloop  # type: ignore[import-not-found]
+        except ImportError:
+            if loop == "uvloop":
+                raise RuntimeError("loop='uvloop' but uvloop is not installed: "
+                                   "pip install 'servekit[fast]'") from None  # fmt: skip
+        else:
+            uvloop.run(coroutine)
+            return
+    asyncio.run(coroutine)
+
+
+class AsyncServerMixIn(_Base):
+    """Serve a stream socket's connections as asyncio tasks; put it before the server class."""
+
+    #: Which event loop serve_forever() starts: "auto" (uvloop if installed), "asyncio", "uvloop".
+    loop: LoopChoice = "auto"
+
+    _aio_loop: asyncio.AbstractEventLoop | None = None
+    _aio_stop: asyncio.Event | None = None
+    _aio_room: asyncio.Event | None = None
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: RequestHandlerFactory,
+        bind_and_activate: bool = True,
+    ) -> None:
+        if isinstance(RequestHandlerClass, type) and not issubclass(
+            RequestHandlerClass, AsyncBaseRequestHandler
+        ):
+            raise TypeError(
+                f"{RequestHandlerClass.__name__} is a sync handler: the async engine runs "
+                "servekit.aio.AsyncStreamRequestHandler subclasses (async def handle). Serve a "
+                "sync handler with concurrency='pool' or 'threads' instead."
+            )
+        self._aio_stopped = threading.Event()
+        self._aio_stopped.set()
+        self._aio_tasks: set[asyncio.Task[None]] = set()
+        super().__init__(server_address, RequestHandlerClass, bind_and_activate)
+
+    # -- running and stopping -------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> Any:  # None, or a coroutine
+        """Serve until shutdown(): blocking, or as a coroutine inside a running loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            run(self._serve(poll_interval), self.loop)
+            return None
+        return self._serve(poll_interval)
+
+    def shutdown(self) -> None:
+        """Stop serving; from any thread. Waits for the loop to finish, unless
+        called from the loop's own thread (a handler, or code beside it)."""
+        self._shutdown_flag = True
+        loop, stop = self._aio_loop, self._aio_stop
+        if loop is None or stop is None:
+            return
+        try:
+            same_thread = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            same_thread = False
+        if same_thread:
+            stop.set()
+            return
+        loop.call_soon_threadsafe(stop.set)
+        self._aio_stopped.wait()
+
+    def handle_request(self) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} serves with serve_forever(); "
+            "handle_request() is for the sync servers"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+    async def _serve(self, poll_interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._aio_stopped.clear()
+        try:
+            if self._shutdown_flag:
+                return  # shutdown() came first
+            self._aio_loop, self._aio_stop = loop, asyncio.Event()
+            self._aio_room = asyncio.Event()
+            self.socket.setblocking(False)
+            helpers = [
+                loop.create_task(self._accept_loop()),
+                loop.create_task(self._service_loop(poll_interval)),
+            ]
+            try:
+                await self._aio_stop.wait()
+            finally:
+                for task in helpers:
+                    task.cancel()
+                await self._drain()
+        finally:
+            self._aio_loop = self._aio_stop = self._aio_room = None
+            self._shutdown_flag = False
+            self._aio_stopped.set()
+
+    async def _drain(self) -> None:
+        """Let the connections finish within shutdown_timeout, then cut them."""
+        tasks = set(self._aio_tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+        if not pending:
+            return
+        self._cut_late_requests()
+        _, pending = await asyncio.wait(pending, timeout=CUT_GRACE)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _service_loop(self, poll_interval: float) -> None:
+        while True:
+            await asyncio.sleep(poll_interval)
+            self.service_actions()
+
+    # -- accepting ------------------------------------------------------------
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        room = self._aio_room
+        assert room is not None
+        while True:
+            paused = self._requests_resume_at - monotonic()
+            if paused > 0:
+                await asyncio.sleep(paused)
+            if not self._ready_for_request():
+                room.clear()
+                if not self._ready_for_request():  # a connection may have closed meanwhile
+                    await room.wait()
+                continue
+            try:
+                conn, address = await loop.sock_accept(self.socket)
+            except OSError as exc:
+                self._get_request_failed(exc)
+                continue
+            if self._requests_resume_at:
+                self._get_request_recovered()
+            self._request_accepted(conn, address)
+            task = loop.create_task(self._connection(conn, address))
+            self._aio_tasks.add(task)
+            task.add_done_callback(self._aio_tasks.discard)
+
+    def _wake_loop(self) -> None:
+        room, loop = self._aio_room, self._aio_loop
+        if room is None or loop is None:
+            return
+        try:
+            same_thread = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            same_thread = False
+        if same_thread:
+            room.set()
+        else:
+            loop.call_soon_threadsafe(room.set)
+
+    async def _connection(self, conn: socket.socket, address: Any) -> None:
+        handler: AsyncBaseRequestHandler | None = None
+        try:
+            allowed = self.verify_request(conn, address)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if allowed:
+                self._counters.request()
+                handler = self.RequestHandlerClass(conn, address, self)  # type: ignore[assignment]
+                assert handler is not None
+                await handler.run()
+        except Exception:
+            self._report_error(conn, address)
+        finally:
+            self._forget_request(conn)
+            writer = getattr(handler, "writer", None)
+            if writer is not None:
+                writer.close()  # the transport owns the socket now
+            else:
+                conn.close()
+
+
+class AsyncTCPServer(AsyncServerMixIn, TCPServer):
+    """TCP connections served by async handlers."""
+
+
+class AsyncUnixStreamServer(AsyncServerMixIn, UnixStreamServer):
+    """Unix stream connections served by async handlers."""
