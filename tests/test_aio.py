@@ -17,6 +17,16 @@ from tests.conftest import WAIT, LogWatcher, connect, recv_until, serving
 LOCAL = ("127.0.0.1", 0)
 
 
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_choice(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on asyncio's loop and on uvloop's."""
+    choice: str = request.param
+    if choice == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is in the dev extra; not installed here")
+    monkeypatch.setattr(servekit.aio.AsyncServerMixIn, "loop", choice)
+    return choice
+
+
 class Echo(AsyncStreamRequestHandler):
     async def handle(self) -> None:
         async for line in self:
