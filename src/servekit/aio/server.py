@@ -51,7 +51,7 @@ def run(coroutine: Coroutine[Any, Any, None], loop: LoopChoice = "auto") -> None
     """Run ``coroutine`` to completion on uvloop (when installed, or required) or asyncio."""
     if loop != "asyncio":
         try:
-            import uvloop  # type: ignore[import-not-found]
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
             if loop == "uvloop":
                 raise RuntimeError("loop='uvloop' but uvloop is not installed: "
