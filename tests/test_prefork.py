@@ -32,9 +32,9 @@ class Handler(servekit.StreamRequestHandler):
 
 
 @contextlib.contextmanager
-def prefork(tmp: Path, *args: str, version: str = "v1") -> Iterator[tuple[Any, ProcessLog, int]]:
+def prefork(tmp: Path, *args: str, app: str | None = None) -> Iterator[tuple[Any, ProcessLog, int]]:
     """Run ``servekit serve app:Handler --workers ...`` in ``tmp``; yield proc, log, port."""
-    (tmp / "app.py").write_text(APP.format(version=version))
+    (tmp / "app.py").write_text(APP.format(version="v1") if app is None else app)
     proc = subprocess.Popen(
         [sys.executable, "-m", "servekit", "serve", "app:Handler", "--listen", "127.0.0.1:0",
          "--status-interval", "none", *args],
@@ -221,6 +221,19 @@ def test_max_requests_restarts_a_worker(tmp_path: Path) -> None:
         assert _ask(port)[1] == replacement
 
 
+def test_a_sync_handler_for_async_workers_stops_with_status_2(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP.format(version="v1"))
+    done = subprocess.run(
+        [sys.executable, "-m", "servekit", "serve", "app:Handler", "--workers", "2",
+         "--concurrency", "async", "--listen", "127.0.0.1:0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT * 3,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "is a sync handler" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_target_that_does_not_load_stops_with_status_2(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP.format(version="v1"))
     done = subprocess.run(
@@ -258,3 +271,28 @@ def test_sigterm_under_load_answers_everything_accepted(tmp_path: Path) -> None:
         assert proc.wait(WAIT) == 0
         log.wait_for(r"supervisor \d+: stopped")
         assert len(log.wait_for(r"exited with status 0", 2)) == 2
+
+
+ASYNC_APP = """
+import os
+from servekit.aio import AsyncStreamRequestHandler
+class Handler(AsyncStreamRequestHandler):
+    async def handle(self):
+        async for line in self:
+            self.write(f"async {os.getpid()} ".encode() + line)
+            await self.drain()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_async_workers(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "2", "--concurrency", "async", app=ASYNC_APP) as (
+        proc,
+        log,
+        port,
+    ):
+        _worker_pids(log, 2)
+        answers = {_ask(port, b"%d\n" % i) for i in range(10)}
+        assert {version for version, _ in answers} == {"async"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

@@ -180,7 +180,7 @@ def _make(address: str, handler: type[Any], args: argparse.Namespace) -> BaseSer
             certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
             proxy_protocol=args.proxy_protocol, trusted_proxies=args.trusted_proxy,
         )  # fmt: skip
-    except (ValueError, OSError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"cannot serve {address}: {exc}") from exc
 
 
