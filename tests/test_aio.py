@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import threading
 from typing import Any
 
@@ -280,3 +281,85 @@ def test_unix_stream(sock_dir: Any) -> None:
 def test_datagrams_are_refused_for_now() -> None:
     with pytest.raises(ValueError, match="stream sockets only so far"):
         servekit.make_server("udp://127.0.0.1:0", Echo, concurrency="async")
+
+
+# -- TLS and the PROXY protocol on the async engine ----------------------------------
+
+
+class WhoEcho(AsyncStreamRequestHandler):
+    """Answer one line, prefixed with the client's address and certificate name."""
+
+    async def handle(self) -> None:
+        cert = self.writer.get_extra_info("peercert")
+        who = dict(x[0] for x in cert["subject"])["commonName"] if cert else "anonymous"
+        line = await self.readline()
+        self.write(f"{who} {self.client_address[0]} ".encode() + line)
+
+
+def _tls_client(pki: dict[str, Any], cert: str | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki["ca_pem"]))
+    if cert is not None:
+        context.load_cert_chain(pki[f"{cert}_pem"], pki[f"{cert}_key"])
+    return context
+
+
+def _tls_ask(address: Any, context: ssl.SSLContext) -> bytes:
+    with connect(address) as raw, context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"hi\n")
+        return recv_until(tls)
+
+
+def test_tls(pki: dict[str, Any], servekit_log: LogWatcher) -> None:
+    server = servekit.make_server(
+        "127.0.0.1:0", WhoEcho, concurrency="async", certfile=pki["server_pem"],
+        keyfile=pki["server_key"], cafile=pki["ca_pem"], handshake_timeout=0.5,
+    )  # fmt: skip
+    with serving(server):
+        silent = connect(server.server_address)  # never says hello
+        assert _tls_ask(server.server_address, _tls_client(pki, "client")) == (
+            b"client 127.0.0.1 hi\n"
+        )
+        try:  # no client certificate: refused, by an alert or by the connection closing
+            refused = _tls_ask(server.server_address, _tls_client(pki))
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            refused = b""
+        assert refused == b""
+        assert servekit_log.wait_for("TLS handshake failed")
+        assert servekit_log.wait_for("TLS handshake not complete within handshake_timeout")
+        assert silent.recv(10) == b""
+        silent.close()
+    assert server.stats.limits == {"handshake_timeout": 1, "tls_handshake": 1}
+    assert server.stats.errors == 0
+
+
+def test_proxy_protocol(servekit_log: LogWatcher) -> None:
+    from servekit.proxy import build_v1, build_v2
+
+    real, front = ("203.0.113.7", 4711), ("198.51.100.1", 443)
+    server = servekit.make_server(
+        "127.0.0.1:0", WhoEcho, concurrency="async", proxy_protocol=True,
+        trusted_proxies=["127.0.0.1"],
+    )  # fmt: skip
+    with serving(server):
+        for header in (build_v1(real, front), build_v2(real, front)):
+            with connect(server.server_address) as client:
+                client.sendall(header + b"via proxy\n")
+                assert recv_until(client) == b"anonymous 203.0.113.7 via proxy\n"
+        with connect(server.server_address) as client:
+            client.sendall(b"no header\n")
+            try:
+                assert client.recv(10) == b""
+            except ConnectionResetError:
+                pass
+        assert servekit_log.wait_for("bad PROXY header")
+    untrusting = servekit.make_server(
+        "127.0.0.1:0", WhoEcho, concurrency="async", proxy_protocol=True,
+        trusted_proxies=["10.0.0.0/8"],
+    )  # fmt: skip
+    with serving(untrusting), connect(untrusting.server_address) as client:
+        client.sendall(build_v1(real, front) + b"sneaky\n")
+        try:
+            assert client.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        assert servekit_log.wait_for("not a trusted proxy")

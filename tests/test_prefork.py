@@ -164,16 +164,18 @@ def test_sighup_replaces_workers_without_refusing_anyone(tmp_path: Path) -> None
                 except (OSError, ValueError) as exc:
                     errors.append(exc)
 
-        threads = [threading.Thread(target=clients) for _ in range(4)]
+        threads = [threading.Thread(target=clients, daemon=True) for _ in range(4)]
         for t in threads:
             t.start()
-        proc.send_signal(signal.SIGHUP)
-        log.wait_for("SIGHUP: all workers replaced")
-        for pid in old:
-            log.wait_for(rf"\(pid {pid}\) exited with status 0")
-        stop.set()
-        for t in threads:
-            t.join(WAIT)
+        try:
+            proc.send_signal(signal.SIGHUP)
+            log.wait_for("SIGHUP: all workers replaced")
+            for pid in old:
+                log.wait_for(rf"\(pid {pid}\) exited with status 0")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(WAIT)
         assert errors == []
         assert len(versions) > 10  # served throughout the roll
         version, pid = _ask(port)

@@ -8,6 +8,7 @@ serving loop, and both share one deadline: ``handshake_timeout``.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from time import monotonic
@@ -25,7 +26,7 @@ from servekit.proxy import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["PrefaceFailed", "handshake", "read_proxy_header"]
+__all__ = ["PrefaceFailed", "handshake", "read_proxy_header", "read_proxy_header_async"]
 
 # The shortest valid headers are "PROXY UNKNOWN\r\n" (15 bytes) and a v2
 # fixed part (16 bytes): reading 15 bytes at first never takes application
@@ -74,6 +75,35 @@ def read_proxy_header(sock: socket.socket, deadline: float | None) -> Any:
         if event is not NEED_DATA:
             return event.source if event.command == "PROXY" else None
         want = _v2_bytes_wanted(received) if received[:1] == b"\r" else 0
+
+
+async def read_proxy_header_async(sock: socket.socket, deadline: float | None) -> Any:
+    """read_proxy_header() for a connection on an asyncio loop (the socket non-blocking).
+
+    asyncio's sock_recv() cannot peek, so after the first 15 bytes a v1 line
+    is read a byte at a time (at most 92 more): still never a byte too many.
+    """
+    loop = asyncio.get_running_loop()
+    parser = ProxyParser()
+    received = bytearray()
+    want = _FIRST_READ
+    while True:
+        try:
+            async with asyncio.timeout(_remaining(deadline, "PROXY header")):
+                data = await loop.sock_recv(sock, want)
+        except TimeoutError:
+            raise PrefaceFailed(
+                "PROXY header not complete within handshake_timeout", "handshake_timeout"
+            ) from None
+        received += data
+        parser.receive_data(data)
+        try:
+            event = parser.next_event()
+        except ProxyHeaderError as exc:
+            raise PrefaceFailed(f"bad PROXY header: {exc}", "proxy_protocol") from None
+        if event is not NEED_DATA:
+            return event.source if event.command == "PROXY" else None
+        want = _v2_bytes_wanted(received) if received[:1] == b"\r" else 1
 
 
 def _recv(sock: socket.socket, size: int, deadline: float | None, flags: int = 0) -> bytes:

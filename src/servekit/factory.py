@@ -189,11 +189,6 @@ def make_server(
             f"{address}: concurrency={concurrency!r} serves stream sockets only so far; "
             "serve datagrams with 'pool', 'threads', 'fork' or 'sync'"
         )
-    if concurrency == "async" and (ssl_context is not None or proxy_protocol):
-        raise ValueError(
-            "TLS and the PROXY protocol are not available with concurrency='async' yet; "
-            "use 'pool' or 'threads' for them"
-        )
     server = _CLASSES[(transport, concurrency)](spec.address, handler, bind_and_activate=False)
     try:
         _configure(server, spec, sock, backlog=backlog, reuse_port=reuse_port)

@@ -80,8 +80,9 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
     writer: asyncio.StreamWriter
 
     async def setup(self) -> None:
-        sock: socket.socket = self.request
-        self.reader, self.writer = await asyncio.open_connection(sock=sock)
+        if not hasattr(self, "writer"):  # the server opens the streams (and TLS) itself
+            sock: socket.socket = self.request
+            self.reader, self.writer = await asyncio.open_connection(sock=sock)
         server = self.server
         self._idle: float | None = getattr(server, "idle_timeout", None)
         self._read: float | None = getattr(server, "read_timeout", None)

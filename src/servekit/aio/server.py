@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ssl
 import threading
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
-from servekit.aio.handlers import AsyncBaseRequestHandler
+from servekit._preface import PrefaceFailed, read_proxy_header_async
+from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
+from servekit.limits import report
+from servekit.proxy import is_trusted
 from servekit.sockets import TCPServer, UnixStreamServer
 
 if TYPE_CHECKING:
@@ -217,25 +221,93 @@ class AsyncServerMixIn(_Base):
             loop.call_soon_threadsafe(room.set)
 
     async def _connection(self, conn: socket.socket, address: Any) -> None:
-        handler: AsyncBaseRequestHandler | None = None
+        writer: asyncio.StreamWriter | None = None
         try:
-            allowed = self.verify_request(conn, address)
+            deadline = None
+            if self.handshake_timeout is not None:
+                deadline = monotonic() + self.handshake_timeout
+            address = await self._proxy_preface(conn, address, deadline)
+            reader, writer = await self._open_streams(conn, address, deadline)
+            # Under TLS, verify_request sees the TLS object: getpeercert() works.
+            request = writer.get_extra_info("ssl_object") or conn
+            allowed = self.verify_request(request, address)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
             if allowed:
                 self._counters.request()
-                handler = self.RequestHandlerClass(conn, address, self)  # type: ignore[assignment]
-                assert handler is not None
+                handler = self.RequestHandlerClass(conn, address, self)
+                assert isinstance(handler, AsyncBaseRequestHandler)
+                if isinstance(handler, AsyncStreamRequestHandler):
+                    handler.reader, handler.writer = reader, writer
                 await handler.run()
         except Exception:
             self._report_error(conn, address)
         finally:
             self._forget_request(conn)
-            writer = getattr(handler, "writer", None)
             if writer is not None:
                 writer.close()  # the transport owns the socket now
             else:
                 conn.close()
+
+    async def _proxy_preface(
+        self, conn: socket.socket, address: Any, deadline: float | None
+    ) -> Any:
+        """The real client's address from a PROXY header, when the server expects one."""
+        if not self.proxy_protocol:
+            return address
+        try:
+            if not is_trusted(address, self.trusted_proxies):
+                raise PrefaceFailed(
+                    "not a trusted proxy: PROXY headers are taken from trusted_proxies only",
+                    "proxy_protocol",
+                )
+            real = await read_proxy_header_async(conn, deadline)
+        except PrefaceFailed as exc:
+            raise report(self, address, exc) from None
+        return address if real is None else real
+
+    async def _open_streams(
+        self, conn: socket.socket, address: Any, deadline: float | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams over the connection, after the TLS handshake if the server speaks TLS."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        context = self.ssl_context
+        transport: asyncio.BaseTransport
+        if context is None:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
+        else:
+            transport = await self._handshake(loop, protocol, conn, address, context, deadline)
+        # uvloop's transports quack like asyncio.WriteTransport without subclassing it.
+        writable = cast("asyncio.WriteTransport", transport)
+        return reader, asyncio.StreamWriter(writable, protocol, reader, loop)
+
+    async def _handshake(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        protocol: asyncio.StreamReaderProtocol,
+        conn: socket.socket,
+        address: Any,
+        context: ssl.SSLContext,
+        deadline: float | None,
+    ) -> asyncio.BaseTransport:
+        """The TLS handshake, in this connection's task, within handshake_timeout."""
+        timeout = None if deadline is None else max(deadline - monotonic(), 0.001)
+        try:
+            async with asyncio.timeout(timeout):
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=context
+                )
+        except TimeoutError:
+            failure = PrefaceFailed(
+                "TLS handshake not complete within handshake_timeout", "handshake_timeout"
+            )
+            raise report(self, address, failure) from None
+        except (ssl.SSLError, OSError) as exc:
+            failure = PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake")
+            raise report(self, address, failure) from None
+        return transport
 
 
 class AsyncTCPServer(AsyncServerMixIn, TCPServer):
