@@ -59,6 +59,11 @@ RESTART_DELAY_MAX = 10.0
 #: is killed: it needs to cut its connections and let its handlers return.
 STOP_GRACE = 10.0
 
+#: What the supervisor handles; SIGTERM and SIGINT stop it, the others steer it.
+_SUPERVISOR_SIGNALS = frozenset({
+    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+})  # fmt: skip
+
 _READY = b"R"
 _BEAT = b"."
 
@@ -144,11 +149,7 @@ class Supervisor:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
-        handled = (
-            signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-            signal.SIGUSR1,
-        )  # fmt: skip
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _SUPERVISOR_SIGNALS}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         logger.info("supervisor %d: starting %d worker(s)", os.getpid(), self.target)
         try:
@@ -169,6 +170,11 @@ class Supervisor:
 
     def _loop(self, wake: socket.socket) -> int:
         while True:
+            # Signals first: a SIGTERM to the whole process group reaches the
+            # workers too, and their exits must not be taken for crashes.
+            status = self._handle_signals()
+            if status is not None:
+                return status
             self._reap()
             if self._boot_failed:
                 self._kill_all(signal.SIGKILL)
@@ -182,9 +188,6 @@ class Supervisor:
                 self._check_heartbeats()
                 self._advance_roll()
                 self._keep_count()
-            status = self._handle_signals()
-            if status is not None:
-                return status
             self._wait(wake)
 
     def _wait(self, wake: socket.socket) -> None:
@@ -223,10 +226,16 @@ class Supervisor:
         os.set_blocking(read_fd, False)
         self._spawned += 1
         number = self._spawned
-        pid = os.fork()
-        if pid == 0:  # the worker
-            os.close(read_fd)
-            self._become_worker(write_fd)
+        # Block our signals across the fork: until the child has its own
+        # handlers, a SIGTERM must wait, not run the supervisor's handler there.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                os.close(read_fd)
+                self._become_worker(write_fd)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
         os.close(write_fd)
         now = time.monotonic()
         worker = _Worker(pid=pid, pipe=read_fd, number=number, started=now, last_beat=now)
@@ -244,6 +253,7 @@ class Supervisor:
                 signal.signal(sig, signal.SIG_IGN)  # until worker_main installs its own
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
             for other in self._workers.values():
                 os.close(other.pipe)
             os.set_blocking(channel_fd, False)
