@@ -66,14 +66,9 @@ def read_proxy_header(sock: socket.socket, deadline: float | None) -> Any:
             data = _recv(sock, want, deadline)
         else:  # a v1 line of unknown length: look ahead, take up to the CRLF
             data = _recv_v1_part(sock, deadline)
-        received += data
-        parser.receive_data(data)
-        try:
-            event = parser.next_event()
-        except ProxyHeaderError as exc:
-            raise PrefaceFailed(f"bad PROXY header: {exc}", "proxy_protocol") from None
-        if event is not NEED_DATA:
-            return event.source if event.command == "PROXY" else None
+        done, address = _feed(parser, received, data)
+        if done:
+            return address
         want = _v2_bytes_wanted(received) if received[:1] == b"\r" else 0
 
 
@@ -95,15 +90,23 @@ async def read_proxy_header_async(sock: socket.socket, deadline: float | None) -
             raise PrefaceFailed(
                 "PROXY header not complete within handshake_timeout", "handshake_timeout"
             ) from None
-        received += data
-        parser.receive_data(data)
-        try:
-            event = parser.next_event()
-        except ProxyHeaderError as exc:
-            raise PrefaceFailed(f"bad PROXY header: {exc}", "proxy_protocol") from None
-        if event is not NEED_DATA:
-            return event.source if event.command == "PROXY" else None
+        done, address = _feed(parser, received, data)
+        if done:
+            return address
         want = _v2_bytes_wanted(received) if received[:1] == b"\r" else 1
+
+
+def _feed(parser: ProxyParser, received: bytearray, data: bytes) -> tuple[bool, Any]:
+    """Give ``data`` to the parser: (header complete?, the client address it names or None)."""
+    received += data
+    parser.receive_data(data)
+    try:
+        event = parser.next_event()
+    except ProxyHeaderError as exc:
+        raise PrefaceFailed(f"bad PROXY header: {exc}", "proxy_protocol") from None
+    if event is NEED_DATA:
+        return False, None
+    return True, event.source if event.command == "PROXY" else None
 
 
 def _recv(sock: socket.socket, size: int, deadline: float | None, flags: int = 0) -> bytes:

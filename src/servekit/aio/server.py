@@ -34,7 +34,7 @@ from servekit.sockets import TCPServer, UnixStreamServer
 
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
 
     from servekit.core import RequestHandlerFactory
 
@@ -64,6 +64,19 @@ def run(coroutine: Coroutine[Any, Any, None], loop: LoopChoice = "auto") -> None
             uvloop.run(coroutine)
             return
     asyncio.run(coroutine)
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> bool:
+    """Run ``callback`` in ``loop``: now if this is its thread (True), else soon (False)."""
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        callback()
+    else:
+        loop.call_soon_threadsafe(callback)
+    return here
 
 
 class AsyncServerMixIn(_Base):
@@ -113,15 +126,8 @@ class AsyncServerMixIn(_Base):
         loop, stop = self._aio_loop, self._aio_stop
         if loop is None or stop is None:
             return
-        try:
-            same_thread = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            same_thread = False
-        if same_thread:
-            stop.set()
-            return
-        loop.call_soon_threadsafe(stop.set)
-        self._aio_stopped.wait()
+        if not _call_in(loop, stop.set):
+            self._aio_stopped.wait()
 
     def handle_request(self) -> None:
         raise NotImplementedError(
@@ -209,16 +215,8 @@ class AsyncServerMixIn(_Base):
 
     def _wake_loop(self) -> None:
         room, loop = self._aio_room, self._aio_loop
-        if room is None or loop is None:
-            return
-        try:
-            same_thread = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            same_thread = False
-        if same_thread:
-            room.set()
-        else:
-            loop.call_soon_threadsafe(room.set)
+        if room is not None and loop is not None:
+            _call_in(loop, room.set)
 
     async def _connection(self, conn: socket.socket, address: Any) -> None:
         writer: asyncio.StreamWriter | None = None
