@@ -182,3 +182,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                  "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
                  "-extfile", "san.ext", cwd=d)  # fmt: skip
     return {p.stem + p.suffix.replace(".", "_"): p for p in d.iterdir()}
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str],
+    *,
+    listening: str = r"listening on \w+://127\.0\.0\.1:(\d+)",
+    timeout: float = WAIT,
+    **popen: Any,
+) -> Iterator[tuple[subprocess.Popen[str], ProcessLog, int]]:
+    """Start ``command``, wait for its "listening on ...:PORT" log line, and yield
+    (process, log, port); the process is killed and reaped on the way out."""
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, **popen)
+    log = ProcessLog(proc)
+    try:
+        port = int(log.wait_for(listening, timeout=timeout)[0].group(1))
+        yield proc, log, port
+    finally:
+        proc.kill()
+        proc.wait(WAIT)

@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import servekit
-from tests.conftest import WAIT, ProcessLog, connect, recv_until
+from tests.conftest import WAIT, connect, recv_until, running
 
 ROOT = Path(__file__).parent.parent
 
 
-@contextlib.contextmanager
-def _serving(*args: str, cwd: Path = ROOT, **kwargs: Any) -> Iterator[tuple[Any, ProcessLog, int]]:
+def _serving(*args: str, cwd: Path = ROOT, **kwargs: Any) -> Any:
     """Run ``servekit serve ARGS``; yield the process, its log and its first TCP port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servekit", "serve", *args], cwd=cwd,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
-    )  # fmt: skip
-    log = ProcessLog(proc)
-    try:
-        yield proc, log, int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
-    finally:
-        proc.kill()
-        proc.wait(WAIT)
+    command = [sys.executable, "-m", "servekit", "serve", *args]
+    return running(command, cwd=cwd, listening=r"listening on tcp://127\.0\.0\.1:(\d+)", **kwargs)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import WAIT, ProcessLog, connect, recv_until
+from tests.conftest import WAIT, connect, recv_until, running
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -61,15 +61,12 @@ def test_echo_example_udp() -> None:
         proc.wait(WAIT)
 
 
-def test_kvstore_example(tmp_path: Any) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servekit", "serve", "examples.kvstore:KeyValue",
-         "--listen", "127.0.0.1:0"],
-        cwd=EXAMPLES.parent, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    log = ProcessLog(proc)
-    try:
-        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+def _serve(*args: str) -> Any:
+    return running([sys.executable, "-m", "servekit", "serve", *args], cwd=EXAMPLES.parent)
+
+
+def test_kvstore_example() -> None:
+    with _serve("examples.kvstore:KeyValue", "--listen", "127.0.0.1:0") as (proc, _, port):
         with connect(("127.0.0.1", port)) as client:
             for command, reply in [
                 (b"SET colour blue", b"OK"), (b"GET colour", b"VALUE blue"),
@@ -81,61 +78,39 @@ def test_kvstore_example(tmp_path: Any) -> None:
                 assert recv_until(client) == reply + b"\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
-    finally:
-        proc.kill()
-        proc.wait(WAIT)
 
 
 def test_syslog_example() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servekit", "serve", "examples.syslog:Collector",
-         "--listen", "udp://127.0.0.1:0"],
-        cwd=EXAMPLES.parent, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    log = ProcessLog(proc)
-    try:
-        port = int(log.wait_for(r"listening on udp://127\.0\.0\.1:(\d+)")[0].group(1))
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-            client.sendto(b"<28>Nov 25 12:00:00 host app: disk almost full", ("127.0.0.1", port))
-            client.sendto(b"no priority at all", ("127.0.0.1", port))
+    with (
+        _serve("examples.syslog:Collector", "--listen", "udp://127.0.0.1:0") as (proc, log, port),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.sendto(b"<28>Nov 25 12:00:00 host app: disk almost full", ("127.0.0.1", port))
+        client.sendto(b"no priority at all", ("127.0.0.1", port))
         log.wait_for(r"WARNING syslog: daemon\.warning from 127\.0\.0\.1: .*disk almost full")
         log.wait_for(r"INFO syslog: user\.notice from 127\.0\.0\.1: no priority at all")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
-    finally:
-        proc.kill()
-        proc.wait(WAIT)
 
 
 @pytest.mark.timeout(180)
 def test_readme_example_command() -> None:
     """./scripts/example, as the README says, installs and serves; Ctrl-C stops it."""
-    proc = subprocess.Popen(
-        [str(EXAMPLES.parent / "scripts" / "example"), "--listen", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    log = ProcessLog(proc)
-    try:
-        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)", timeout=150)[0].group(1))
+    command = [str(EXAMPLES.parent / "scripts" / "example"), "--listen", "127.0.0.1:0"]
+    with running(command, timeout=150, start_new_session=True) as (proc, _, port):
         with connect(("127.0.0.1", port)) as client:
             client.sendall(b"readme\n")
             assert recv_until(client) == b"readme\n"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(WAIT) == 0
-    finally:
-        proc.kill()
-        proc.wait(WAIT)
 
 
 def test_chat_example() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servekit", "serve", "examples.chat:Chat",
-         "--concurrency", "async", "--listen", "127.0.0.1:0"],
-        cwd=EXAMPLES.parent, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    log = ProcessLog(proc)
-    try:
-        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
+    with _serve("examples.chat:Chat", "--concurrency", "async", "--listen", "127.0.0.1:0") as (
+        proc,
+        _,
+        port,
+    ):
         alice = connect(("127.0.0.1", port))
         assert recv_until(alice).startswith(b"welcome")
         bob = connect(("127.0.0.1", port))
@@ -148,6 +123,3 @@ def test_chat_example() -> None:
         alice.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
-    finally:
-        proc.kill()
-        proc.wait(WAIT)
