@@ -184,6 +184,9 @@ def _make(address: str, handler: type[Any], args: argparse.Namespace) -> BaseSer
         raise UsageError(f"cannot serve {address}: {exc}") from exc
 
 
+_RUNNER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
+
+
 class Runner:
     """Serve until a signal: one thread per server, the main thread minds signals."""
 
@@ -238,8 +241,15 @@ class Runner:
             for server in self.servers
         ]
         try:
-            for loop in loops:
-                loop.start()
+            # Only this thread may take our signals: delivered to a serving
+            # thread, one would not wake this thread's wait, and be left
+            # pending. Threads inherit the mask of the thread that starts them.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _RUNNER_SIGNALS)
+            try:
+                for loop in loops:
+                    loop.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _RUNNER_SIGNALS)
             if started is not None:
                 started()
             while not self._stop.wait(self.status_interval):
