@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import servekit
-from servekit.aio import AsyncStreamRequestHandler, AsyncTCPServer
+from servekit.aio import AsyncDatagramRequestHandler, AsyncStreamRequestHandler, AsyncTCPServer
 from tests.conftest import WAIT, LogWatcher, connect, recv_until, serving
 
 LOCAL = ("127.0.0.1", 0)
@@ -278,9 +278,60 @@ def test_unix_stream(sock_dir: Any) -> None:
         assert recv_until(client) == b"unix\n"
 
 
-def test_datagrams_are_refused_for_now() -> None:
-    with pytest.raises(ValueError, match="stream sockets only so far"):
-        servekit.make_server("udp://127.0.0.1:0", Echo, concurrency="async")
+class DatagramEcho(AsyncDatagramRequestHandler):
+    async def handle(self) -> None:
+        await asyncio.sleep(0)  # really async
+        self.wfile.write(b"echo " + self.rfile.read())
+
+
+def test_udp(servekit_log: LogWatcher) -> None:
+    server = servekit.make_server("udp://127.0.0.1:0", DatagramEcho, concurrency="async")
+    server.max_packet_size = 1000
+    with serving(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(WAIT)
+        for i in range(5):
+            client.sendto(b"%d" % i, server.server_address)
+            assert client.recv(100) == b"echo %d" % i
+        client.sendto(b"x" * 1001, server.server_address)  # over max_packet_size: dropped
+        client.sendto(b"after", server.server_address)
+        assert client.recv(100) == b"echo after"
+        assert servekit_log.wait_for("longer than max_packet_size=1000")
+    assert server.stats.requests == 6
+    assert server.stats.bytes_out == len(b"echo 0") * 5 + len(b"echo after")
+
+
+def test_unix_datagram(sock_dir: Any) -> None:
+    path = str(sock_dir / "d.sock")
+    server = servekit.make_server(f"unix-dgram:{path}", DatagramEcho, concurrency="async")
+    with serving(server), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.settimeout(WAIT)
+        client.bind(str(sock_dir / "c.sock"))
+        client.sendto(b"unix", path)
+        assert client.recv(100) == b"echo unix"
+
+
+def test_datagram_errors_and_verify(caplog: pytest.LogCaptureFixture) -> None:
+    class Fussy(AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            if self.packet == b"fail":
+                raise ValueError("bad datagram")
+            self.send(b"ok")
+
+    class Server(servekit.aio.AsyncUDPServer):
+        async def verify_request(self, request: Any, client_address: Any) -> bool:  # type: ignore[override]
+            return bool(request[0] != b"refused")
+
+    caplog.set_level(logging.ERROR, logger="servekit")
+    with (
+        serving(Server(LOCAL, Fussy)) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.settimeout(WAIT)
+        for packet in (b"refused", b"fail", b"fine"):
+            client.sendto(packet, server.server_address)
+        assert client.recv(100) == b"ok"  # the only reply
+    assert server.stats.errors == 1
+    assert any(r.exc_info and r.exc_info[0] is ValueError for r in caplog.records)
 
 
 # -- TLS and the PROXY protocol on the async engine ----------------------------------

@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from servekit.activation import inherited_sockets
 from servekit.addresses import ListenAddress, format_address, parse_address
-from servekit.aio.server import AsyncTCPServer, AsyncUnixStreamServer
+from servekit.aio.server import (
+    AsyncTCPServer,
+    AsyncUDPServer,
+    AsyncUnixDatagramServer,
+    AsyncUnixStreamServer,
+)
 from servekit.concurrency import (
     ForkingTCPServer,
     ForkingUDPServer,
@@ -86,6 +91,8 @@ _CLASSES: dict[tuple[str, str], type[TCPServer]] = {
     ("unix-dgram", "pool"): ThreadPoolUnixDatagramServer,
     ("tcp", "async"): AsyncTCPServer,
     ("unix", "async"): AsyncUnixStreamServer,
+    ("udp", "async"): AsyncUDPServer,
+    ("unix-dgram", "async"): AsyncUnixDatagramServer,
     ("tcp", "sync"): TCPServer,
     ("tcp", "threads"): ThreadingTCPServer,
     ("tcp", "fork"): ForkingTCPServer,
@@ -184,11 +191,6 @@ def make_server(
         transport = spec.transport
     if transport in ("udp", "unix-dgram") and (ssl_context is not None or proxy_protocol):
         raise ValueError(f"{address}: TLS and the PROXY protocol need a stream socket")
-    if (transport, concurrency) not in _CLASSES:
-        raise ValueError(
-            f"{address}: concurrency={concurrency!r} serves stream sockets only so far; "
-            "serve datagrams with 'pool', 'threads', 'fork' or 'sync'"
-        )
     server = _CLASSES[(transport, concurrency)](spec.address, handler, bind_and_activate=False)
     try:
         _configure(server, spec, sock, backlog=backlog, reuse_port=reuse_port)

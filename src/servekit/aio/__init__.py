@@ -9,14 +9,28 @@ class Echo(servekit.aio.AsyncStreamRequestHandler):
 servekit.make_server("127.0.0.1:8000", Echo, concurrency="async").serve_forever()
 """
 
-from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
-from servekit.aio.server import AsyncServerMixIn, AsyncTCPServer, AsyncUnixStreamServer, run
+from servekit.aio.handlers import (
+    AsyncBaseRequestHandler,
+    AsyncDatagramRequestHandler,
+    AsyncStreamRequestHandler,
+)
+from servekit.aio.server import (
+    AsyncServerMixIn,
+    AsyncTCPServer,
+    AsyncUDPServer,
+    AsyncUnixDatagramServer,
+    AsyncUnixStreamServer,
+    run,
+)
 
 __all__ = [
     "AsyncBaseRequestHandler",
+    "AsyncDatagramRequestHandler",
     "AsyncServerMixIn",
     "AsyncStreamRequestHandler",
     "AsyncTCPServer",
+    "AsyncUDPServer",
+    "AsyncUnixDatagramServer",
     "AsyncUnixStreamServer",
     "run",
 ]

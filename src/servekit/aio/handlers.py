@@ -20,6 +20,7 @@ once, and the connection is closed.
 from __future__ import annotations
 
 import asyncio
+from io import BytesIO
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
     from servekit.aio.server import AsyncServerMixIn
 
-__all__ = ["AsyncBaseRequestHandler", "AsyncStreamRequestHandler"]
+__all__ = ["AsyncBaseRequestHandler", "AsyncDatagramRequestHandler", "AsyncStreamRequestHandler"]
 
 #: How much one read asks the transport for.
 _CHUNK = 65536
@@ -227,3 +228,27 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
 
     def _trip(self, error: LimitExceeded) -> LimitExceeded:
         return report(self.server, self.client_address, error)
+
+
+class AsyncDatagramRequestHandler(AsyncBaseRequestHandler):
+    """One datagram: in ``self.packet`` and ``self.rfile``; what handle() writes to
+    ``self.wfile`` goes back as one datagram (nothing is sent if it stays empty).
+    ``self.send(data)`` sends a datagram to the client at once."""
+
+    packet: bytes
+    rfile: BytesIO
+    wfile: BytesIO
+
+    async def setup(self) -> None:
+        self.packet, self._transport = self.request
+        self.rfile = BytesIO(self.packet)
+        self.wfile = BytesIO()
+
+    def send(self, data: bytes) -> None:
+        self._transport.sendto(data, self.client_address)
+        self.server._counters.transferred(0, len(data))
+
+    async def finish(self) -> None:
+        reply = self.wfile.getvalue()
+        if reply:
+            self.send(reply)

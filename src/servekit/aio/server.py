@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import socket
 import ssl
 import threading
 from time import monotonic
@@ -30,10 +32,9 @@ from servekit._preface import PrefaceFailed, read_proxy_header_async
 from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
 from servekit.limits import report
 from servekit.proxy import is_trusted
-from servekit.sockets import TCPServer, UnixStreamServer
+from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable, Coroutine
 
     from servekit.core import RequestHandlerFactory
@@ -42,7 +43,15 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-__all__ = ["AsyncServerMixIn", "AsyncTCPServer", "AsyncUnixStreamServer"]
+__all__ = [
+    "AsyncServerMixIn",
+    "AsyncTCPServer",
+    "AsyncUDPServer",
+    "AsyncUnixDatagramServer",
+    "AsyncUnixStreamServer",
+]
+
+logger = logging.getLogger(__name__)
 
 #: After shutdown_timeout, connections are cut; their handlers get this long
 #: to see it before their tasks are cancelled.
@@ -151,8 +160,12 @@ class AsyncServerMixIn(_Base):
             self._aio_loop, self._aio_stop = loop, asyncio.Event()
             self._aio_room = asyncio.Event()
             self.socket.setblocking(False)
+            source = (
+                self._datagram_loop() if self.socket_type == socket.SOCK_DGRAM
+                else self._accept_loop()
+            )  # fmt: skip
             helpers = [
-                loop.create_task(self._accept_loop()),
+                loop.create_task(source),
                 loop.create_task(self._service_loop(poll_interval)),
             ]
             try:
@@ -212,6 +225,60 @@ class AsyncServerMixIn(_Base):
             task = loop.create_task(self._connection(conn, address))
             self._aio_tasks.add(task)
             task.add_done_callback(self._aio_tasks.discard)
+
+    async def _datagram_loop(self) -> None:
+        """Hand each datagram to a task; the transport reads up to 256 KiB, so a
+        datagram over max_packet_size is seen whole, and dropped with a log line."""
+        loop = asyncio.get_running_loop()
+        server = self
+
+        class Receiver(asyncio.DatagramProtocol):
+            # The transport comes with connection_made(): uvloop may deliver a
+            # datagram before create_datagram_endpoint() has returned.
+            transport: asyncio.DatagramTransport
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = cast("asyncio.DatagramTransport", transport)
+
+            def datagram_received(self, data: bytes, address: Any) -> None:
+                server._datagram_received(data, address, self.transport)
+
+        transport, _ = await loop.create_datagram_endpoint(Receiver, sock=self.socket)
+        try:
+            await asyncio.Event().wait()  # until cancelled by the stop
+        finally:
+            transport.close()
+
+    def _datagram_received(
+        self, data: bytes, address: Any, transport: asyncio.DatagramTransport
+    ) -> None:
+        max_size = getattr(self, "max_packet_size", 8192)
+        if len(data) > max_size:
+            logger.warning(
+                "%s: dropped a datagram from %r longer than max_packet_size=%d; "
+                "raise max_packet_size to accept it",
+                self, address, max_size,
+            )  # fmt: skip
+            return
+        self._counters.transferred(len(data), 0)
+        loop = self._aio_loop
+        assert loop is not None
+        task = loop.create_task(self._datagram_request((data, transport), address))
+        self._aio_tasks.add(task)
+        task.add_done_callback(self._aio_tasks.discard)
+
+    async def _datagram_request(self, request: Any, address: Any) -> None:
+        try:
+            allowed = self.verify_request(request, address)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if allowed:
+                self._counters.request()
+                handler = self.RequestHandlerClass(request, address, self)
+                assert isinstance(handler, AsyncBaseRequestHandler)
+                await handler.run()
+        except Exception:
+            self._report_error(request, address)
 
     def _wake_loop(self) -> None:
         room, loop = self._aio_room, self._aio_loop
@@ -314,3 +381,11 @@ class AsyncTCPServer(AsyncServerMixIn, TCPServer):
 
 class AsyncUnixStreamServer(AsyncServerMixIn, UnixStreamServer):
     """Unix stream connections served by async handlers."""
+
+
+class AsyncUDPServer(AsyncServerMixIn, UDPServer):
+    """UDP datagrams served by async handlers, one task per datagram."""
+
+
+class AsyncUnixDatagramServer(AsyncServerMixIn, UnixDatagramServer):
+    """Unix datagrams served by async handlers, one task per datagram."""
