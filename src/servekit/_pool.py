@@ -51,11 +51,6 @@ class WorkerPool:
         self._busy = 0
         self._closing = False
 
-    @property
-    def in_flight(self) -> int:
-        """Jobs running or queued."""
-        return self._busy + len(self._jobs)
-
     def has_room(self) -> bool:
         """True if submit() would not exceed the bounds."""
         with self._cond:
