@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -200,5 +202,31 @@ def running(
         port = int(log.wait_for(listening, timeout=timeout)[0].group(1))
         yield proc, log, port
     finally:
-        proc.kill()
+        if popen.get("start_new_session"):  # its children (workers) go with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
         proc.wait(WAIT)
+
+
+@contextlib.contextmanager
+def trickling(sock: socket.socket, interval: float) -> Iterator[None]:
+    """Send a byte on ``sock`` every ``interval`` seconds, as a slow client does,
+    until the block ends or the server closes the connection."""
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(interval):  # the attack's pace, not a synchronisation
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(WAIT)

@@ -13,7 +13,7 @@ import pytest
 
 import servekit
 from servekit.aio import AsyncDatagramRequestHandler, AsyncStreamRequestHandler, AsyncTCPServer
-from tests.conftest import WAIT, LogWatcher, connect, recv_until, serving
+from tests.conftest import WAIT, LogWatcher, connect, recv_until, serving, trickling
 
 LOCAL = ("127.0.0.1", 0)
 
@@ -138,20 +138,9 @@ def test_limits(servekit_log: LogWatcher) -> None:
             long_line.sendall(b"x" * 40 + b"\n")
             assert long_line.recv(10) == b""
         assert servekit_log.wait_for("line longer than 16 bytes")
-        with connect(server.server_address) as trickle:
-            trickle.sendall(b"a")  # a request begins ...
-            stop = threading.Event()
-
-            def more() -> None:  # ... and goes on a byte every 0.1 s: never idle, never done
-                while not stop.wait(0.1):
-                    try:
-                        trickle.sendall(b"a")
-                    except OSError:
-                        return
-
-            threading.Thread(target=more, daemon=True).start()
+        with connect(server.server_address) as slow, trickling(slow, 0.1):
+            slow.sendall(b"a")  # a request begins, then a byte every 0.1 s: never idle, never done
             assert servekit_log.wait_for("request not complete after 0.3s")
-            stop.set()
         assert server.stats.limits == {
             "idle_timeout": 1, "max_line_length": 1, "read_timeout": 1,
         }  # fmt: skip

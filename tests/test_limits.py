@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import servekit
-from tests.conftest import LogWatcher, connect, recv_until, serving
+from tests.conftest import LogWatcher, connect, recv_until, serving, trickling
 
 
 class Echo(servekit.StreamRequestHandler):
@@ -37,22 +37,11 @@ def _closed(client: socket.socket) -> bool:
 
 
 def test_read_timeout_stops_a_client_that_trickles(servekit_log: LogWatcher) -> None:
-    stop = threading.Event()
     with serving(_server(read_timeout=0.3, idle_timeout=5)) as server:
-        with connect(server.server_address) as slow:
-            slow.sendall(b"x")  # the request has started ...
-
-            def trickle() -> None:  # ... and goes on one byte at a time, never ending
-                while not stop.wait(0.05):
-                    try:
-                        slow.sendall(b"x")
-                    except OSError:
-                        return
-
-            threading.Thread(target=trickle, daemon=True).start()
+        with connect(server.server_address) as slow, trickling(slow, 0.05):
+            slow.sendall(b"x")  # the request has started, and goes on a byte at a time
             assert servekit_log.wait_for("request not complete after 0.3s")
             assert _closed(slow)
-            stop.set()
         assert server.stats.limits == {"read_timeout": 1}
         assert server.stats.errors == 0
     assert not [r for r in servekit_log.records if r.levelno >= logging.ERROR]

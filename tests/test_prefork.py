@@ -15,7 +15,7 @@ from typing import Any, Self
 
 import pytest
 
-from tests.conftest import WAIT, ProcessLog, connect, recv_until
+from tests.conftest import WAIT, ProcessLog, connect, recv_until, running
 
 SRC = Path(__file__).parent.parent / "src"
 
@@ -35,21 +35,13 @@ class Handler(servekit.StreamRequestHandler):
 def prefork(tmp: Path, *args: str, app: str | None = None) -> Iterator[tuple[Any, ProcessLog, int]]:
     """Run ``servekit serve app:Handler --workers ...`` in ``tmp``; yield proc, log, port."""
     (tmp / "app.py").write_text(APP.format(version="v1") if app is None else app)
-    proc = subprocess.Popen(
+    with running(
         [sys.executable, "-m", "servekit", "serve", "app:Handler", "--listen", "127.0.0.1:0",
          "--status-interval", "none", *args],
-        cwd=tmp, stderr=subprocess.PIPE, text=True,
+        cwd=tmp, start_new_session=True,
         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
-        start_new_session=True,
-    )  # fmt: skip
-    log = ProcessLog(proc)
-    try:
-        port = int(log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)")[0].group(1))
-        yield proc, log, port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(WAIT)
+    ) as served:  # fmt: skip
+        yield served
 
 
 def _ask(port: int, line: bytes = b"hi\n") -> tuple[str, int]:
@@ -223,29 +215,26 @@ def test_max_requests_restarts_a_worker(tmp_path: Path) -> None:
         assert _ask(port)[1] == replacement
 
 
-def test_a_sync_handler_for_async_workers_stops_with_status_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("target", "extra", "message"),
+    [
+        ("app:Missing", [], "has no attribute 'Missing'"),
+        ("app:Handler", ["--concurrency", "async"], "is a sync handler"),
+    ],
+    ids=["missing", "sync-handler-for-async"],
+)
+def test_a_target_that_cannot_serve_stops_with_status_2(
+    tmp_path: Path, target: str, extra: list[str], message: str
+) -> None:
     (tmp_path / "app.py").write_text(APP.format(version="v1"))
     done = subprocess.run(
-        [sys.executable, "-m", "servekit", "serve", "app:Handler", "--workers", "2",
-         "--concurrency", "async", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "servekit", "serve", target, "--workers", "2",
+         "--listen", "127.0.0.1:0", *extra],
         cwd=tmp_path, capture_output=True, text=True, timeout=WAIT * 3,
         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 2
-    assert "is a sync handler" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_a_target_that_does_not_load_stops_with_status_2(tmp_path: Path) -> None:
-    (tmp_path / "app.py").write_text(APP.format(version="v1"))
-    done = subprocess.run(
-        [sys.executable, "-m", "servekit", "serve", "app:Missing", "--workers", "2",
-         "--listen", "127.0.0.1:0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT * 3,
-        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert "has no attribute 'Missing'" in done.stderr
+    assert message in done.stderr
     assert "Traceback" not in done.stderr
 
 
