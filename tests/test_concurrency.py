@@ -85,68 +85,6 @@ def test_pool_stops_accepting_when_full_and_resumes(servekit_log: LogWatcher) ->
     assert server.stats.connections_total == 6
 
 
-@pytest.mark.parametrize(
-    "name", ["ThreadPoolTCPServer", "ThreadingTCPServer", "ForkingTCPServer", "TCPServer"]
-)
-def test_graceful_stop_finishes_requests_in_flight(name: str) -> None:
-    """Requests accepted before the stop are all answered; none is cut."""
-    gate = Gate()
-    busy = 1 if name == "TCPServer" else 4
-    server = _counting(name)(LOCAL, gated_echo(gate))
-    server.shutdown_timeout = WAIT
-    forking = name == "ForkingTCPServer"
-    if forking:
-        gate.release.set()  # a child gets a copy of the gate as it is at fork time
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
-    loop.start()
-    clients = [connect(server.server_address) for _ in range(busy)]
-    for i, client in enumerate(clients):
-        client.sendall(b"%d\n" % i)
-    if forking:  # children check in in their own memory: count what the parent accepted
-        assert server.wait_verified(busy)
-    else:
-        assert gate.wait_started(busy)
-    stopper = threading.Thread(target=lambda: (server.shutdown(), server.server_close()))
-    stopper.start()
-    gate.release.set()
-    replies = [recv_until(client) for client in clients]
-    stopper.join(WAIT)
-    loop.join(WAIT)
-    assert not stopper.is_alive()
-    assert not loop.is_alive()
-    assert [r.split(b" ")[-1] for r in replies] == [b"%d\n" % i for i in range(busy)]
-    with pytest.raises(OSError):
-        connect(server.server_address)  # no longer accepting
-    for client in clients:
-        client.close()
-
-
-class Silent(servekit.StreamRequestHandler):
-    """Waits for a line that never comes."""
-
-    def handle(self) -> None:
-        self.rfile.readline()
-
-
-@pytest.mark.parametrize(
-    "name", ["ThreadPoolTCPServer", "ThreadingTCPServer", "ForkingTCPServer", "TCPServer"]
-)
-def test_stop_cuts_what_outlives_shutdown_timeout(name: str, servekit_log: LogWatcher) -> None:
-    server = _counting(name)(LOCAL, Silent)
-    server.shutdown_timeout = 0.2
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
-    loop.start()
-    with connect(server.server_address) as client:
-        assert server.wait_verified(1)  # the server has the connection
-        stopper = threading.Thread(target=lambda: (server.shutdown(), server.server_close()))
-        stopper.start()
-        stopper.join(WAIT)
-        assert not stopper.is_alive(), "stop did not finish after shutdown_timeout"
-        assert client.recv(10) == b""  # the connection was closed, not left hanging
-    loop.join(WAIT)
-    assert servekit_log.wait_for("cut 1 connection(s) still open after shutdown_timeout=0.2s")
-
-
 def _counting(name: str) -> Any:
     """The server class ``name``, whose verify_request() counts the connections it sees."""
 
@@ -167,33 +105,6 @@ def _counting(name: str) -> Any:
                 return self._verified.wait_for(lambda: self.verified >= count, WAIT)
 
     return Counting
-
-
-def test_max_connections_waits_in_backlog_then_serves(servekit_log: LogWatcher) -> None:
-    class Capped(servekit.ThreadingTCPServer):
-        max_connections = 2
-
-    class Echo(servekit.StreamRequestHandler):
-        def handle(self) -> None:
-            for line in self.rfile:
-                self.wfile.write(line)
-
-    with serving(Capped(LOCAL, Echo)) as server:
-        first, second = connect(server.server_address), connect(server.server_address)
-        for client in (first, second):
-            client.sendall(b"a\n")
-            assert recv_until(client) == b"a\n"
-        third = connect(server.server_address)  # completes in the kernel's backlog
-        third.sendall(b"c\n")
-        assert servekit_log.wait_for("max_connections=2 reached")
-        assert server.stats.connections_total == 2
-        first.close()
-        assert recv_until(third) == b"c\n"  # served once a slot freed
-        assert servekit_log.wait_for("below max_connections=2 again")
-        second.close()
-        third.close()
-    # Tripped when the first two were open, and again once the third took a slot.
-    assert server.stats.limits["max_connections"] >= 1
 
 
 def test_stats_count_connections_requests_errors_and_bytes() -> None:

@@ -71,15 +71,6 @@ def test_backlog_option() -> None:
         assert server.request_queue_size == 10000
 
 
-@pytest.mark.parametrize("concurrency", ["pool", "threads", "sync"])
-def test_udp(concurrency: Any) -> None:
-    with serving(
-        servekit.make_server("udp://127.0.0.1:0", DatagramEcho, concurrency=concurrency)
-    ) as server:
-        assert isinstance(server, servekit.UDPServer)
-        _dgram_ok(server.server_address)
-
-
 @requires_ipv6
 def test_ipv6_loopback() -> None:
     with serving(servekit.make_server("[::1]:0", Echo)) as server:

@@ -39,18 +39,6 @@ def _tls_round_trip(address: Any, context: ssl.SSLContext, line: bytes = b"hi\n"
         return recv_until(tls)
 
 
-@pytest.mark.parametrize("concurrency", ["pool", "threads", "fork"])
-def test_tls_echo(pki: dict[str, Path], concurrency: Any) -> None:
-    server = servekit.make_server(
-        "127.0.0.1:0", Echo, concurrency=concurrency,
-        certfile=pki["server_pem"], keyfile=pki["server_key"],
-    )  # fmt: skip
-    with serving(server):
-        assert _tls_round_trip(server.server_address, _client_context(pki)) == b"anonymous hi\n"
-        stats = server.stats
-    assert stats.errors == 0
-
-
 def test_silent_client_does_not_block_others(
     pki: dict[str, Path], servekit_log: LogWatcher
 ) -> None:

@@ -26,7 +26,14 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-__all__ = ["IdleTimeout", "LimitExceeded", "LineTooLong", "ReadTimeout", "WriteBufferFull"]
+__all__ = [
+    "IdleTimeout",
+    "LimitExceeded",
+    "LineTooLong",
+    "ReadTimeout",
+    "ThrottledLog",
+    "WriteBufferFull",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +121,51 @@ def report(server: Any, client: Any, error: LimitExceeded) -> LimitExceeded:
     level = logging.INFO if isinstance(error, IdleTimeout) else logging.WARNING
     logger.log(level, "%s: closing connection from %s: %s", server, client, error)
     return error
+
+
+class ThrottledLog:
+    """Log a repeated event at ``level`` at most once per ``interval`` seconds.
+
+    A flood of bad datagrams must not become a flood of log lines: the first
+    one is logged at ``level``, the rest within the interval at DEBUG (off by
+    default, and cheap when off), and their count joins the next line logged
+    at ``level``.
+    """
+
+    __slots__ = ("_interval", "_level", "_logger", "_next", "_skipped")
+
+    def __init__(self, log: logging.Logger, level: int = logging.WARNING, interval: float = 10.0):
+        self._logger = log
+        self._level = level
+        self._interval = interval
+        self._next = 0.0
+        self._skipped = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        now = monotonic()
+        if now < self._next:
+            self._skipped += 1
+            self._logger.debug(message, *args)
+            return
+        if self._skipped:
+            message += " (and %d more like it since the last such line)"
+            args += (self._skipped,)
+            self._skipped = 0
+        self._next = now + self._interval
+        self._logger.log(self._level, message, *args)
+
+
+def drop_datagram(server: Any, client: Any, limit: str, why: str) -> None:
+    """Count a datagram dropped by the limit named ``limit``, and log it, throttled:
+    each server logs at most one such line per limit every ten seconds."""
+    counters = getattr(server, "_counters", None)
+    if counters is not None:
+        counters.limit(limit)
+    logs = server.__dict__.setdefault("_servekit_drop_logs", {})
+    log = logs.get(limit)
+    if log is None:
+        log = logs[limit] = ThrottledLog(logger)
+    log("%s: dropped a datagram from %r: %s", server, client, why)
 
 
 class LimitedSocketIO(io.RawIOBase):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from servekit._preface import PrefaceFailed, handshake, read_proxy_header
 from servekit.core import BaseServer
+from servekit.limits import drop_datagram
 from servekit.proxy import is_trusted
 
 if TYPE_CHECKING:
@@ -394,11 +395,16 @@ class TCPServer(BaseServer):
             self._request_failures = 0
 
 
+def _too_long(max_packet_size: int) -> str:
+    return f"longer than max_packet_size={max_packet_size}; raise max_packet_size to accept it"
+
+
 class UDPServer(TCPServer):
     """UDP server class.
 
     ``max_packet_size`` is the largest datagram accepted; a longer one is
-    dropped with a warning on the ``servekit.sockets`` logger.
+    dropped, counted in ``stats.limits``, and logged on the ``servekit.limits``
+    logger (at most one line every ten seconds, so a flood is not a log flood).
     """
 
     allow_reuse_address = False
@@ -411,11 +417,7 @@ class UDPServer(TCPServer):
         # cut the datagram to fit (MSG_TRUNC).
         data, _, flags, client_addr = self.socket.recvmsg(self.max_packet_size)
         if flags & socket.MSG_TRUNC:
-            logger.warning(
-                "%s: dropped a datagram from %r longer than max_packet_size=%d; "
-                "raise max_packet_size to accept it",
-                self, client_addr, self.max_packet_size,
-            )  # fmt: skip
+            drop_datagram(self, client_addr, "max_packet_size", _too_long(self.max_packet_size))
             raise OSError(errno.EMSGSIZE, "datagram longer than max_packet_size")
         return (data, self.socket), client_addr
 

@@ -30,9 +30,15 @@ from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 from servekit._preface import PrefaceFailed, read_proxy_header_async
 from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
-from servekit.limits import report
+from servekit.limits import drop_datagram, report
 from servekit.proxy import is_trusted
-from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
+from servekit.sockets import (
+    TCPServer,
+    UDPServer,
+    UnixDatagramServer,
+    UnixStreamServer,
+    _too_long,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -93,6 +99,12 @@ class AsyncServerMixIn(_Base):
 
     #: Which event loop serve_forever() starts: "auto" (uvloop if installed), "asyncio", "uvloop".
     loop: LoopChoice = "auto"
+
+    #: Datagram servers: the most datagrams in their handlers at once. Past it, a
+    #: datagram is dropped (counted in stats.limits, logged) as a full socket
+    #: buffer would drop it, where an unbounded server would queue tasks, and
+    #: memory, for as long as a flood lasts.
+    max_datagrams_in_flight: int = 1024
 
     _aio_loop: asyncio.AbstractEventLoop | None = None
     _aio_stop: asyncio.Event | None = None
@@ -254,10 +266,13 @@ class AsyncServerMixIn(_Base):
     ) -> None:
         max_size = getattr(self, "max_packet_size", 8192)
         if len(data) > max_size:
-            logger.warning(
-                "%s: dropped a datagram from %r longer than max_packet_size=%d; "
-                "raise max_packet_size to accept it",
-                self, address, max_size,
+            drop_datagram(self, address, "max_packet_size", _too_long(max_size))
+            return
+        if len(self._aio_tasks) >= self.max_datagrams_in_flight:
+            drop_datagram(
+                self, address, "max_datagrams_in_flight",
+                f"{self.max_datagrams_in_flight} datagrams already in their handlers; "
+                "raise max_datagrams_in_flight, or make the handlers faster",
             )  # fmt: skip
             return
         self._counters.transferred(len(data), 0)
