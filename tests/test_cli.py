@@ -45,6 +45,7 @@ def test_version() -> None:
         (["serve", "examples.echo:logger"], "neither a request handler class nor a function"),
         (["serve", "examples.echo:LineEcho", "--listen", "bogus"], "bad listen address"),
         (["serve", "examples.echo:LineEcho", "--concurrency", "nope"], "invalid choice"),
+        (["serve", "examples.chat:Chat", "--loop", "x"], "invalid choice"),
         (["serve", "examples.echo:LineEcho", "--read-timeout", "-1"], "is negative"),
     ],
 )
@@ -114,3 +115,14 @@ def test_factory_target(tmp_path: Path) -> None:
             assert recv_until(client) == b"SHOUT\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_loop_option_picks_the_async_engines_loop(loop: str) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is in the dev extra; not installed here")
+    args = ["examples.chat:Chat", "--listen", "127.0.0.1:0", "--concurrency", "async"]
+    with _serving(*args, "--loop", loop) as (_, log, port):
+        log.wait_for(f"serving on the {loop} event loop")
+        with connect(("127.0.0.1", port)) as client:
+            assert b"welcome" in recv_until(client).lower()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
 from servekit.aio.handlers import AsyncBaseRequestHandler
+from servekit.aio.server import AsyncServerMixIn
 from servekit.factory import (
     CONCURRENCY_MODELS,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen address, repeatable (default 127.0.0.1:8000); see docs/addresses.md",
     )  # fmt: skip
     serve.add_argument("--concurrency", choices=CONCURRENCY_MODELS, default="pool")
+    serve.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                       help="loop of --concurrency async; auto: uvloop if installed")  # fmt: skip
     serve.add_argument("--threads", type=int, default=DEFAULT_MAX_WORKERS,
                        help="worker threads of the pool")  # fmt: skip
     serve.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING)
@@ -170,8 +173,10 @@ def _is_handler_class(target: Any) -> bool:
 
 
 def _make(address: str, handler: type[Any], args: argparse.Namespace) -> BaseServer:
+    if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise UsageError("--loop uvloop, but uvloop is not installed: pip install 'servekit[fast]'")
     try:
-        return make_server(
+        server = make_server(
             address, handler,
             concurrency=args.concurrency, max_workers=args.threads, max_pending=args.max_pending,
             max_connections=args.max_connections, shutdown_timeout=args.shutdown_timeout,
@@ -182,6 +187,9 @@ def _make(address: str, handler: type[Any], args: argparse.Namespace) -> BaseSer
         )  # fmt: skip
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"cannot serve {address}: {exc}") from exc
+    if isinstance(server, AsyncServerMixIn):
+        server.loop = args.loop
+    return server
 
 
 _RUNNER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})

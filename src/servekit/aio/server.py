@@ -81,6 +81,10 @@ def run(coroutine: Coroutine[Any, Any, None], loop: LoopChoice = "auto") -> None
     asyncio.run(coroutine)
 
 
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
 def _call_in(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> bool:
     """Run ``callback`` in ``loop``: now if this is its thread (True), else soon (False)."""
     try:
@@ -171,6 +175,7 @@ class AsyncServerMixIn(_Base):
                 return  # shutdown() came first
             self._aio_loop, self._aio_stop = loop, asyncio.Event()
             self._aio_room = asyncio.Event()
+            logger.info("%s: serving on the %s event loop", self, _loop_name(loop))
             self.socket.setblocking(False)
             source = (
                 self._datagram_loop() if self.socket_type == socket.SOCK_DGRAM
