@@ -43,4 +43,4 @@ class Chat(AsyncStreamRequestHandler):
                 member.write(message)
             except LimitExceeded:  # not reading: logged by the limit; drop them
                 self.room.discard(member)
-                member.writer.close()
+                member.close()

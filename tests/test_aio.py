@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -117,7 +118,7 @@ def test_a_client_that_does_not_read_cannot_grow_server_memory(servekit_log: Log
             chunk = b"x" * 65536
             for _ in range(10_000):  # 640 MB if nothing held it back
                 self.write(chunk)
-                sizes.append(self.writer.transport.get_write_buffer_size())
+                sizes.append(self.transport.get_write_buffer_size())
                 await self.drain()
 
     with serving(servekit.make_server("127.0.0.1:0", Flood, concurrency="async",
@@ -127,6 +128,34 @@ def test_a_client_that_does_not_read_cannot_grow_server_memory(servekit_log: Log
             assert servekit_log.wait_for("did not take our data for 0.5s")
         assert max(sizes) <= 1024 * 1024  # the transport's high-water mark, with room
         assert len(sizes) < 10_000
+
+
+def test_a_client_that_sends_faster_than_the_handler_reads_is_held_back() -> None:
+    from servekit.aio.stream import READ_HIGH_WATER
+
+    gate, buffered = threading.Event(), []
+
+    class Sluggish(AsyncStreamRequestHandler):
+        async def handle(self) -> None:
+            await asyncio.to_thread(gate.wait, WAIT)
+            buffered.append(len(self._stream.buffer))
+            total = 0
+            while chunk := await self.read(65536):
+                total += len(chunk)
+            self.write(b"%d\n" % total)
+
+    with serving(AsyncTCPServer(LOCAL, Sluggish)) as server, connect(server.server_address) as c:
+        c.settimeout(0.5)
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            while sent < 64 * 1024 * 1024:  # until the server stops taking it
+                sent += c.send(b"x" * 65536)
+        assert sent < 64 * 1024 * 1024, "the server took everything"
+        gate.set()
+        c.settimeout(WAIT)
+        c.shutdown(socket.SHUT_WR)
+        assert recv_until(c) == b"%d\n" % sent  # nothing lost
+    assert buffered[0] <= READ_HIGH_WATER + 256 * 1024  # one last read past the mark, at most
 
 
 def test_write_without_drain_is_bounded(servekit_log: LogWatcher) -> None:

@@ -57,7 +57,7 @@ class Echo(servekit.StreamRequestHandler):
 
 class AsyncEcho(AsyncStreamRequestHandler):
     async def handle(self) -> None:
-        cert = self.writer.get_extra_info("peercert")
+        cert = self.get_extra_info("peercert")
         async for line in self:
             if line.startswith(b"wait"):
                 await asyncio.to_thread(self.server.gate.release.wait, WAIT)

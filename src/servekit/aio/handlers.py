@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 from io import BytesIO
-from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from servekit.aio.stream import Stream
 from servekit.limits import (
     IdleTimeout,
     LimitExceeded,
@@ -34,15 +34,15 @@ from servekit.limits import (
 )
 
 if TYPE_CHECKING:
-    import socket
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable
 
     from servekit.aio.server import AsyncServerMixIn
 
 __all__ = ["AsyncBaseRequestHandler", "AsyncDatagramRequestHandler", "AsyncStreamRequestHandler"]
 
-#: How much one read asks the transport for.
-_CHUNK = 65536
+#: The write buffer size past which asyncio's and uvloop's transports pause
+#: writing, unless set_write_buffer_limits() changed it.
+_HIGH_WATER = 64 * 1024
 
 
 class AsyncBaseRequestHandler:
@@ -72,61 +72,75 @@ class AsyncBaseRequestHandler:
 
 
 class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
-    """A stream connection, read and written with asyncio's stream method names."""
+    """A stream connection, read and written with asyncio's stream method names.
+
+    ``self.transport`` is the connection's asyncio transport
+    (``get_extra_info("peercert")`` and the like); ``close()`` closes it.
+    """
 
     #: Bytes written and not yet sent that write() accepts before it raises.
     max_write_buffer = 4 * 1024 * 1024
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    transport: Any
+    _stream: Stream
+
+    def _attach(self, stream: Stream) -> None:
+        """Serve the connection ``stream`` is the protocol of (the server calls this)."""
+        self._stream = stream
+        self.transport = stream.transport
+        stream.expired = self._expired
 
     async def setup(self) -> None:
-        if not hasattr(self, "writer"):  # the server opens the streams (and TLS) itself
-            sock: socket.socket = self.request
-            self.reader, self.writer = await asyncio.open_connection(sock=sock)
         server = self.server
         self._idle: float | None = getattr(server, "idle_timeout", None)
         self._read: float | None = getattr(server, "read_timeout", None)
         self._max_line: int | None = getattr(server, "max_line_length", None)
-        self._buffer = bytearray()
-        self._eof = False
+        if not hasattr(self, "_stream"):  # not built by an async server: open the stream here
+            loop = asyncio.get_running_loop()
+            stream = Stream(loop, self._idle)
+            await loop.connect_accepted_socket(lambda: stream, self.request)
+            self._attach(stream)
+        self._buffer = self._stream.buffer
 
     async def finish(self) -> None:
-        writer = self.writer
-        if not writer.is_closing():
+        transport = self.transport
+        if not transport.is_closing():
             try:
-                await asyncio.wait_for(writer.drain(), self._idle)
-            except (OSError, TimeoutError):
+                await self._stream.drain()  # within idle_timeout, by the stream's watchdog
+            except OSError:
                 pass  # the client is gone or not reading: close regardless
-            writer.close()
+            transport.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The transport's ``get_extra_info``: "peername", "peercert", "ssl_object", ..."""
+        return self.transport.get_extra_info(name, default)
+
+    def close(self) -> None:
+        """Close the connection (what was written is still sent)."""
+        self.transport.close()
 
     # -- reading --------------------------------------------------------------
 
     async def _fill(self, deadline: float | None) -> bool:
-        """Read more into the buffer; False at EOF. Enforces idle and read timeouts."""
-        timeout, by_deadline = self._idle, False
-        if deadline is not None:
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                raise self._trip(ReadTimeout(f"request not complete after {self._read}s"))
-            if timeout is None or remaining < timeout:
-                timeout, by_deadline = remaining, True
-        try:
-            async with asyncio.timeout(timeout):
-                chunk = await self.reader.read(_CHUNK)
-        except TimeoutError:
-            if by_deadline:
-                raise self._trip(ReadTimeout(f"request not complete after {self._read}s")) from None
-            raise self._trip(IdleTimeout(f"idle for {self._idle}s")) from None
-        if not chunk:
-            self._eof = True
+        """Wait for more bytes in the buffer; False at EOF. Idle and read timeouts apply."""
+        stream = self._stream
+        stream.deadline = deadline
+        if stream.eof:
             return False
-        self._buffer += chunk
-        return True
+        size = len(self._buffer)
+        await stream.wait_for_data()
+        return len(self._buffer) > size or not stream.eof
 
     def _deadline(self) -> float | None:
         """The read_timeout clock starts with the first byte of a request."""
-        return None if self._read is None else monotonic() + self._read
+        return None if self._read is None else self._stream.loop.time() + self._read
+
+    def _expired(self, kind: str) -> LimitExceeded:
+        if kind == "read":
+            return self._trip(ReadTimeout(f"request not complete after {self._read}s"))
+        if kind == "drain":
+            return self._trip(IdleTimeout(f"did not take our data for {self._idle}s"))
+        return self._trip(IdleTimeout(f"idle for {self._idle}s"))
 
     async def _read_until(self, separator: bytes, limit: int | None) -> bytes:
         buffer = self._buffer
@@ -144,7 +158,7 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
             if limit is not None and len(buffer) > limit:
                 break
             start = max(0, len(buffer) - len(separator) + 1)
-            if self._eof or not await self._fill(deadline):
+            if not await self._fill(deadline):
                 data = bytes(buffer)
                 buffer.clear()
                 return data
@@ -168,7 +182,7 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
         buffer = self._buffer
         deadline = self._deadline() if buffer else None
         while len(buffer) < n:
-            if self._eof or not await self._fill(deadline):
+            if not await self._fill(deadline):
                 data = bytes(buffer)
                 buffer.clear()
                 raise asyncio.IncompleteReadError(data, n)
@@ -182,16 +196,22 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
         """Up to ``n`` bytes as soon as some are there (-1: everything until EOF)."""
         if n == 0:
             return b""
+        buffer = self._buffer
         if n < 0:
-            while not self._eof and await self._fill(None):
+            while await self._fill(None):
                 pass
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            return data
-        if not self._buffer and not self._eof:
-            await self._fill(None)
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
+        elif not buffer:
+            # The path of every request-response exchange: inlined, not _fill().
+            stream = self._stream
+            if not stream.eof:
+                stream.deadline = None
+                await stream.wait_for_data()
+        if 0 <= n < len(buffer):
+            data = bytes(buffer[:n])
+            del buffer[:n]
+        else:
+            data = bytes(buffer)
+            buffer.clear()
         return data
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -208,23 +228,25 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; ``await drain()`` to let it out. Raises LimitExceeded
         rather than buffer more than ``max_write_buffer`` for a client that does not read."""
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() + len(data) > self.max_write_buffer:
+        transport = self.transport
+        # Until the transport pauses us its buffer is under its high-water mark,
+        # so the sum need only be worked out when paused, or for a large write.
+        limit = self.max_write_buffer
+        if (self._stream.paused or len(data) + _HIGH_WATER > limit) and (
+            transport.get_write_buffer_size() + len(data) > limit
+        ):
             raise self._trip(
                 WriteBufferFull(
-                    f"more than max_write_buffer={self.max_write_buffer} bytes waiting to be "
-                    "sent: the client does not read (await drain() after writing)"
+                    f"more than max_write_buffer={limit} bytes waiting to be sent: "
+                    "the client does not read (await drain() after writing)"
                 )
             )
-        self.writer.write(data)
+        transport.write(data)
 
-    async def drain(self) -> None:
-        """Wait until the client has taken enough of what was written (idle_timeout bounds it)."""
-        try:
-            async with asyncio.timeout(self._idle):
-                await self.writer.drain()
-        except TimeoutError:
-            raise self._trip(IdleTimeout(f"did not take our data for {self._idle}s")) from None
+    def drain(self) -> Awaitable[None]:
+        """``await`` it: until the client has taken enough of what was written
+        (idle_timeout bounds the wait). Done at once while the client keeps up."""
+        return self._stream.drain()
 
     def _trip(self, error: LimitExceeded) -> LimitExceeded:
         return report(self.server, self.client_address, error)

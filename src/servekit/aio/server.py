@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 from servekit._preface import PrefaceFailed, read_proxy_header_async
 from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
+from servekit.aio.stream import Stream
 from servekit.limits import drop_datagram, report
 from servekit.proxy import is_trusted
 from servekit.sockets import (
@@ -306,15 +307,16 @@ class AsyncServerMixIn(_Base):
             _call_in(loop, room.set)
 
     async def _connection(self, conn: socket.socket, address: Any) -> None:
-        writer: asyncio.StreamWriter | None = None
+        transport: asyncio.BaseTransport | None = None
         try:
             deadline = None
             if self.handshake_timeout is not None:
                 deadline = monotonic() + self.handshake_timeout
             address = await self._proxy_preface(conn, address, deadline)
-            reader, writer = await self._open_streams(conn, address, deadline)
+            stream = Stream(asyncio.get_running_loop(), self.idle_timeout)
+            transport = await self._open(conn, stream, address, deadline)
             # Under TLS, verify_request sees the TLS object: getpeercert() works.
-            request = writer.get_extra_info("ssl_object") or conn
+            request = transport.get_extra_info("ssl_object") or conn
             allowed = self.verify_request(request, address)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
@@ -323,14 +325,14 @@ class AsyncServerMixIn(_Base):
                 handler = self.RequestHandlerClass(conn, address, self)
                 assert isinstance(handler, AsyncBaseRequestHandler)
                 if isinstance(handler, AsyncStreamRequestHandler):
-                    handler.reader, handler.writer = reader, writer
+                    handler._attach(stream)
                 await handler.run()
         except Exception:
             self._report_error(conn, address)
         finally:
             self._forget_request(conn)
-            if writer is not None:
-                writer.close()  # the transport owns the socket now
+            if transport is not None:
+                transport.close()  # the transport owns the socket now
             else:
                 conn.close()
 
@@ -351,27 +353,21 @@ class AsyncServerMixIn(_Base):
             raise report(self, address, exc) from None
         return address if real is None else real
 
-    async def _open_streams(
-        self, conn: socket.socket, address: Any, deadline: float | None
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Streams over the connection, after the TLS handshake if the server speaks TLS."""
+    async def _open(
+        self, conn: socket.socket, stream: Stream, address: Any, deadline: float | None
+    ) -> asyncio.BaseTransport:
+        """The transport under ``stream``, after the TLS handshake if the server speaks TLS."""
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
         context = self.ssl_context
-        transport: asyncio.BaseTransport
         if context is None:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
-        else:
-            transport = await self._handshake(loop, protocol, conn, address, context, deadline)
-        # uvloop's transports quack like asyncio.WriteTransport without subclassing it.
-        writable = cast("asyncio.WriteTransport", transport)
-        return reader, asyncio.StreamWriter(writable, protocol, reader, loop)
+            transport, _ = await loop.connect_accepted_socket(lambda: stream, conn)
+            return transport
+        return await self._handshake(loop, stream, conn, address, context, deadline)
 
     async def _handshake(
         self,
         loop: asyncio.AbstractEventLoop,
-        protocol: asyncio.StreamReaderProtocol,
+        protocol: Stream,
         conn: socket.socket,
         address: Any,
         context: ssl.SSLContext,
