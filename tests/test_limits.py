@@ -103,6 +103,24 @@ def test_a_slow_steady_reader_is_not_cut() -> None:
         assert server.stats.limits == {}
 
 
+def test_a_client_that_stops_reading_is_cut_by_idle_timeout(servekit_log: LogWatcher) -> None:
+    """wfile's sends are bounded too: a client that takes nothing for idle_timeout is cut,
+    logged and counted as the limit, not as a handler error."""
+
+    class Big(servekit.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"x" * 64_000_000)
+
+    with (
+        serving(servekit.make_server("127.0.0.1:0", Big, idle_timeout=0.3)) as server,
+        connect(server.server_address) as client,
+    ):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert servekit_log.wait_for("did not take our data for 0.3s")
+        assert server.stats.limits == {"idle_timeout": 1}
+        assert server.stats.errors == 0
+
+
 def test_a_hostile_client_does_not_delay_others() -> None:
     """While trickling clients hold connections, normal clients are answered."""
     stop = threading.Event()

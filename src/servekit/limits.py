@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
+import struct
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import socket
-
     from _typeshed import ReadableBuffer, WriteableBuffer
 
 __all__ = [
@@ -74,14 +74,42 @@ class WriteBufferFull(LimitExceeded):
     limit = "max_write_buffer"
 
 
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
+
+
+def kernel_timeouts(sock: socket.socket, seconds: float | None, *, send: bool = True) -> None:
+    """Bound each wait of a blocking recv (and send) on ``sock`` to ``seconds``
+    (None: no bound); a wait that runs out fails with EAGAIN (BlockingIOError).
+
+    Why not settimeout(): a socket with a Python timeout polls before every
+    recv and send, two system calls where one would do. SO_RCVTIMEO and
+    SO_SNDTIMEO make the kernel keep the time.
+    """
+    if seconds is None:
+        whole, micro = 0, 0
+    else:
+        whole = int(seconds)
+        micro = max(int((seconds - whole) * 1_000_000), 0 if whole else 1)  # 0 is "forever"
+    value = _TIMEVAL.pack(whole, micro)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    if send:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
 class ConnectionLimits:
     """The limits of one connection, and the socket timeout that enforces them.
 
-    The socket's timeout is changed only when the value differs, because
-    settimeout() costs a system call.
+    A plain socket is switched to blocking mode under kernel timeouts (see
+    kernel_timeouts), because the files built on it (LimitedSocketIO) are the
+    only readers and know what a kernel timeout raises. A TLS socket keeps
+    Python's settimeout(): its records need it. Either is changed only when
+    the value differs, because each change costs a system call.
     """
 
-    __slots__ = ("_current", "client", "deadline", "idle", "max_line", "read", "server", "sock")
+    __slots__ = (
+        "_current", "client", "deadline", "idle", "kernel", "max_line", "read", "server",
+        "sock", "timeouts",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -100,11 +128,27 @@ class ConnectionLimits:
         self.server = server
         self.client = client
         self.deadline: float | None = None
-        self._current = sock.gettimeout()
+        # Exactly a socket: a subclass (ssl.SSLSocket above all) may not read
+        # through recv_into() alone, so it keeps Python's timeouts.
+        self.kernel = type(sock) is socket.socket
+        # What a timed-out wait raises: EAGAIN from a kernel timeout, or TimeoutError.
+        self.timeouts: tuple[type[OSError], ...] = (
+            (TimeoutError, BlockingIOError) if self.kernel else (TimeoutError,)
+        )
+        if self.kernel:
+            sock.settimeout(None)
+            kernel_timeouts(sock, idle)  # for sends too; reads follow set_timeout()
+            self._current = idle
+        else:
+            self._current = sock.gettimeout()
 
     def set_timeout(self, value: float | None) -> None:
+        """The bound of the next waits for data."""
         if value != self._current:
-            self.sock.settimeout(value)
+            if self.kernel:
+                kernel_timeouts(self.sock, value, send=False)
+            else:
+                self.sock.settimeout(value)
             self._current = value
 
     def trip(self, error: LimitExceeded) -> LimitExceeded:
@@ -197,7 +241,7 @@ class LimitedSocketIO(io.RawIOBase):
         limits.set_timeout(timeout)
         try:
             return self._sock.recv_into(buffer)
-        except TimeoutError:
+        except limits.timeouts:
             if by_deadline:
                 raise limits.trip(
                     ReadTimeout(f"request not complete after {limits.read}s")
@@ -208,6 +252,17 @@ class LimitedSocketIO(io.RawIOBase):
         """Send all of ``data``; idle_timeout bounds each wait, not the whole write,
         so a slow but steady reader is not cut off."""
         limits = self._limits
+        if limits.kernel:
+            # SO_SNDTIMEO (idle_timeout, whatever the read deadline) bounds each
+            # send() within sendall(), not the whole of it.
+            try:
+                self._sock.sendall(data)
+            except BlockingIOError:
+                raise limits.trip(
+                    IdleTimeout(f"did not take our data for {limits.idle}s")
+                ) from None
+            with memoryview(data) as view:
+                return view.nbytes
         limits.set_timeout(limits.idle)
         with memoryview(data) as view, view.cast("B") as rest:
             total, sent = len(rest), 0
