@@ -1,0 +1,86 @@
+"""The floor of any echo whose handler is a coroutine: a reference, not a framework.
+
+A Protocol fills a buffer and wakes one task per connection through a bare
+future; the task awaits that future, writes, and waits again. Nothing else: no
+timeouts, no limits, no flow control. Whatever an ``await reader.read()``
+handler API costs above a bare ``Protocol`` echo, at least this much of it is
+the suspend and resume of the task itself, which no such API can avoid.
+
+Variants: ``asyncio`` and ``uvloop``. TCP and Unix.
+"""
+
+import asyncio
+import signal
+from argparse import Namespace
+from typing import cast
+
+import _peer
+import uvloop
+
+
+class Floor(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)
+        self.buffer = bytearray()
+        self.eof = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.task = asyncio.get_running_loop().create_task(self.serve())
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.buffer:
+                if self.eof:
+                    return
+                self.waiter = loop.create_future()
+                await self.waiter
+                continue
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            self.transport.write(data)
+
+
+async def serve(args: Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    if args.proto == "unix":
+        server = await loop.create_unix_server(Floor, args.path, backlog=_peer.BACKLOG)
+        port = None
+    else:
+        server = await loop.create_server(Floor, args.host, args.port, backlog=_peer.BACKLOG)
+        port = server.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    _peer.ready(args, port)
+    await stop.wait()
+    server.close()
+
+
+def main() -> None:
+    args = _peer.setup("coroutine_floor", ["asyncio", "uvloop"])
+    if args.proto == "udp":
+        raise _peer.unsupported("a reference for stream handlers only")
+    if args.variant == "uvloop":
+        uvloop.run(serve(args))
+    else:
+        asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The report: markdown tables, the targets of the benchmark issue, and a chart."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from catalog import ROOT, WORKLOADS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+REPORT = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "benchmarks" / "chart.png"
+
+# Each servekit row is also given against the peer that does the same job in the
+# same run: the stdlib's socketserver for the sync models, the bare Protocol
+# echo on the same loop for the async engine.
+REFERENCE = {
+    "servekit async (uvloop)": "uvloop protocol",
+    "servekit async (asyncio)": "asyncio protocol",
+}
+SYNC_REFERENCE = {
+    "udp": "stdlib UDPServer",
+    "tcp": "stdlib threading (base)",
+    "unix": "stdlib threading (base)",
+}
+
+Cells = dict[tuple[str, str], dict[str, Any]]
+
+
+def brief(cell: dict[str, Any]) -> str:
+    """One line for the progress log."""
+    m = cell["median"]
+    if not m:
+        return "failed: " + "; ".join(cell["failures"])[:200]
+    parts = [
+        f"{m.get('rps', 0):>9,.0f} req/s",
+        f"cpu {_num(m.get('cpu_us_per_req'))} us/req",
+        f"p99 {_num(m.get('p99_us'))} us",
+        f"errors {m.get('errors', 0):.0f}",
+    ]
+    if "kib_per_conn" in m:
+        parts.append(f"{m['kib_per_conn']:.1f} KiB/conn")
+    if "served_in_deadline" in m:
+        parts.append(f"{m['served_in_deadline']:.0f} served in 1 s")
+    return ", ".join(parts)
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _reference(server: str, proto: str) -> str:
+    return REFERENCE.get(server, SYNC_REFERENCE[proto])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else a / b
+
+
+def _table(workload: Any, rows: list[dict[str, Any]], cells: Cells) -> list[str]:
+    out = [f"### {workload.title}", ""]
+    if workload.mode == "idle":
+        out += ["| server | held | KiB per connection | peak RSS (MiB) |", "|---|---:|---:|---:|"]
+        for cell in rows:
+            m = cell.get("median", {})
+            out.append(
+                f"| {_name(cell)} | {_num(m.get('held'), 0)} | "
+                f"{_num(m.get('kib_per_conn'))} | {_mib(m)} |"
+            )
+        return [*out, ""]
+    if workload.mode == "burst":
+        out += ["| server | served within 1 s | served | errors |", "|---|---:|---:|---:|"]
+        for cell in rows:
+            m = cell.get("median", {})
+            out.append(
+                f"| {_name(cell)} | {_num(m.get('served_in_deadline'), 0)} | "
+                f"{_num(m.get('served'), 0)} | {_num(m.get('errors'), 0)} |"
+            )
+        return [*out, ""]
+    out += [
+        (
+            "| server | req/s | p50 (us) | p99 (us) | CPU per request (us) | peak RSS (MiB) "
+            "| errors | vs peer: req/s, CPU |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for cell in rows:
+        m = cell.get("median", {})
+        versus = ""
+        if cell.get("servekit") and m:
+            peer = _reference(cell["server"], workload.proto)
+            other = cells.get((workload.key, peer), {}).get("median", {})
+            r, c = (
+                _ratio(m.get("rps"), other.get("rps")),
+                _ratio(m.get("cpu_us_per_req"), other.get("cpu_us_per_req")),
+            )
+            if r is not None:
+                versus = f"x{r:.2f}, x{_num(c, 2)} of {peer}"
+        out.append(
+            f"| {_name(cell)} | {_num(m.get('rps'), 0)} | {_num(m.get('p50_us'))} | "
+            f"{_num(m.get('p99_us'))} | {_num(m.get('cpu_us_per_req'))} | {_mib(m)} | "
+            f"{_num(m.get('errors'), 0)} | {versus} |"
+        )
+    return [*out, ""]
+
+
+def _name(cell: dict[str, Any]) -> str:
+    name = f"**{cell['server']}**" if cell.get("servekit") else cell["server"]
+    if "na" in cell:
+        return f"{name} (n/a: {cell['na']})"
+    if cell.get("failures") and not cell.get("runs"):
+        return f"{name} (failed)"
+    return name
+
+
+def _mib(m: dict[str, Any]) -> str:
+    return _num(m["peak_rss_kib"] / 1024) if "peak_rss_kib" in m else "-"
+
+
+# -- the targets of the benchmark issue ------------------------------------------------------
+
+
+def targets(cells: Cells) -> list[tuple[str, str, bool | None]]:
+    """(target, what was measured, met?) for each target; None where not measured."""
+
+    def fig(workload: str, server: str, key: str) -> float | None:
+        value = cells.get((workload, server), {}).get("median", {}).get(key)
+        return None if value is None else float(value)
+
+    found: list[tuple[str, str, bool | None]] = []
+
+    def check(text: str, value: float | None, ok: Callable[[float], bool], unit: str) -> None:
+        if value is None:
+            found.append((text, "not measured", None))
+        else:
+            found.append((text, f"{value:.2f}{unit}", ok(value)))
+
+    for conns, limit in (("64", 1.15), ("1000", 1.25)):
+        check(
+            f"async on uvloop: CPU/req within {limit}x of a uvloop Protocol at {conns}",
+            _ratio(
+                fig(f"echo-{conns}", "servekit async (uvloop)", "cpu_us_per_req"),
+                fig(f"echo-{conns}", "uvloop protocol", "cpu_us_per_req"),
+            ),
+            lambda r, limit=limit: r <= limit,
+            "x",
+        )
+    check(
+        "async on uvloop: under 3 KiB per idle connection at 10,000",
+        fig("idle-10000", "servekit async (uvloop)", "kib_per_conn"),
+        lambda v: v < 3,
+        " KiB",
+    )
+    for conns in ("64", "1000"):
+        check(
+            f"async on asyncio: at least as fast as an asyncio Protocol at {conns} (req/s)",
+            _ratio(
+                fig(f"echo-{conns}", "servekit async (asyncio)", "rps"),
+                fig(f"echo-{conns}", "asyncio protocol", "rps"),
+            ),
+            lambda r: r >= 1,
+            "x",
+        )
+    for conns in ("1", "64", "1000"):
+        for mine, theirs in (
+            ("servekit threads (base)", "stdlib threading (base)"),
+            ("servekit threads (stream)", "stdlib threading (stream)"),
+        ):
+            check(
+                f"{mine} at least as fast as {theirs} at {conns} (req/s)",
+                _ratio(fig(f"echo-{conns}", mine, "rps"), fig(f"echo-{conns}", theirs, "rps")),
+                lambda r: r >= 1,
+                "x",
+            )
+        check(
+            f"pool within 5% of threads at {conns} (req/s)",
+            _ratio(
+                fig(f"echo-{conns}", "servekit pool", "rps"),
+                fig(f"echo-{conns}", "servekit threads (stream)", "rps"),
+            ),
+            lambda r: r >= 0.95,
+            "x",
+        )
+    check(
+        "pool at least 2x stdlib threading on connection churn (req/s)",
+        _ratio(
+            fig("churn-64", "servekit pool", "rps"),
+            fig("churn-64", "stdlib threading (base)", "rps"),
+        ),
+        lambda r: r >= 2,
+        "x",
+    )
+    for conns in ("1", "64"):
+        check(
+            f"UDP sync at least as fast as the stdlib UDPServer at {conns} (req/s)",
+            _ratio(
+                fig(f"udp-{conns}", "servekit sync", "rps"),
+                fig(f"udp-{conns}", "stdlib UDPServer", "rps"),
+            ),
+            lambda r: r >= 1,
+            "x",
+        )
+        check(
+            f"UDP async on uvloop: CPU/req within 1.1x of a uvloop DatagramProtocol at {conns}",
+            _ratio(
+                fig(f"udp-{conns}", "servekit async (uvloop)", "cpu_us_per_req"),
+                fig(f"udp-{conns}", "uvloop protocol", "cpu_us_per_req"),
+            ),
+            lambda r: r <= 1.1,
+            "x",
+        )
+    for (workload, server), cell in sorted(cells.items()):
+        if workload == "burst-1000" and cell.get("servekit"):
+            check(
+                f"burst: {server} serves all 1,000 within 1 s",
+                fig(workload, server, "served_in_deadline"),
+                lambda v: v >= 1000,
+                "",
+            )
+    return found
+
+
+def write(results: dict[str, Any]) -> None:
+    cells: Cells = {(c["workload"], c["server"]): c for c in results["cells"]}
+    meta = results["meta"]
+    lines = [
+        "# Benchmarks",
+        "",
+        (
+            "Made by `./scripts/bench` (see [benchmarks/README.md](../benchmarks/README.md)); "
+            "do not edit by hand. Every cell is a freshly started server pinned to core 0, "
+            "driven by the C closed-loop load generator pinned to core 1; figures are medians of "
+            f"{meta['runs']} run(s) of {meta['duration']} s after {meta['warmup']} s of warm-up. "
+            "CPU per request is the server's user and system time (its whole process tree, from "
+            "/proc) over the measured window, divided by the requests answered in it."
+        ),
+        "",
+        f"Machine: {meta['cpu']}, Linux {meta['kernel']}, Python {meta['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        + f"; {meta['date']}; the run took {meta['seconds']} s.",
+        "",
+        "![requests per second by server](benchmarks/chart.png)",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---:|:---:|",
+    ]
+    for text, measured, met in targets(cells):
+        lines.append(f"| {text} | {measured} | {'-' if met is None else 'yes' if met else 'no'} |")
+    lines += ["", "## Results", ""]
+    for workload in WORKLOADS:
+        rows = [c for c in results["cells"] if c["workload"] == workload.key]
+        if rows:
+            lines += _table(workload, rows, cells)
+    REPORT.write_text("\n".join(lines) + "\n")
+    chart(results)
+
+
+def chart(results: dict[str, Any]) -> None:
+    """Requests per second at 64 connections and on churn, servekit beside the peers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        w
+        for w in ("echo-64", "echo-1000", "churn-64", "udp-64")
+        if any(c["workload"] == w and c.get("median") for c in results["cells"])
+    ]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 7), squeeze=False)
+    titles = {w.key: w.title for w in WORKLOADS}
+    for ax, key in zip(axes[0], panels, strict=True):
+        rows = sorted(
+            (c for c in results["cells"] if c["workload"] == key and c.get("median")),
+            key=lambda c: c["median"].get("rps", 0),
+        )
+        ax.barh(
+            [c["server"] for c in rows],
+            [c["median"].get("rps", 0) for c in rows],
+            color=["#d9480f" if c.get("servekit") else "#868e96" for c in rows],
+        )
+        ax.set_title(titles[key], fontsize=10)
+        ax.set_xlabel("requests per second (median)")
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle("servekit (orange) and its peers, same machine, same run")
+    fig.tight_layout()
+    CHART.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(CHART, dpi=90)
