@@ -4,7 +4,8 @@
     printf 'hello\\n' | nc -q1 127.0.0.1 8000      # another terminal
 
 Any listen address works: udp://..., [::]:8000, unix:/tmp/echo.sock, fd://3.
-Ctrl-C stops it.
+Any concurrency model too: --concurrency async serves the same echo with async
+handlers on the asyncio engine. Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+from typing import Any
 
 import servekit
+from servekit.aio import AsyncDatagramRequestHandler, AsyncStreamRequestHandler
 
 logger = logging.getLogger("echo")
 
@@ -38,18 +41,35 @@ class DatagramEcho(servekit.DatagramRequestHandler):
         self.wfile.write(self.rfile.read())
 
 
+class AsyncLineEcho(AsyncStreamRequestHandler):
+    """LineEcho for the async engine: the same limits, one task per connection."""
+
+    async def handle(self) -> None:
+        logger.info("client %s connected", self.client_address)
+        async for line in self:
+            self.write(line)
+            await self.drain()  # a client that does not read holds us here, not in memory
+
+
+class AsyncDatagramEcho(AsyncDatagramRequestHandler):
+    async def handle(self) -> None:
+        self.wfile.write(self.packet)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:8000", help="listen address")
     parser.add_argument(
-        "--concurrency", default="pool", choices=["pool", "threads", "fork", "sync"]
+        "--concurrency", default="pool", choices=["pool", "threads", "fork", "sync", "async"]
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    with servekit.make_server(args.listen, LineEcho, concurrency=args.concurrency) as server:
+    is_async = args.concurrency == "async"
+    stream: type[Any] = AsyncLineEcho if is_async else LineEcho
+    with servekit.make_server(args.listen, stream, concurrency=args.concurrency) as server:
         if server.socket_type == socket.SOCK_DGRAM:  # udp://, unix-dgram:, or inherited
-            server.RequestHandlerClass = DatagramEcho
+            server.RequestHandlerClass = AsyncDatagramEcho if is_async else DatagramEcho
         # Ctrl-C stops accepting; requests in flight get a few seconds to finish.
         server.shutdown_timeout = 2.0
         try:

@@ -230,3 +230,17 @@ def trickling(sock: socket.socket, interval: float) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(WAIT)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Show what tests measured (``record_property("peak_rss_kib", ...)``) in the summary,
+    so that a CI log carries the figures without a JUnit file."""
+    rows = [
+        (report.nodeid, name, value)
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in report.user_properties
+    ]
+    if rows:
+        terminalreporter.section("measured")
+        for nodeid, name, value in rows:
+            terminalreporter.write_line(f"{nodeid}: {name} = {value}")

@@ -393,11 +393,15 @@ def test_under_systemd_socket_activate(sock_dir: Path) -> None:
 EXAMPLE = Path(__file__).parent.parent / "examples" / "echo.py"
 
 
+@pytest.mark.parametrize("concurrency", ["pool", "async"])
 @pytest.mark.parametrize("listen", ["systemd", "systemd:web"])
-def test_make_server_serves_the_socket_systemd_passed(tcp: socket.socket, listen: str) -> None:
+def test_make_server_serves_the_socket_systemd_passed(
+    tcp: socket.socket, listen: str, concurrency: str
+) -> None:
     """make_server("systemd") in a real child that got its socket the systemd way."""
     address = tcp.getsockname()
-    command = [sys.executable, "-c", LAUNCHER, str(tcp.fileno()), str(EXAMPLE), "--listen", listen]
+    command = [sys.executable, "-c", LAUNCHER, str(tcp.fileno()), str(EXAMPLE), "--listen", listen,
+               "--concurrency", concurrency]  # fmt: skip
     env = _base_env(LISTEN_FDS="1", LISTEN_FDNAMES="web")
     proc = subprocess.Popen(
         command, pass_fds=[tcp.fileno()], env=env, stderr=subprocess.PIPE, text=True

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,16 +111,26 @@ def test_sync_handler_is_refused_with_advice() -> None:
         AsyncTCPServer(LOCAL, servekit.StreamRequestHandler)
 
 
+def _rss_kib() -> int:
+    """This process's resident memory (the server runs in it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
 def test_a_client_that_does_not_read_cannot_grow_server_memory(servekit_log: LogWatcher) -> None:
     sizes: list[int] = []
+    rss: list[int] = []
 
     class Flood(AsyncStreamRequestHandler):
         async def handle(self) -> None:
             await self.readline()
-            chunk = b"x" * 65536
-            for _ in range(10_000):  # 640 MB if nothing held it back
-                self.write(chunk)
+            rss.append(_rss_kib())
+            for i in range(10_000):  # 640 MB if nothing held it back
+                self.write(b"%065535d" % i)  # a new object each time, as real data would be
                 sizes.append(self.transport.get_write_buffer_size())
+                rss.append(_rss_kib())
                 await self.drain()
 
     with serving(servekit.make_server("127.0.0.1:0", Flood, concurrency="async",
@@ -128,6 +140,9 @@ def test_a_client_that_does_not_read_cannot_grow_server_memory(servekit_log: Log
             assert servekit_log.wait_for("did not take our data for 0.5s")
         assert max(sizes) <= 1024 * 1024  # the transport's high-water mark, with room
         assert len(sizes) < 10_000
+    # Sent into the kernel's buffers at most (a few MiB on loopback), held by us
+    # up to the high-water mark: the process grew by far less than was written.
+    assert max(rss) - rss[0] < 32 * 1024, f"grew {max(rss) - rss[0]} KiB"
 
 
 def test_a_client_that_sends_faster_than_the_handler_reads_is_held_back() -> None:
@@ -260,6 +275,92 @@ def test_a_datagram_flood_is_bounded(servekit_log: LogWatcher) -> None:
     ]  # fmt: skip
     assert len(drops) == 1, drops  # one line for the flood, not sixteen
     assert "4 datagrams already in their handlers" in drops[0]
+
+
+def test_drain_after_the_connection_was_lost_while_paused_raises() -> None:
+    """The transport never resumes a connection it has lost: drain() must not wait for it."""
+    paused, done, outcome = threading.Event(), threading.Event(), []
+
+    class Stuck(AsyncStreamRequestHandler):
+        max_write_buffer = 256 * 1024 * 1024  # the kernel's buffers fill first
+
+        async def handle(self) -> None:
+            await self.readline()
+            while not self._stream.paused:  # the client reads nothing
+                self.write(b"x" * 65536)
+            paused.set()
+            await self._stream.closed()  # the client resets the connection
+            try:
+                await asyncio.wait_for(self.drain(), WAIT / 2)
+            except Exception as exc:
+                outcome.append(type(exc))
+            finally:
+                done.set()
+
+    with serving(AsyncTCPServer(LOCAL, Stuck)) as server:
+        client = connect(server.server_address)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.sendall(b"go\n")
+        assert paused.wait(WAIT)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset
+        assert done.wait(WAIT)
+    assert outcome == [ConnectionResetError]
+
+
+def test_stop_lets_datagram_handlers_in_flight_reply_and_serve_again() -> None:
+    """A stop takes no new datagrams but sends the replies of those in their handlers;
+    the socket outlives the stop, so serve_forever() can run again."""
+
+    class StopsFirst(AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            self.server.shutdown()  # from the loop's thread: the stop begins, we go on
+            for _ in range(10):
+                await asyncio.sleep(0)  # let the stop get as far as it can before we reply
+            self.wfile.write(self.packet)
+
+    server = servekit.make_server("udp://127.0.0.1:0", StopsFirst, concurrency="async")
+    with server, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(WAIT)
+        for words in (b"last words", b"second life"):
+            loop = threading.Thread(target=server.serve_forever)
+            loop.start()
+            client.sendto(words, server.server_address)
+            assert client.recv(100) == words
+            loop.join(WAIT)
+            assert not loop.is_alive()
+
+
+def test_stop_right_after_start_never_races() -> None:
+    for _ in range(100):
+        server = AsyncTCPServer(LOCAL, Echo)
+        loop = threading.Thread(target=server.serve_forever)
+        loop.start()
+        server.shutdown()
+        loop.join(WAIT)
+        assert not loop.is_alive(), "shutdown() was lost"
+        server.server_close()
+
+
+def test_service_actions_run_while_serving() -> None:
+    server = AsyncTCPServer(LOCAL, Echo)
+    ran = threading.Event()
+    server.service_actions = ran.set  # type: ignore[method-assign]
+    with serving(server, poll_interval=0.05):
+        assert ran.wait(WAIT)
+
+
+def test_an_inherited_socket() -> None:
+    """fd://N (and so systemd's sockets, which make_server takes the same way)."""
+    inherited = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    inherited.bind(LOCAL)
+    inherited.listen()
+    fd = inherited.detach()
+    with serving(servekit.make_server(f"fd://{fd}", Echo, concurrency="async")) as server:
+        assert server.socket.fileno() == fd
+        with connect(server.server_address) as client:
+            client.sendall(b"inherited\n")
+            assert recv_until(client) == b"inherited\n"
 
 
 # -- TLS and the PROXY protocol on the async engine ----------------------------------

@@ -253,6 +253,17 @@ def test_idle_read_and_line_limits(model: Model, servekit_log: LogWatcher) -> No
             assert not _errors(servekit_log)
 
 
+def test_read_timeout_alone(model: Model, servekit_log: LogWatcher) -> None:
+    """read_timeout holds with idle_timeout off: no other timer is there to lean on."""
+    with serving(model.make(read_timeout=0.3)) as server:
+        with _connect(server) as slow, trickling(slow, 0.1):
+            slow.sendall(b"a")
+            assert _read_to_end(slow) == b""
+        if not model.forks:
+            assert servekit_log.wait_for("request not complete after 0.3s")
+            assert server.stats.limits == {"read_timeout": 1}
+
+
 def test_max_connections_waits_then_serves(model: Model, servekit_log: LogWatcher) -> None:
     if model.concurrency == "sync":
         pytest.skip("sync serves one connection at a time: the limit never comes into play")
@@ -366,3 +377,18 @@ def test_proxy_protocol(model: Model, servekit_log: LogWatcher) -> None:
     if not model.forks:
         assert servekit_log.wait_for("bad PROXY header")
         assert servekit_log.wait_for("not a trusted proxy")
+
+
+def test_a_stalled_proxy_header_holds_up_no_one(model: Model, servekit_log: LogWatcher) -> None:
+    """A proxy that stops inside its header is cut at handshake_timeout, and others are
+    served meanwhile (idle_timeout is long, so only the preface's own bound can cut it)."""
+    real, front = ("203.0.113.7", 4711), ("198.51.100.1", 443)
+    server = model.make(proxy_protocol=True, trusted_proxies=["127.0.0.1"], idle_timeout=60,
+                        handshake_timeout=1.0)  # fmt: skip
+    with serving(server), _connect(server) as stalled:
+        stalled.sendall(b"PROXY TCP4 ")
+        with _connect(server) as client:
+            assert _talk(client, build_v1(real, front) + b"who\n") == b"anonymous 203.0.113.7\n"
+        assert _read_to_end(stalled) == b""
+    if not model.forks:
+        assert servekit_log.wait_for("PROXY header not complete within handshake_timeout")

@@ -323,8 +323,11 @@ class TCPServer(BaseServer):
         self._counters.connection()
         self._connections.add(request)
         if self.idle_timeout is not None:
-            # Handlers that read self.request directly get the idle limit too.
-            request.settimeout(self.idle_timeout)
+            self._limit_idle(request)
+
+    def _limit_idle(self, request: Any) -> None:
+        """Handlers that read self.request directly get the idle limit too."""
+        request.settimeout(self.idle_timeout)
 
     def _forget_request(self, request: Any) -> None:
         if not self._connections.remove(request):

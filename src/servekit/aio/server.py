@@ -129,6 +129,7 @@ class AsyncServerMixIn(_Base):
                 "servekit.aio.AsyncStreamRequestHandler subclasses (async def handle). Serve a "
                 "sync handler with concurrency='pool' or 'threads' instead."
             )
+        self._aio_lock = threading.Lock()
         self._aio_stopped = threading.Event()
         self._aio_stopped.set()
         self._aio_tasks: set[asyncio.Task[None]] = set()
@@ -148,11 +149,16 @@ class AsyncServerMixIn(_Base):
     def shutdown(self) -> None:
         """Stop serving; from any thread. Waits for the loop to finish, unless
         called from the loop's own thread (a handler, or code beside it)."""
-        self._shutdown_flag = True
-        loop, stop = self._aio_loop, self._aio_stop
+        with self._aio_lock:
+            self._shutdown_flag = True
+            loop, stop = self._aio_loop, self._aio_stop
         if loop is None or stop is None:
             return
-        if not _call_in(loop, stop.set):
+        try:
+            here = _call_in(loop, stop.set)
+        except RuntimeError:  # the loop closed meanwhile: serving is over
+            return
+        if not here:
             self._aio_stopped.wait()
 
     def handle_request(self) -> None:
@@ -172,29 +178,33 @@ class AsyncServerMixIn(_Base):
         loop = asyncio.get_running_loop()
         self._aio_stopped.clear()
         try:
-            if self._shutdown_flag:
-                return  # shutdown() came first
-            self._aio_loop, self._aio_stop = loop, asyncio.Event()
+            with self._aio_lock:  # shutdown() from another thread sees both, or neither
+                if self._shutdown_flag:
+                    return  # shutdown() came first
+                self._aio_loop, self._aio_stop = loop, asyncio.Event()
             self._aio_room = asyncio.Event()
             logger.info("%s: serving on the %s event loop", self, _loop_name(loop))
             self.socket.setblocking(False)
-            source = (
-                self._datagram_loop() if self.socket_type == socket.SOCK_DGRAM
-                else self._accept_loop()
-            )  # fmt: skip
-            helpers = [
-                loop.create_task(source),
-                loop.create_task(self._service_loop(poll_interval)),
-            ]
+            datagrams = None
+            if self.socket_type == socket.SOCK_DGRAM:
+                datagrams = await self._open_datagrams(loop)
+            helpers = [loop.create_task(self._service_loop(poll_interval))]
+            if datagrams is None:
+                helpers.append(loop.create_task(self._accept_loop()))
             try:
                 await self._aio_stop.wait()
             finally:
                 for task in helpers:
                     task.cancel()
+                if datagrams is not None:
+                    datagrams.taking = False
                 await self._drain()
+                if datagrams is not None:
+                    datagrams.transport.close()  # after the drain: replies go out through it
         finally:
-            self._aio_loop = self._aio_stop = self._aio_room = None
-            self._shutdown_flag = False
+            with self._aio_lock:
+                self._aio_loop = self._aio_stop = self._aio_room = None
+                self._shutdown_flag = False
             self._aio_stopped.set()
 
     async def _drain(self) -> None:
@@ -244,28 +254,19 @@ class AsyncServerMixIn(_Base):
             self._aio_tasks.add(task)
             task.add_done_callback(self._aio_tasks.discard)
 
-    async def _datagram_loop(self) -> None:
-        """Hand each datagram to a task; the transport reads up to 256 KiB, so a
-        datagram over max_packet_size is seen whole, and dropped with a log line."""
-        loop = asyncio.get_running_loop()
-        server = self
+    async def _open_datagrams(self, loop: asyncio.AbstractEventLoop) -> _Receiver:
+        """The protocol (and its transport) that hands each datagram to a task. The
+        transport reads up to 256 KiB, so a datagram over max_packet_size is seen
+        whole, and dropped with a log line.
 
-        class Receiver(asyncio.DatagramProtocol):
-            # The transport comes with connection_made(): uvloop may deliver a
-            # datagram before create_datagram_endpoint() has returned.
-            transport: asyncio.DatagramTransport
-
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                self.transport = cast("asyncio.DatagramTransport", transport)
-
-            def datagram_received(self, data: bytes, address: Any) -> None:
-                server._datagram_received(data, address, self.transport)
-
-        transport, _ = await loop.create_datagram_endpoint(Receiver, sock=self.socket)
-        try:
-            await asyncio.Event().wait()  # until cancelled by the stop
-        finally:
-            transport.close()
+        It gets a duplicate of the socket: closing a transport closes its socket,
+        and ``self.socket`` outlives it (until server_close(); serve_forever() may
+        run again).
+        """
+        _, receiver = await loop.create_datagram_endpoint(
+            lambda: _Receiver(self), sock=self.socket.dup()
+        )
+        return receiver
 
     def _datagram_received(
         self, data: bytes, address: Any, transport: asyncio.DatagramTransport
@@ -300,6 +301,11 @@ class AsyncServerMixIn(_Base):
                 await handler.run()
         except Exception:
             self._report_error(request, address)
+
+    def _limit_idle(self, request: Any) -> None:
+        """Nothing to do: the connection's Stream keeps idle_timeout, and the socket
+        must stay non-blocking (with a timeout, the loop's sock_recv() would block
+        the whole loop inside recv while a PROXY header trickles in)."""
 
     def _wake_loop(self) -> None:
         room, loop = self._aio_room, self._aio_loop
@@ -389,6 +395,29 @@ class AsyncServerMixIn(_Base):
             failure = PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake")
             raise report(self, address, failure) from None
         return transport
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    """A datagram server's protocol: each datagram to the server, until the stop."""
+
+    # The transport comes with connection_made(): uvloop may deliver a
+    # datagram before create_datagram_endpoint() has returned.
+    transport: asyncio.DatagramTransport
+
+    def __init__(self, server: AsyncServerMixIn) -> None:
+        self.server = server
+        # False once the server stops: those that come while the handlers in
+        # flight finish get none (uvloop's datagram transports cannot pause).
+        self.taking = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.DatagramTransport", transport)
+
+    def datagram_received(self, data: bytes, address: Any) -> None:
+        if self.taking:
+            self.server._datagram_received(data, address, self.transport)
+        else:
+            logger.debug("%s: stopping; ignored a datagram from %r", self.server, address)
 
 
 class AsyncTCPServer(AsyncServerMixIn, TCPServer):

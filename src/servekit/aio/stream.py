@@ -48,7 +48,7 @@ class Stream(asyncio.Protocol):
     __slots__ = (
         "_closed", "_drain_waiter", "_due", "_eof_ok", "_read_waiter", "_reading_paused",
         "_timer", "buffer",
-        "deadline", "eof", "error", "expired", "idle", "loop", "paused", "since", "transport",
+        "deadline", "eof", "expired", "idle", "loop", "paused", "since", "transport",
     )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, idle: float | None) -> None:
@@ -56,7 +56,6 @@ class Stream(asyncio.Protocol):
         self.idle = idle
         self.buffer = bytearray()
         self.eof = False
-        self.error: BaseException | None = None
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self.paused = False
         self.deadline: float | None = None
@@ -100,7 +99,6 @@ class Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
-        self.error = exc
         self._wake_reader()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -134,16 +132,19 @@ class Stream(asyncio.Protocol):
         waiter = self.loop.create_future()
         self._read_waiter = waiter
         self.since = self.loop.time()
-        if self.deadline is not None and self.deadline < self._due:
+        # The watchdog runs while idle_timeout is on; a read deadline arms it too.
+        if self.deadline is not None and (self._timer is None or self.deadline < self._due):
             self._arm(self.deadline)
         return waiter
 
     def drain(self) -> Awaitable[None]:
         """Awaitable until the transport takes writes again: at once unless the client lags."""
         if not self.paused:
-            if self.error is not None or (self.eof and self.transport.is_closing()):
+            if self.eof and self.transport.is_closing():
                 raise ConnectionResetError("connection lost")
             return _READY
+        if self._closed.done():  # lost while paused: nothing would ever resume us
+            raise ConnectionResetError("connection lost")
         waiter = self.loop.create_future()
         self._drain_waiter = waiter
         self.since = self.loop.time()
