@@ -61,6 +61,26 @@ def test_pool_reuses_a_bounded_number_of_threads() -> None:
     assert all(b"worker" in name for name in names)
 
 
+def test_pool_gives_each_long_request_of_a_burst_a_worker() -> None:
+    """Workers are called one at a time (each calls the next), yet a burst of long
+    requests gets all of max_workers running at once, none left queued."""
+    gate = Gate()
+
+    class Eight(servekit.ThreadPoolTCPServer):
+        max_workers = 8
+
+    with serving(Eight(LOCAL, gated_echo(gate))) as server:
+        clients = [connect(server.server_address) for _ in range(8)]
+        for i, client in enumerate(clients):
+            client.sendall(b"%d\n" % i)
+        assert gate.wait_started(8)  # all eight in their handlers before any finishes
+        gate.release.set()
+        names = {recv_until(client).rsplit(b" ", 1)[0] for client in clients}
+        for client in clients:
+            client.close()
+    assert len(names) == 8
+
+
 def test_pool_stops_accepting_when_full_and_resumes(servekit_log: LogWatcher) -> None:
     gate = Gate()
 
