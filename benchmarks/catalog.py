@@ -65,7 +65,7 @@ class Server:
         model, _, variant = self.model.partition("-")
         if model == "async":
             handler = "AsyncDatagramEcho" if workload.proto == "udp" else "AsyncEcho"
-        elif workload.proto == "udp" or variant == "base":
+        elif workload.proto == "udp" or variant.startswith("base"):
             handler = "Echo"
         else:
             handler = "LineEcho"
@@ -96,6 +96,10 @@ class Server:
             argv += ["--threads", str(max(64, workload.conns))]
         if model == "async":
             argv += ["--loop", variant]
+        if variant.endswith("noidle"):
+            # What the default idle_timeout costs a handler on the raw socket: a
+            # Python socket timeout polls before each recv and send.
+            argv += ["--idle-timeout", "none"]
         return argv
 
     def serves(self, workload: Workload) -> str | None:
@@ -134,6 +138,12 @@ SERVERS = [
     _sk("sync", "sync", skip=_NO_IDLE),
     _sk("threads (stream)", "threads"),
     _sk("threads (base)", "threads-base", protos="tcp", skip=_NO_IDLE),
+    _sk(
+        "threads (base, no idle_timeout)",
+        "threads-base-noidle",
+        protos="tcp",
+        skip="idle-10000 churn-64 burst-1000",
+    ),
     _sk("pool", "pool", skip=_NO_IDLE),
     _sk("fork", "fork", skip=_NO_IDLE),
     _sk("prefork x2", "prefork", protos="tcp", skip=_NO_IDLE),

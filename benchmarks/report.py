@@ -221,6 +221,47 @@ def targets(cells: Cells) -> list[tuple[str, str, bool | None]]:
     return found
 
 
+def context(cells: Cells) -> list[tuple[str, str]]:
+    """Ratios from the same run that say why a target is missed: what a coroutine
+    costs by itself (the floor peers), and what the default idle_timeout costs."""
+
+    def fig(workload: str, server: str, key: str) -> float | None:
+        value = cells.get((workload, server), {}).get("median", {}).get(key)
+        return None if value is None else float(value)
+
+    rows: list[tuple[str, str]] = []
+
+    def add(text: str, value: float | None) -> None:
+        rows.append((text, "not measured" if value is None else f"{value:.2f}x"))
+
+    for conns in ("64", "1000"):
+        for loop in ("uvloop", "asyncio"):
+            add(
+                f"{loop} coroutine floor vs {loop} Protocol at {conns}: CPU/req",
+                _ratio(
+                    fig(f"echo-{conns}", f"{loop} coroutine floor", "cpu_us_per_req"),
+                    fig(f"echo-{conns}", f"{loop} protocol", "cpu_us_per_req"),
+                ),
+            )
+            add(
+                f"servekit async ({loop}) vs the {loop} coroutine floor at {conns}: CPU/req",
+                _ratio(
+                    fig(f"echo-{conns}", f"servekit async ({loop})", "cpu_us_per_req"),
+                    fig(f"echo-{conns}", f"{loop} coroutine floor", "cpu_us_per_req"),
+                ),
+            )
+    for conns in ("1", "64", "1000"):
+        add(
+            f"servekit threads (base, no idle_timeout) vs stdlib threading (base) at {conns}: "
+            "req/s",
+            _ratio(
+                fig(f"echo-{conns}", "servekit threads (base, no idle_timeout)", "rps"),
+                fig(f"echo-{conns}", "stdlib threading (base)", "rps"),
+            ),
+        )
+    return rows
+
+
 def write(results: dict[str, Any]) -> None:
     cells: Cells = {(c["workload"], c["server"]): c for c in results["cells"]}
     meta = results["meta"]
@@ -249,6 +290,21 @@ def write(results: dict[str, Any]) -> None:
     ]
     for text, measured, met in targets(cells):
         lines.append(f"| {text} | {measured} | {'-' if met is None else 'yes' if met else 'no'} |")
+    lines += [
+        "",
+        "## Why, measured in the same run",
+        "",
+        (
+            "The misses above are explained in [performance.md](performance.md); these ratios "
+            "are its evidence. A *coroutine floor* peer is the least an `await reader.read()` "
+            "API can cost: a bare Protocol that wakes one task per connection through a "
+            "future, nothing else."
+        ),
+        "",
+        "| ratio | measured |",
+        "|---|---:|",
+    ]
+    lines += [f"| {text} | {measured} |" for text, measured in context(cells)]
     lines += ["", "## Results", ""]
     for workload in WORKLOADS:
         rows = [c for c in results["cells"] if c["workload"] == workload.key]
