@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 from servekit._preface import PrefaceFailed, read_proxy_header_async
 from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
-from servekit.aio.stream import Stream
+from servekit.aio.stream import Stream, Watchdog
 from servekit.limits import drop_datagram, report
 from servekit.proxy import is_trusted
 from servekit.sockets import (
@@ -114,6 +114,7 @@ class AsyncServerMixIn(_Base):
     _aio_loop: asyncio.AbstractEventLoop | None = None
     _aio_stop: asyncio.Event | None = None
     _aio_room: asyncio.Event | None = None
+    _aio_watchdog: Watchdog | None = None
 
     def __init__(
         self,
@@ -183,6 +184,7 @@ class AsyncServerMixIn(_Base):
                     return  # shutdown() came first
                 self._aio_loop, self._aio_stop = loop, asyncio.Event()
             self._aio_room = asyncio.Event()
+            self._aio_watchdog = Watchdog(loop)
             logger.info("%s: serving on the %s event loop", self, _loop_name(loop))
             self.socket.setblocking(False)
             datagrams = None
@@ -250,9 +252,9 @@ class AsyncServerMixIn(_Base):
             if self._requests_resume_at:
                 self._get_request_recovered()
             self._request_accepted(conn, address)
-            task = loop.create_task(self._connection(conn, address))
-            self._aio_tasks.add(task)
-            task.add_done_callback(self._aio_tasks.discard)
+            # The task leaves _aio_tasks itself (_connection): a done callback
+            # would cost every held connection another 136 bytes.
+            self._aio_tasks.add(loop.create_task(self._connection(conn, address)))
 
     async def _open_datagrams(self, loop: asyncio.AbstractEventLoop) -> _Receiver:
         """The protocol (and its transport) that hands each datagram to a task. The
@@ -319,7 +321,7 @@ class AsyncServerMixIn(_Base):
             if self.handshake_timeout is not None:
                 deadline = monotonic() + self.handshake_timeout
             address = await self._proxy_preface(conn, address, deadline)
-            stream = Stream(asyncio.get_running_loop(), self.idle_timeout)
+            stream = Stream(asyncio.get_running_loop(), self.idle_timeout, self._aio_watchdog)
             transport = await self._open(conn, stream, address, deadline)
             # Under TLS, verify_request sees the TLS object: getpeercert() works.
             request = transport.get_extra_info("ssl_object") or conn
@@ -341,6 +343,7 @@ class AsyncServerMixIn(_Base):
                 transport.close()  # the transport owns the socket now
             else:
                 conn.close()
+            self._aio_tasks.discard(asyncio.current_task())
 
     async def _proxy_preface(
         self, conn: socket.socket, address: Any, deadline: float | None
