@@ -113,6 +113,38 @@ def test_oversized_datagram_is_dropped_and_logged(
     assert str(port) in warnings[0]
 
 
+class DatagramEcho(servekit.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+def test_servers_sharing_a_datagram_socket_never_block_in_recv() -> None:
+    """Both loops wake for a datagram that only one gets: the other must go back to
+    waiting, not sit in recvmsg where shutdown() cannot reach it."""
+    first = servekit.UDPServer(("127.0.0.1", 0), DatagramEcho)
+    second = servekit.UDPServer(first.server_address, DatagramEcho, bind_and_activate=False)
+    second.socket.close()
+    second.socket = first.socket.dup()
+    with (
+        serving(first, poll_interval=WAIT),
+        serving(second, poll_interval=WAIT),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.settimeout(WAIT)
+        for _ in range(20):  # bursts: both loops wake, and one finds nothing
+            for i in range(100):
+                client.sendto(b"%d" % i, first.server_address)
+            assert sorted(int(client.recv(100)) for _ in range(100)) == list(range(100))
+        stoppers = [threading.Thread(target=s.shutdown) for s in (first, second)]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(WAIT)
+            assert not stopper.is_alive(), "a serving loop is stuck in recvmsg"
+    first.server_close()
+    second.server_close()
+
+
 def test_default_max_packet_size_is_the_stdlib_one() -> None:
     assert servekit.UDPServer.max_packet_size == 8192
     assert servekit.TCPServer.request_queue_size == 5

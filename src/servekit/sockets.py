@@ -409,9 +409,10 @@ def _too_long(max_packet_size: int) -> str:
     return f"longer than max_packet_size={max_packet_size}; raise max_packet_size to accept it"
 
 
-# A plain int: socket.MSG_TRUNC is an IntFlag, and ``int & IntFlag`` builds a
-# new flag member in Python code, a tenth of a datagram's handling.
+# Plain ints: the socket module's flags are IntFlags, and ``int & IntFlag``
+# builds a new flag member in Python code, a tenth of a datagram's handling.
 _MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
 class UDPServer(TCPServer):
@@ -433,7 +434,12 @@ class UDPServer(TCPServer):
     def get_request(self) -> tuple[Any, Any]:
         # recvmsg, not recvfrom, because only its flags tell that the kernel
         # cut the datagram to fit (MSG_TRUNC).
-        data, _, flags, client_addr = self.socket.recvmsg(self.max_packet_size)
+        #
+        # MSG_DONTWAIT: the loop calls this when the socket is readable, but a
+        # loop sharing it (a dup(), a fork) may have taken the datagram first;
+        # then EAGAIN, rather than a loop stuck in recvmsg until the next.
+        # (servekit's prefork workers make their shared sockets non-blocking.)
+        data, _, flags, client_addr = self.socket.recvmsg(self.max_packet_size, 0, _MSG_DONTWAIT)
         if flags & _MSG_TRUNC:
             drop_datagram(self, client_addr, "max_packet_size", _too_long(self.max_packet_size))
             raise OSError(errno.EMSGSIZE, "datagram longer than max_packet_size")
