@@ -83,6 +83,22 @@ def test_read_of_nothing_returns_at_once() -> None:
         assert recv_until(client) == b"POST 0\n"
 
 
+def test_max_line_length_counts_the_newline_at_the_boundary(servekit_log: LogWatcher) -> None:
+    """A line of exactly max_line_length bytes (newline included) passes, one byte more
+    does not, whether the line arrives whole (one recv) or in pieces."""
+    with serving(_server(max_line_length=8)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"1234567\n12345678\n")  # both buffered at once
+            assert recv_until(client) == b"1234567\n"
+            assert _closed(client)
+        with connect(server.server_address) as client:
+            client.sendall(b"1234")
+            client.sendall(b"567\n")
+            assert recv_until(client) == b"1234567\n"
+        assert servekit_log.wait_for("line longer than 8 bytes")
+    assert server.stats.limits == {"max_line_length": 1}
+
+
 def test_a_slow_steady_reader_is_not_cut() -> None:
     """idle_timeout bounds each wait for the client to take data, not a whole write."""
 
