@@ -44,6 +44,35 @@ def gated_echo(gate: Gate) -> type[servekit.StreamRequestHandler]:
     return GatedEcho
 
 
+def test_threads_model_forgets_finished_threads_while_others_run() -> None:
+    """Finished request threads are reaped (not at every new thread, but before the
+    list doubles): it stays about as long as the threads alive, not all ever started."""
+    gate = Gate()
+    held_open = gated_echo(gate)
+
+    class Server(servekit.ThreadingTCPServer):
+        pass
+
+    with serving(Server(LOCAL, held_open)) as server:
+        held = [connect(server.server_address) for _ in range(20)]
+        for client in held:
+            client.sendall(b"held\n")
+        assert gate.wait_started(20)  # twenty threads alive, waiting at the gate
+        gate_for_others = Gate()
+        gate_for_others.release.set()
+        server.RequestHandlerClass = gated_echo(gate_for_others)
+        for i in range(200):
+            with connect(server.server_address) as client:
+                client.sendall(b"%d\n" % i)
+                assert recv_until(client).endswith(b" %d\n" % i)
+        # 20 held, plus a few still finishing at the last reap: at most twice that.
+        assert 20 <= len(server._threads) <= 2 * 25 + 1
+        gate.release.set()
+        for client in held:
+            recv_until(client)
+            client.close()
+
+
 def test_pool_reuses_a_bounded_number_of_threads() -> None:
     gate = Gate()
     gate.release.set()
