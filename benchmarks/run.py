@@ -102,28 +102,36 @@ def main() -> None:
     cells = []
     started = time.monotonic()
     for workload in workloads:
+        entries: list[dict[str, Any]] = []
+        measured: list[tuple[Server, dict[str, Any]]] = []
         for server in servers:
             why_not = server.serves(workload)
             if why_not is not None:
-                cells.append({"workload": workload.key, "server": server.name, "na": why_not})
+                entries.append({"workload": workload.key, "server": server.name, "na": why_not})
                 continue
-            runs, failures = [], []
-            for _ in range(args.runs):
-                try:
-                    runs.append(run_once(server, workload, args, log))
-                except RuntimeError as exc:
-                    failures.append(str(exc))
-                    logger.warning("%s / %s: %s", workload.key, server.name, exc)
             cell = {
                 "workload": workload.key,
                 "server": server.name,
                 "servekit": server.servekit,
-                "runs": runs,
-                "median": median_of(runs),
-                "failures": failures,
+                "runs": [],
+                "failures": [],
             }
-            cells.append(cell)
-            logger.info("%-10s %-28s %s", workload.key, server.name, report.brief(cell))
+            entries.append(cell)
+            measured.append((server, cell))
+        # Rounds over the servers, not one server's runs back to back: a slow spell
+        # of the machine (a shared host) then costs one run of each server, which
+        # the median drops, not every run of one server.
+        for _ in range(args.runs):
+            for server, cell in measured:
+                try:
+                    cell["runs"].append(run_once(server, workload, args, log))
+                except RuntimeError as exc:
+                    cell["failures"].append(str(exc))
+                    logger.warning("%s / %s: %s", workload.key, server.name, exc)
+        for _, cell in measured:
+            cell["median"] = median_of(cell["runs"])
+            logger.info("%-10s %-28s %s", workload.key, cell["server"], report.brief(cell))
+        cells += entries
     results = {"meta": _meta(args, time.monotonic() - started), "cells": cells}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

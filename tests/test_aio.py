@@ -119,6 +119,21 @@ def _rss_kib() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
+def test_a_factory_that_makes_no_async_handler_is_reported_with_advice(
+    servekit_log: LogWatcher,
+) -> None:
+    """A handler factory that is not a class cannot be checked up front: what it makes
+    is checked per connection, and reported as a handler error that says what to do."""
+    with serving(AsyncTCPServer(LOCAL, lambda *args: object())) as server:
+        with connect(server.server_address) as client:
+            assert client.recv(10) == b""
+        assert servekit_log.wait_for("Exception occurred during processing of request")
+    [record] = [r for r in servekit_log.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is not None
+    assert "returned an instance of object, not an async handler" in str(record.exc_info[1])
+    assert server.stats.errors == 1
+
+
 def test_a_client_that_does_not_read_cannot_grow_server_memory(servekit_log: LogWatcher) -> None:
     sizes: list[int] = []
     rss: list[int] = []

@@ -298,11 +298,22 @@ class AsyncServerMixIn(_Base):
                 allowed = await allowed
             if allowed:
                 self._counters.request()
-                handler = self.RequestHandlerClass(request, address, self)
-                assert isinstance(handler, AsyncBaseRequestHandler)
-                await handler.run()
+                await self._async_handler(request, address).run()
         except Exception:
             self._report_error(request, address)
+
+    def _async_handler(self, request: Any, address: Any) -> AsyncBaseRequestHandler:
+        """The handler for a request. A handler class is checked when the server
+        is made; a factory that is not a class only now, by what it returns."""
+        handler = self.RequestHandlerClass(request, address, self)
+        if not isinstance(handler, AsyncBaseRequestHandler):
+            raise TypeError(
+                f"the handler factory returned an instance of {type(handler).__qualname__}, "
+                "not an async handler: the async engine runs servekit.aio.AsyncBaseRequestHandler "
+                "subclasses (async def handle). Serve a sync handler with "
+                "concurrency='pool' or 'threads' instead."
+            )
+        return handler
 
     def _limit_idle(self, request: Any) -> None:
         """Nothing to do: the connection's Stream keeps idle_timeout, and the socket
@@ -330,8 +341,7 @@ class AsyncServerMixIn(_Base):
                 allowed = await allowed
             if allowed:
                 self._counters.request()
-                handler = self.RequestHandlerClass(conn, address, self)
-                assert isinstance(handler, AsyncBaseRequestHandler)
+                handler = self._async_handler(conn, address)
                 if isinstance(handler, AsyncStreamRequestHandler):
                     handler._attach(stream)
                 await handler.run()
