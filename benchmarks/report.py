@@ -272,7 +272,8 @@ def write(results: dict[str, Any]) -> None:
             "Made by `./scripts/bench` (see [benchmarks/README.md](../benchmarks/README.md)); "
             "do not edit by hand. Every cell is a freshly started server pinned to core 0, "
             "driven by the C closed-loop load generator pinned to core 1; figures are medians of "
-            f"{meta['runs']} run(s) of {meta['duration']} s after {meta['warmup']} s of warm-up. "
+            f"{meta['runs']} run(s) of {meta['duration']} s after {meta['warmup']} s of warm-up "
+            "(1 ms per connection if longer). "
             "CPU per request is the server's user and system time (its whole process tree, from "
             "/proc) over the measured window, divided by the requests answered in it."
         ),
