@@ -252,8 +252,8 @@ class AsyncServerMixIn(_Base):
             if self._requests_resume_at:
                 self._get_request_recovered()
             self._request_accepted(conn, address)
-            # The task leaves _aio_tasks itself (_connection): a done callback
-            # would cost every held connection another 136 bytes.
+            # The task leaves _aio_tasks itself (at the end of _connection): a
+            # done callback would cost every held connection another 136 bytes.
             self._aio_tasks.add(loop.create_task(self._connection(conn, address)))
 
     async def _open_datagrams(self, loop: asyncio.AbstractEventLoop) -> _Receiver:
@@ -287,9 +287,10 @@ class AsyncServerMixIn(_Base):
         self._counters.transferred(len(data), 0)
         loop = self._aio_loop
         assert loop is not None
-        task = loop.create_task(self._datagram_request((data, transport), address))
-        self._aio_tasks.add(task)
-        task.add_done_callback(self._aio_tasks.discard)
+        # As for connections, the task leaves _aio_tasks itself, in the step that
+        # sent its reply: a done callback would run later, and a datagram that
+        # came between would find max_datagrams_in_flight still taken.
+        self._aio_tasks.add(loop.create_task(self._datagram_request((data, transport), address)))
 
     async def _datagram_request(self, request: Any, address: Any) -> None:
         try:
@@ -301,6 +302,8 @@ class AsyncServerMixIn(_Base):
                 await self._async_handler(request, address).run()
         except Exception:
             self._report_error(request, address)
+        finally:
+            self._aio_tasks.discard(asyncio.current_task())
 
     def _async_handler(self, request: Any, address: Any) -> AsyncBaseRequestHandler:
         """The handler for a request. A handler class is checked when the server
