@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from catalog import ROOT, WORKLOADS
@@ -56,6 +57,17 @@ def _reference(server: str, proto: str) -> str:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if not a or not b else a / b
+
+
+def _fig(cells: Cells, workload: str, server: str, key: str) -> float | None:
+    """A cell's median ``key``; None if that cell was not measured."""
+    value = cells.get((workload, server), {}).get("median", {}).get(key)
+    return None if value is None else float(value)
+
+
+def _versus(cells: Cells, workload: str, mine: str, theirs: str, key: str) -> float | None:
+    """``mine``'s median ``key`` over ``theirs``', in the same run."""
+    return _ratio(_fig(cells, workload, mine, key), _fig(cells, workload, theirs, key))
 
 
 def _table(workload: Any, rows: list[dict[str, Any]], cells: Cells) -> list[str]:
@@ -124,9 +136,7 @@ def _mib(m: dict[str, Any]) -> str:
 def targets(cells: Cells) -> list[tuple[str, str, bool | None]]:
     """(target, what was measured, met?) for each target; None where not measured."""
 
-    def fig(workload: str, server: str, key: str) -> float | None:
-        value = cells.get((workload, server), {}).get("median", {}).get(key)
-        return None if value is None else float(value)
+    fig, versus = partial(_fig, cells), partial(_versus, cells)
 
     found: list[tuple[str, str, bool | None]] = []
 
@@ -139,10 +149,7 @@ def targets(cells: Cells) -> list[tuple[str, str, bool | None]]:
     for conns, limit in (("64", 1.15), ("1000", 1.25)):
         check(
             f"async on uvloop: CPU/req within {limit}x of a uvloop Protocol at {conns}",
-            _ratio(
-                fig(f"echo-{conns}", "servekit async (uvloop)", "cpu_us_per_req"),
-                fig(f"echo-{conns}", "uvloop protocol", "cpu_us_per_req"),
-            ),
+            versus(f"echo-{conns}", "servekit async (uvloop)", "uvloop protocol", "cpu_us_per_req"),
             lambda r, limit=limit: r <= limit,
             "x",
         )
@@ -155,10 +162,7 @@ def targets(cells: Cells) -> list[tuple[str, str, bool | None]]:
     for conns in ("64", "1000"):
         check(
             f"async on asyncio: at least as fast as an asyncio Protocol at {conns} (req/s)",
-            _ratio(
-                fig(f"echo-{conns}", "servekit async (asyncio)", "rps"),
-                fig(f"echo-{conns}", "asyncio protocol", "rps"),
-            ),
+            versus(f"echo-{conns}", "servekit async (asyncio)", "asyncio protocol", "rps"),
             lambda r: r >= 1,
             "x",
         )
@@ -169,44 +173,32 @@ def targets(cells: Cells) -> list[tuple[str, str, bool | None]]:
         ):
             check(
                 f"{mine} at least as fast as {theirs} at {conns} (req/s)",
-                _ratio(fig(f"echo-{conns}", mine, "rps"), fig(f"echo-{conns}", theirs, "rps")),
+                versus(f"echo-{conns}", mine, theirs, "rps"),
                 lambda r: r >= 1,
                 "x",
             )
         check(
             f"pool within 5% of threads at {conns} (req/s)",
-            _ratio(
-                fig(f"echo-{conns}", "servekit pool", "rps"),
-                fig(f"echo-{conns}", "servekit threads (stream)", "rps"),
-            ),
+            versus(f"echo-{conns}", "servekit pool", "servekit threads (stream)", "rps"),
             lambda r: r >= 0.95,
             "x",
         )
     check(
         "pool at least 2x stdlib threading on connection churn (req/s)",
-        _ratio(
-            fig("churn-64", "servekit pool", "rps"),
-            fig("churn-64", "stdlib threading (base)", "rps"),
-        ),
+        versus("churn-64", "servekit pool", "stdlib threading (base)", "rps"),
         lambda r: r >= 2,
         "x",
     )
     for conns in ("1", "64"):
         check(
             f"UDP sync at least as fast as the stdlib UDPServer at {conns} (req/s)",
-            _ratio(
-                fig(f"udp-{conns}", "servekit sync", "rps"),
-                fig(f"udp-{conns}", "stdlib UDPServer", "rps"),
-            ),
+            versus(f"udp-{conns}", "servekit sync", "stdlib UDPServer", "rps"),
             lambda r: r >= 1,
             "x",
         )
         check(
             f"UDP async on uvloop: CPU/req within 1.1x of a uvloop DatagramProtocol at {conns}",
-            _ratio(
-                fig(f"udp-{conns}", "servekit async (uvloop)", "cpu_us_per_req"),
-                fig(f"udp-{conns}", "uvloop protocol", "cpu_us_per_req"),
-            ),
+            versus(f"udp-{conns}", "servekit async (uvloop)", "uvloop protocol", "cpu_us_per_req"),
             lambda r: r <= 1.1,
             "x",
         )
@@ -225,9 +217,7 @@ def context(cells: Cells) -> list[tuple[str, str]]:
     """Ratios from the same run that say why a target is missed: what a coroutine
     costs by itself (the floor peers), and what the default idle_timeout costs."""
 
-    def fig(workload: str, server: str, key: str) -> float | None:
-        value = cells.get((workload, server), {}).get("median", {}).get(key)
-        return None if value is None else float(value)
+    versus = partial(_versus, cells)
 
     rows: list[tuple[str, str]] = []
 
@@ -238,25 +228,28 @@ def context(cells: Cells) -> list[tuple[str, str]]:
         for loop in ("uvloop", "asyncio"):
             add(
                 f"{loop} coroutine floor vs {loop} Protocol at {conns}: CPU/req",
-                _ratio(
-                    fig(f"echo-{conns}", f"{loop} coroutine floor", "cpu_us_per_req"),
-                    fig(f"echo-{conns}", f"{loop} protocol", "cpu_us_per_req"),
+                versus(
+                    f"echo-{conns}", f"{loop} coroutine floor", f"{loop} protocol", "cpu_us_per_req"
                 ),
             )
             add(
                 f"servekit async ({loop}) vs the {loop} coroutine floor at {conns}: CPU/req",
-                _ratio(
-                    fig(f"echo-{conns}", f"servekit async ({loop})", "cpu_us_per_req"),
-                    fig(f"echo-{conns}", f"{loop} coroutine floor", "cpu_us_per_req"),
+                versus(
+                    f"echo-{conns}",
+                    f"servekit async ({loop})",
+                    f"{loop} coroutine floor",
+                    "cpu_us_per_req",
                 ),
             )
     for conns in ("1", "64", "1000"):
         add(
             f"servekit threads (base, no idle_timeout) vs stdlib threading (base) at {conns}: "
             "req/s",
-            _ratio(
-                fig(f"echo-{conns}", "servekit threads (base, no idle_timeout)", "rps"),
-                fig(f"echo-{conns}", "stdlib threading (base)", "rps"),
+            versus(
+                f"echo-{conns}",
+                "servekit threads (base, no idle_timeout)",
+                "stdlib threading (base)",
+                "rps",
             ),
         )
     return rows

@@ -99,15 +99,22 @@ def test_max_line_length_counts_the_newline_at_the_boundary(servekit_log: LogWat
     assert server.stats.limits == {"max_line_length": 1}
 
 
-def test_a_slow_steady_reader_is_not_cut() -> None:
-    """idle_timeout bounds each wait for the client to take data, not a whole write."""
+def _sending(size: int) -> type[servekit.StreamRequestHandler]:
+    """A handler that writes ``size`` bytes in one wfile.write()."""
 
     class Big(servekit.StreamRequestHandler):
         def handle(self) -> None:
-            self.wfile.write(b"x" * 8_000_000)
+            self.wfile.write(b"x" * size)
 
+    return Big
+
+
+def test_a_slow_steady_reader_is_not_cut() -> None:
+    """idle_timeout bounds each wait for the client to take data, not a whole write."""
     with (
-        serving(servekit.make_server("127.0.0.1:0", Big, idle_timeout=0.5)) as server,
+        serving(
+            servekit.make_server("127.0.0.1:0", _sending(8_000_000), idle_timeout=0.5)
+        ) as server,
         connect(server.server_address) as client,
     ):
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -123,12 +130,10 @@ def test_a_client_that_stops_reading_is_cut_by_idle_timeout(servekit_log: LogWat
     """wfile's sends are bounded too: a client that takes nothing for idle_timeout is cut,
     logged and counted as the limit, not as a handler error."""
 
-    class Big(servekit.StreamRequestHandler):
-        def handle(self) -> None:
-            self.wfile.write(b"x" * 64_000_000)
-
     with (
-        serving(servekit.make_server("127.0.0.1:0", Big, idle_timeout=0.3)) as server,
+        serving(
+            servekit.make_server("127.0.0.1:0", _sending(64_000_000), idle_timeout=0.3)
+        ) as server,
         connect(server.server_address) as client,
     ):
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
