@@ -45,7 +45,12 @@ class WorkerPool:
         self.max_workers = max_workers
         self.max_pending = max_pending
         self._jobs: deque[tuple[Any, Any]] = deque()
-        lock = threading.Lock()
+        # Sections are entered with the lock itself, never `with self._cond`:
+        # Condition.__enter__ is Python code, and a KeyboardInterrupt in the
+        # serving thread (which calls has_room, submit and close) between its
+        # acquire and its return would leave the lock held forever, and the
+        # server hung at server_close() (seen once in 25 Ctrl-Cs under load).
+        self._lock = lock = threading.Lock()
         self._cond = threading.Condition(lock)  # idle workers wait here for a job
         # close() waits here for the last job. Not on _cond: a notify_all() there
         # at every finished job would wake every idle worker for nothing, which
@@ -59,11 +64,11 @@ class WorkerPool:
 
     def has_room(self) -> bool:
         """True if submit() would not exceed the bounds."""
-        with self._cond:
+        with self._lock:
             return self._busy + len(self._jobs) < self.max_workers + self.max_pending
 
     def submit(self, a: Any, b: Any) -> None:
-        with self._cond:
+        with self._lock:
             if self._closing:
                 raise RuntimeError(f"{self._name}: the pool is closed")
             self._jobs.append((a, b))
@@ -98,11 +103,11 @@ class WorkerPool:
         thread.start()
 
     def _work(self) -> None:
-        cond, jobs = self._cond, self._jobs
-        with cond:
+        lock, cond, jobs = self._lock, self._cond, self._jobs
+        with lock:
             self._arrived()
         while True:
-            with cond:
+            with lock:
                 while not jobs and not self._closing:
                     self._idle += 1
                     cond.wait()
@@ -121,7 +126,7 @@ class WorkerPool:
                 # the request is over, but the pool must not lose a thread.
                 logger.exception("%s: a request escaped its error handling", self._name)
             finally:
-                with cond:
+                with lock:
                     self._busy -= 1
                     if self._closing:
                         self._emptied.notify_all()
@@ -135,7 +140,7 @@ class WorkerPool:
     def close(self, timeout: float | None) -> bool:
         """Refuse new jobs, let queued and running ones finish; True if all did in time."""
         deadline = None if timeout is None else monotonic() + timeout
-        with self._cond:
+        with self._lock:
             self._closing = True
             self._cond.notify_all()
             while self._jobs or self._busy:
