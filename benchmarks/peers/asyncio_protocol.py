@@ -5,12 +5,11 @@ TCP and Unix use create_server / create_unix_server; UDP uses create_datagram_en
 """
 
 import asyncio
-import signal
 from argparse import Namespace
 from typing import cast
 
+import _aio_peer
 import _peer
-import uvloop
 
 
 class Echo(asyncio.Protocol):
@@ -34,40 +33,22 @@ class DatagramEcho(asyncio.DatagramProtocol):
 
 
 async def serve(args: Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    server: asyncio.Server | None = None
-    transport: asyncio.BaseTransport | None = None
     if args.proto == "udp":
-        transport, _ = await loop.create_datagram_endpoint(
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
             DatagramEcho, local_addr=(args.host, args.port)
         )
-        port = transport.get_extra_info("sockname")[1]
-    elif args.proto == "unix":
-        server = await loop.create_unix_server(Echo, args.path, backlog=_peer.BACKLOG)
-        port = None
-    else:
-        server = await loop.create_server(Echo, args.host, args.port, backlog=_peer.BACKLOG)
-        port = server.sockets[0].getsockname()[1]
-
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    _peer.ready(args, port)
-    await stop.wait()
-    # Stop listening and return: connections have no tasks to wait for, and the
-    # process exit drops them. Not `async with server`: its wait_closed() waits for every
-    # client to hang up (Python 3.12.1+), which a benchmark's persistent clients never do.
-    if server is not None:
-        server.close()
-    if transport is not None:
+        await _aio_peer.until_sigterm(args, transport.get_extra_info("sockname")[1])
         transport.close()
+        return
+    # Connections have no tasks to wait for: the process exit drops them.
+    server, port = await _aio_peer.open_stream_server(Echo, args)
+    await _aio_peer.until_sigterm(args, port)
+    server.close()
 
 
 def main() -> None:
     args = _peer.setup("asyncio_protocol", ["asyncio", "uvloop"])
-    if args.variant == "uvloop":
-        uvloop.run(serve(args))
-    else:
-        asyncio.run(serve(args))
+    _aio_peer.run(args.variant, serve(args))
 
 
 if __name__ == "__main__":

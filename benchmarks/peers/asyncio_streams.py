@@ -5,11 +5,10 @@ UDP is unsupported: streams have no datagrams (see asyncio_protocol.py for UDP).
 """
 
 import asyncio
-import signal
 from argparse import Namespace
 
+import _aio_peer
 import _peer
-import uvloop
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -37,13 +36,8 @@ async def serve(args: Namespace) -> None:
         server = await asyncio.start_server(echo, args.host, args.port, backlog=_peer.BACKLOG)
         port = server.sockets[0].getsockname()[1]
 
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    _peer.ready(args, port)
-    await stop.wait()
-    # Close the listener and return; asyncio.run() then cancels the connection tasks.
-    # Not `async with server`: its wait_closed() waits for every client to hang up
-    # (Python 3.12.1+), which a benchmark's persistent clients never do.
+    await _aio_peer.until_sigterm(args, port)
+    # asyncio.run() cancels the connection tasks once this returns.
     server.close()
 
 
@@ -51,10 +45,7 @@ def main() -> None:
     args = _peer.setup("asyncio_streams", ["asyncio", "uvloop"])
     if args.proto == "udp":
         raise _peer.unsupported("asyncio streams are stream-only; asyncio_protocol.py serves UDP")
-    if args.variant == "uvloop":
-        uvloop.run(serve(args))
-    else:
-        asyncio.run(serve(args))
+    _aio_peer.run(args.variant, serve(args))
 
 
 if __name__ == "__main__":

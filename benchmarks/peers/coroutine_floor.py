@@ -10,12 +10,11 @@ Variants: ``asyncio`` and ``uvloop``. TCP and Unix.
 """
 
 import asyncio
-import signal
 from argparse import Namespace
 from typing import cast
 
+import _aio_peer
 import _peer
-import uvloop
 
 
 class Floor(asyncio.Protocol):
@@ -58,17 +57,8 @@ class Floor(asyncio.Protocol):
 
 
 async def serve(args: Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    if args.proto == "unix":
-        server = await loop.create_unix_server(Floor, args.path, backlog=_peer.BACKLOG)
-        port = None
-    else:
-        server = await loop.create_server(Floor, args.host, args.port, backlog=_peer.BACKLOG)
-        port = server.sockets[0].getsockname()[1]
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    _peer.ready(args, port)
-    await stop.wait()
+    server, port = await _aio_peer.open_stream_server(Floor, args)
+    await _aio_peer.until_sigterm(args, port)
     server.close()
 
 
@@ -76,10 +66,7 @@ def main() -> None:
     args = _peer.setup("coroutine_floor", ["asyncio", "uvloop"])
     if args.proto == "udp":
         raise _peer.unsupported("a reference for stream handlers only")
-    if args.variant == "uvloop":
-        uvloop.run(serve(args))
-    else:
-        asyncio.run(serve(args))
+    _aio_peer.run(args.variant, serve(args))
 
 
 if __name__ == "__main__":
