@@ -65,7 +65,9 @@ class Server:
         model, _, variant = self.model.partition("-")
         if model == "async":
             handler = "AsyncDatagramEcho" if workload.proto == "udp" else "AsyncEcho"
-        elif workload.proto == "udp" or variant.startswith("base"):
+        elif workload.proto == "udp":
+            handler = "DatagramEcho"
+        elif variant.startswith("base"):
             handler = "Echo"
         else:
             handler = "LineEcho"

@@ -12,16 +12,19 @@ from servekit.aio import AsyncDatagramRequestHandler, AsyncStreamRequestHandler
 
 
 class Echo(servekit.BaseRequestHandler):
-    """recv/sendall on the socket, as the stdlib's BaseRequestHandler echo does;
-    for datagrams, the packet straight back."""
+    """recv/sendall on the socket, as the stdlib's BaseRequestHandler echo does."""
 
     def handle(self) -> None:
-        if isinstance(self.request, tuple):
-            data, sock = self.request
-            sock.sendto(data, self.client_address)
-            return
         while data := self.request.recv(65536):
             self.request.sendall(data)
+
+
+class DatagramEcho(servekit.BaseRequestHandler):
+    """Each datagram straight back to its sender, as the stdlib peer's handler does."""
+
+    def handle(self) -> None:
+        data, sock = self.request
+        sock.sendto(data, self.client_address)
 
 
 class LineEcho(servekit.StreamRequestHandler):

@@ -202,6 +202,37 @@ def test_datagram_echo_and_oversized_drop(model: Model, transport: str, sock_dir
     assert server.stats.requests == 2
 
 
+def test_datagram_stats_count_every_byte_from_many_clients(model: Model) -> None:
+    """The loop counts what it receives without a lock and the workers count what
+    they send with one: neither may lose an update to the other."""
+    clients, rounds = 8, 50
+    sizes = [1 + (i * 7) % 300 for i in range(rounds)]
+
+    def client(server: Any, errors: list[BaseException]) -> None:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(WAIT)
+                for size in sizes:
+                    sock.sendto(b"d" * size, server.server_address)
+                    assert sock.recv(400) == b"d" * size
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    with serving(model.make("udp://127.0.0.1:0")) as server:
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=client, args=(server, errors)) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert not errors
+    stats = server.stats
+    assert stats.requests == clients * rounds
+    assert stats.bytes_in == clients * sum(sizes)
+    if not model.forks:  # a child counts its replies in its own memory
+        assert stats.bytes_out == clients * sum(sizes)
+
+
 def test_verify_request_refuses(model: Model) -> None:
     with serving(model.make()) as server:
         server.verify_request = lambda request, address: server.stats.connections_total % 2

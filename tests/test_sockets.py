@@ -120,7 +120,7 @@ class DatagramEcho(servekit.DatagramRequestHandler):
 
 def test_servers_sharing_a_datagram_socket_never_block_in_recv() -> None:
     """Both loops wake for a datagram that only one gets: the other must go back to
-    waiting, not sit in recvmsg where shutdown() cannot reach it."""
+    waiting, not sit in recvfrom where shutdown() cannot reach it."""
     first = servekit.UDPServer(("127.0.0.1", 0), DatagramEcho)
     second = servekit.UDPServer(first.server_address, DatagramEcho, bind_and_activate=False)
     second.socket.close()
@@ -140,7 +140,7 @@ def test_servers_sharing_a_datagram_socket_never_block_in_recv() -> None:
             stopper.start()
         for stopper in stoppers:
             stopper.join(WAIT)
-            assert not stopper.is_alive(), "a serving loop is stuck in recvmsg"
+            assert not stopper.is_alive(), "a serving loop is stuck in recvfrom"
     first.server_close()
     second.server_close()
 

@@ -16,15 +16,16 @@ from typing import Self
 class Waker:
     """One end is watched by the loop; ``wake()`` writes to the other."""
 
-    __slots__ = ("_reader", "_writer")
+    __slots__ = ("_reader", "_writer", "fd")
 
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
+        self.fd = self._reader.fileno()  # an attribute: the loop reads it on every pass
 
     def fileno(self) -> int:
-        return self._reader.fileno()
+        return self.fd
 
     def wake(self) -> None:
         try:

@@ -194,4 +194,4 @@ class DatagramRequestHandler(BaseRequestHandler):
 
     def finish(self) -> None:
         sent = self.socket.sendto(self.wfile.getvalue(), self.client_address)
-        self.server._counters.transferred(0, sent)
+        self.server._counters.sent(sent)

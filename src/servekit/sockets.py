@@ -419,9 +419,8 @@ def _too_long(max_packet_size: int) -> str:
     return f"longer than max_packet_size={max_packet_size}; raise max_packet_size to accept it"
 
 
-# Plain ints: the socket module's flags are IntFlags, and ``int & IntFlag``
-# builds a new flag member in Python code, a tenth of a datagram's handling.
-_MSG_TRUNC = int(socket.MSG_TRUNC)
+# A plain int: the socket module's flags are IntFlags, and passing one
+# through Python code that combines it builds a new member each time.
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
@@ -442,15 +441,16 @@ class UDPServer(TCPServer):
     _verify_in_worker = False
 
     def get_request(self) -> tuple[Any, Any]:
-        # recvmsg, not recvfrom, because only its flags tell that the kernel
-        # cut the datagram to fit (MSG_TRUNC).
+        # One byte more than the limit: a datagram that fills it was longer
+        # than max_packet_size (the kernel cut it). recvmsg's MSG_TRUNC flag
+        # says the same, but costs a tuple and a list more per datagram.
         #
         # MSG_DONTWAIT: the loop calls this when the socket is readable, but a
         # loop sharing it (a dup(), a fork) may have taken the datagram first;
-        # then EAGAIN, rather than a loop stuck in recvmsg until the next.
+        # then EAGAIN, rather than a loop stuck in recvfrom until the next.
         # (servekit's prefork workers make their shared sockets non-blocking.)
-        data, _, flags, client_addr = self.socket.recvmsg(self.max_packet_size, 0, _MSG_DONTWAIT)
-        if flags & _MSG_TRUNC:
+        data, client_addr = self.socket.recvfrom(self.max_packet_size + 1, _MSG_DONTWAIT)
+        if len(data) > self.max_packet_size:
             drop_datagram(self, client_addr, "max_packet_size", _too_long(self.max_packet_size))
             raise OSError(errno.EMSGSIZE, "datagram longer than max_packet_size")
         return (data, self.socket), client_addr
@@ -460,7 +460,14 @@ class UDPServer(TCPServer):
         pass
 
     def _request_accepted(self, request: Any, client_address: Any) -> None:
-        self._counters.transferred(len(request[0]), 0)
+        self._counters.datagram(len(request[0]))
+
+    # The connection limits are a stream's: a datagram opens nothing that
+    # max_connections would count, and nothing idles.
+    _ready_for_request = BaseServer._ready_for_request
+
+    def _run_request(self, request: Any, client_address: Any) -> None:
+        self.finish_request(request, client_address)  # no preface to read first
 
     def shutdown_request(self, request: Any) -> None:
         # No need to shutdown anything.

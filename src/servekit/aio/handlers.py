@@ -268,7 +268,7 @@ class AsyncDatagramRequestHandler(AsyncBaseRequestHandler):
 
     def send(self, data: bytes) -> None:
         self._transport.sendto(data, self.client_address)
-        self.server._counters.transferred(0, len(data))
+        self.server._counters.sent(len(data))
 
     async def finish(self) -> None:
         reply = self.wfile.getvalue()

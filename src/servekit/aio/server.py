@@ -284,7 +284,7 @@ class AsyncServerMixIn(_Base):
                 "raise max_datagrams_in_flight, or make the handlers faster",
             )  # fmt: skip
             return
-        self._counters.transferred(len(data), 0)
+        self._counters.datagram(len(data))
         loop = self._aio_loop
         assert loop is not None
         # As for connections, the task leaves _aio_tasks itself, in the step that
