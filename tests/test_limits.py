@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import threading
 from typing import Any
 
@@ -48,22 +49,90 @@ def test_read_timeout_does_not_count_waiting_between_requests() -> None:
         assert recv_until(client) == b"last\n"
 
 
-def test_idle_timeout_applies_to_raw_socket_handlers(servekit_log: LogWatcher) -> None:
-    """A handler reading self.request directly gets idle_timeout as the socket's timeout;
-    the TimeoutError is its own to handle, so an unhandled one goes to handle_error."""
+class RecordsRaised(servekit.BaseRequestHandler):
+    """Keeps what its handle() raised in server.raised, then raises it on."""
 
-    class Raw(servekit.BaseRequestHandler):
-        def handle(self) -> None:
+    def handle(self) -> None:
+        try:
+            self.use_socket()
+        except OSError as exc:
+            self.server.raised = exc  # type: ignore[attr-defined]
+            raise
+
+    def use_socket(self) -> None:
+        raise NotImplementedError
+
+
+def test_idle_timeout_applies_to_raw_socket_handlers(servekit_log: LogWatcher) -> None:
+    """A handler reading self.request directly gets idle_timeout, kept by the kernel
+    (no Python timeout, which would poll before every recv), and a wait that runs
+    out is a limit like the others: a TimeoutError, logged and counted, not an error."""
+
+    class Raw(RecordsRaised):
+        def use_socket(self) -> None:
+            self.server.timeout_seen = self.request.gettimeout()  # type: ignore[attr-defined]
             self.request.recv(10)
 
     with servekit.make_server("127.0.0.1:0", Raw, idle_timeout=0.2) as server, serving(server):
         with connect(server.server_address) as silent:
             assert _closed(silent)
-        assert servekit_log.wait_for("Exception occurred during processing of request")
-    record = next(r for r in servekit_log.records if r.levelno == logging.ERROR)
-    assert record.exc_info is not None
-    assert record.exc_info[0] is TimeoutError
-    assert server.stats.errors == 1
+        assert servekit_log.wait_for("idle for 0.2s")
+    assert server.timeout_seen is None
+    assert isinstance(server.raised, servekit.limits.IdleTimeout)
+    assert isinstance(server.raised, TimeoutError)  # what settimeout() would have raised
+    assert server.stats.limits == {"idle_timeout": 1}
+    assert server.stats.errors == 0
+    assert not [r for r in servekit_log.records if r.levelno >= logging.ERROR]
+
+
+def test_idle_timeout_bounds_a_raw_send_to_a_client_that_reads_nothing(
+    servekit_log: LogWatcher,
+) -> None:
+    class Flood(RecordsRaised):
+        def use_socket(self) -> None:
+            self.request.sendall(b"x" * (64 << 20))
+
+    server = servekit.make_server("127.0.0.1:0", Flood, idle_timeout=0.2)
+    with server, serving(server), connect(server.server_address) as stalled:
+        assert servekit_log.wait_for("did not take our data for 0.2s")
+        assert _closed(stalled)
+    assert isinstance(server.raised, servekit.limits.IdleTimeout)
+    assert server.stats.limits == {"idle_timeout": 1}
+
+
+def test_a_stdlib_line_reader_sees_the_idle_timeout_not_a_short_line() -> None:
+    """The stdlib's StreamRequestHandler reads through socket.makefile(), whose reader
+    takes a kernel timeout's EAGAIN for "nothing yet" and would return the line cut
+    short, parsed as if whole. It must see a TimeoutError instead."""
+
+    class StdlibLines(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            try:
+                self.server.line = self.rfile.readline()  # type: ignore[attr-defined]
+            except TimeoutError as exc:
+                self.server.raised = exc  # type: ignore[attr-defined]
+
+    server = servekit.make_server(
+        "127.0.0.1:0", StdlibLines, idle_timeout=0.2, read_timeout=None, max_line_length=None
+    )
+    with server, serving(server), connect(server.server_address) as client:
+        client.sendall(b"GET / HT")  # and then nothing
+        assert _closed(client)
+    assert not hasattr(server, "line")
+    assert isinstance(server.raised, servekit.limits.IdleTimeout)
+
+
+def test_a_handler_that_goes_non_blocking_sees_its_own_eagain() -> None:
+    class NonBlocking(RecordsRaised):
+        def use_socket(self) -> None:
+            self.request.setblocking(False)
+            self.request.recv(10)
+
+    server = servekit.make_server("127.0.0.1:0", NonBlocking, idle_timeout=5)
+    with server, serving(server), connect(server.server_address) as client:
+        assert _closed(client)
+    assert type(server.raised) is BlockingIOError
+    assert server.stats.limits == {}
 
 
 def test_read_of_nothing_returns_at_once() -> None:

@@ -20,13 +20,17 @@ import io
 import logging
 import socket
 import struct
+import weakref
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from _typeshed import ReadableBuffer, WriteableBuffer
 
 __all__ = [
+    "IdleSocket",
     "IdleTimeout",
     "LimitExceeded",
     "LineTooLong",
@@ -96,6 +100,70 @@ def kernel_timeouts(sock: socket.socket, seconds: float | None, *, send: bool = 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
+def _bounded(name: str, waiting: str) -> Any:
+    """IdleSocket's ``name``: the C method, with a kernel timeout's EAGAIN raised as
+    IdleTimeout. ``waiting`` says for what, in the log line."""
+    c_method = getattr(socket.socket, name)
+
+    def method(self: IdleSocket, *args: Any) -> Any:
+        try:
+            return c_method(self, *args)
+        except BlockingIOError:
+            if self.timeout is not None:
+                raise  # the handler's own non-blocking mode: EAGAIN is its to see
+            raise self.idle_timed_out(waiting) from None
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+class IdleSocket(socket.socket):
+    """A stream connection whose ``idle_timeout`` the kernel keeps (kernel_timeouts).
+
+    A handler that reads ``self.request`` itself gets the idle limit through
+    this class, where Python's settimeout() would poll before every recv and
+    send: two system calls, and two trips through the GIL, where one does.
+    A wait that runs out raises IdleTimeout, a TimeoutError as settimeout()'s
+    would be, logged and counted as every limit is. The socket ``accept()``
+    returned is switched to this class in place, so the class can hold no
+    state per connection: the server it reports to is a class attribute of
+    the subclass ``for_server()`` makes once per server.
+    """
+
+    __slots__ = ()
+    _server: Callable[[], Any] = staticmethod(lambda: None)
+
+    @classmethod
+    def for_server(cls, server: Any) -> type[IdleSocket]:
+        # A weak reference: the class lives on the server, and must not keep it alive.
+        namespace = {"__slots__": (), "_server": weakref.ref(server), "__module__": __name__}
+        made: type[IdleSocket] = type(cls.__name__, (cls,), namespace)
+        made.__qualname__ = cls.__qualname__
+        return made
+
+    def idle_timed_out(self, waiting: str) -> IdleTimeout:
+        """Report a wait that ran out; return the IdleTimeout to raise."""
+        server = self._server()
+        try:
+            client = self.getpeername()
+        except OSError:
+            client = "a client gone"
+        error = IdleTimeout(f"{waiting} for {getattr(server, 'idle_timeout', None)}s")
+        report(server, client, error)
+        return error
+
+    recv = _bounded("recv", "idle")
+    recv_into = _bounded("recv_into", "idle")
+    recvfrom = _bounded("recvfrom", "idle")
+    recvfrom_into = _bounded("recvfrom_into", "idle")
+    recvmsg = _bounded("recvmsg", "idle")
+    recvmsg_into = _bounded("recvmsg_into", "idle")
+    send = _bounded("send", "did not take our data")
+    sendall = _bounded("sendall", "did not take our data")
+    sendto = _bounded("sendto", "did not take our data")
+    sendmsg = _bounded("sendmsg", "did not take our data")
+
+
 class ConnectionLimits:
     """The limits of one connection, and the socket timeout that enforces them.
 
@@ -128,14 +196,18 @@ class ConnectionLimits:
         self.server = server
         self.client = client
         self.deadline: float | None = None
-        # Exactly a socket: a subclass (ssl.SSLSocket above all) may not read
-        # through recv_into() alone, so it keeps Python's timeouts.
-        self.kernel = type(sock) is socket.socket
+        # Exactly a socket, or one the server already put under kernel timeouts:
+        # another subclass (ssl.SSLSocket above all) may not read through
+        # recv_into() alone, so it keeps Python's timeouts.
+        already = isinstance(sock, IdleSocket) and sock.timeout is None
+        self.kernel = already or type(sock) is socket.socket
         # What a timed-out wait raises: EAGAIN from a kernel timeout, or TimeoutError.
         self.timeouts: tuple[type[OSError], ...] = (
             (TimeoutError, BlockingIOError) if self.kernel else (TimeoutError,)
         )
-        if self.kernel:
+        if already and idle == getattr(server, "idle_timeout", None):
+            self._current = idle  # as the server set it at accept(): no system call
+        elif self.kernel:
             sock.settimeout(None)
             kernel_timeouts(sock, idle)  # for sends too; reads follow set_timeout()
             self._current = idle
@@ -218,7 +290,12 @@ class LimitedSocketIO(io.RawIOBase):
     def __init__(self, limits: ConnectionLimits) -> None:
         super().__init__()
         self._limits = limits
-        self._sock = limits.sock
+        self._sock = sock = limits.sock
+        # Under kernel timeouts, the C methods themselves: an IdleSocket's own
+        # would report a timeout these files report better (read or idle?).
+        kind = socket.socket if limits.kernel else type(sock)
+        self._recv_into = kind.recv_into.__get__(sock)
+        self._sendall = kind.sendall.__get__(sock)
 
     def readable(self) -> bool:
         return True
@@ -240,13 +317,14 @@ class LimitedSocketIO(io.RawIOBase):
                 timeout, by_deadline = remaining, True
         limits.set_timeout(timeout)
         try:
-            return self._sock.recv_into(buffer)
+            received: int = self._recv_into(buffer)
         except limits.timeouts:
             if by_deadline:
                 raise limits.trip(
                     ReadTimeout(f"request not complete after {limits.read}s")
                 ) from None
             raise limits.trip(IdleTimeout(f"idle for {limits.idle}s")) from None
+        return received
 
     def write(self, data: ReadableBuffer, /) -> int:
         """Send all of ``data``; idle_timeout bounds each wait, not the whole write,
@@ -256,7 +334,7 @@ class LimitedSocketIO(io.RawIOBase):
             # SO_SNDTIMEO (idle_timeout, whatever the read deadline) bounds each
             # send() within sendall(), not the whole of it.
             try:
-                self._sock.sendall(data)
+                self._sendall(data)
             except BlockingIOError:
                 raise limits.trip(
                     IdleTimeout(f"did not take our data for {limits.idle}s")

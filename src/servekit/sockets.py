@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from servekit._preface import PrefaceFailed, handshake, read_proxy_header
 from servekit.core import BaseServer
-from servekit.limits import drop_datagram
+from servekit.limits import IdleSocket, drop_datagram, kernel_timeouts
 from servekit.proxy import is_trusted
 
 if TYPE_CHECKING:
@@ -311,7 +311,10 @@ class TCPServer(BaseServer):
             self._counters.limit(exc.limit)
             logger.warning("%s: closing connection from %s: %s", self, client_address, exc)
             raise
-        conn.settimeout(self.idle_timeout)
+        if self.idle_timeout is None:
+            conn.settimeout(None)
+        else:
+            self._limit_idle(conn)
         return conn, address
 
     def shutdown_request(self, request: Any) -> None:
@@ -342,8 +345,24 @@ class TCPServer(BaseServer):
             self._limit_idle(request)
 
     def _limit_idle(self, request: Any) -> None:
-        """Handlers that read self.request directly get the idle limit too."""
-        request.settimeout(self.idle_timeout)
+        """Handlers that read self.request directly get the idle limit too.
+
+        A plain socket becomes an IdleSocket, under the kernel's timeouts; a
+        TLS connection keeps Python's, which its records need, and so does a
+        subclass of a get_request() override, which may read in its own way.
+        """
+        tls = self.ssl_context is not None or isinstance(self.socket, ssl.SSLSocket)
+        if type(request) is socket.socket and not tls:
+            request.__class__ = self._idle_socket
+            kernel_timeouts(request, self.idle_timeout)
+        elif isinstance(request, IdleSocket):
+            request.settimeout(None)  # after the preface's own timeouts: the kernel's again
+        else:
+            request.settimeout(self.idle_timeout)
+
+    @cached_property
+    def _idle_socket(self) -> type[IdleSocket]:
+        return IdleSocket.for_server(self)
 
     def _forget_request(self, request: Any) -> None:
         if not self._connections.remove(request):
