@@ -58,6 +58,34 @@ def test_echo_and_every_read_method() -> None:
         assert recv_until(c, b"the rest") == b"rest=the rest"
 
 
+def test_get_request_is_the_servers_hook_here_too() -> None:
+    """The engine takes connections through get_request(), as the sync servers do, so an
+    override (a socket from elsewhere, a count, a refusal by OSError) works on it as well."""
+
+    class Counting(AsyncTCPServer):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.taken: list[Any] = []
+
+        def get_request(self) -> tuple[Any, Any]:
+            conn, address = super().get_request()
+            self.taken.append(address)
+            if len(self.taken) == 1:
+                conn.close()
+                raise ConnectionAbortedError("the first is refused")  # skipped, as in the loop
+            return conn, address
+
+    with serving(Counting(LOCAL, Echo)) as server:
+        with connect(server.server_address) as refused:
+            refused_port = refused.getsockname()[1]
+            assert refused.recv(10) == b""
+        with connect(server.server_address) as served:
+            served_port = served.getsockname()[1]
+            served.sendall(b"second\n")
+            assert recv_until(served) == b"second\n"
+    assert [port for _, port in server.taken] == [refused_port, served_port]
+
+
 def test_many_connections_at_once_on_one_thread() -> None:
     seen_threads = set()
 

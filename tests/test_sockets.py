@@ -27,10 +27,11 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.timeout(60)
-def test_out_of_descriptors_backs_off_and_recovers() -> None:
+@pytest.mark.parametrize("model", ["threads", "async"])
+def test_out_of_descriptors_backs_off_and_recovers(model: str) -> None:
     """stdlib fault: accept() failing with EMFILE spins the loop at full CPU."""
     proc = subprocess.Popen(
-        [sys.executable, str(PROGRAMS / "emfile_server.py")],
+        [sys.executable, str(PROGRAMS / "emfile_server.py"), model],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdin

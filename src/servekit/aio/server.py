@@ -29,6 +29,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 from servekit._preface import PrefaceFailed, read_proxy_header_async
+from servekit.aio.accept import Acceptor
 from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
 from servekit.aio.stream import Stream, Watchdog
 from servekit.limits import drop_datagram, report
@@ -113,7 +114,7 @@ class AsyncServerMixIn(_Base):
 
     _aio_loop: asyncio.AbstractEventLoop | None = None
     _aio_stop: asyncio.Event | None = None
-    _aio_room: asyncio.Event | None = None
+    _aio_acceptor: Acceptor | None = None
     _aio_watchdog: Watchdog | None = None
 
     def __init__(
@@ -183,21 +184,22 @@ class AsyncServerMixIn(_Base):
                 if self._shutdown_flag:
                     return  # shutdown() came first
                 self._aio_loop, self._aio_stop = loop, asyncio.Event()
-            self._aio_room = asyncio.Event()
             self._aio_watchdog = Watchdog(loop)
             logger.info("%s: serving on the %s event loop", self, _loop_name(loop))
             self.socket.setblocking(False)
             datagrams = None
             if self.socket_type == socket.SOCK_DGRAM:
                 datagrams = await self._open_datagrams(loop)
-            helpers = [loop.create_task(self._service_loop(poll_interval))]
-            if datagrams is None:
-                helpers.append(loop.create_task(self._accept_loop()))
+            else:
+                self._aio_acceptor = Acceptor(loop, self, self._take_connection)
+                self._aio_acceptor.start()
+            service = loop.create_task(self._service_loop(poll_interval))
             try:
                 await self._aio_stop.wait()
             finally:
-                for task in helpers:
-                    task.cancel()
+                service.cancel()
+                if self._aio_acceptor is not None:
+                    self._aio_acceptor.stop()
                 if datagrams is not None:
                     datagrams.taking = False
                 await self._drain()
@@ -205,7 +207,7 @@ class AsyncServerMixIn(_Base):
                     datagrams.transport.close()  # after the drain: replies go out through it
         finally:
             with self._aio_lock:
-                self._aio_loop = self._aio_stop = self._aio_room = None
+                self._aio_loop = self._aio_stop = self._aio_acceptor = None
                 self._shutdown_flag = False
             self._aio_stopped.set()
 
@@ -231,30 +233,15 @@ class AsyncServerMixIn(_Base):
 
     # -- accepting ------------------------------------------------------------
 
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        room = self._aio_room
-        assert room is not None
-        while True:
-            paused = self._requests_resume_at - monotonic()
-            if paused > 0:
-                await asyncio.sleep(paused)
-            if not self._ready_for_request():
-                room.clear()
-                if not self._ready_for_request():  # a connection may have closed meanwhile
-                    await room.wait()
-                continue
-            try:
-                conn, address = await loop.sock_accept(self.socket)
-            except OSError as exc:
-                self._get_request_failed(exc)
-                continue
-            if self._requests_resume_at:
-                self._get_request_recovered()
-            self._request_accepted(conn, address)
-            # The task leaves _aio_tasks itself (at the end of _connection): a
-            # done callback would cost every held connection another 136 bytes.
-            self._aio_tasks.add(loop.create_task(self._connection(conn, address)))
+    def _take_connection(self, conn: socket.socket, address: Any) -> None:
+        """The Acceptor took ``conn``: serve it in a task of its own."""
+        conn.setblocking(False)  # the loop's sock_recv() reads a PROXY header from it
+        self._request_accepted(conn, address)
+        loop = self._aio_loop
+        assert loop is not None
+        # The task leaves _aio_tasks itself (at the end of _connection): a
+        # done callback would cost every held connection another 136 bytes.
+        self._aio_tasks.add(loop.create_task(self._connection(conn, address)))
 
     async def _open_datagrams(self, loop: asyncio.AbstractEventLoop) -> _Receiver:
         """The protocol (and its transport) that hands each datagram to a task. The
@@ -324,9 +311,9 @@ class AsyncServerMixIn(_Base):
         the whole loop inside recv while a PROXY header trickles in)."""
 
     def _wake_loop(self) -> None:
-        room, loop = self._aio_room, self._aio_loop
-        if room is not None and loop is not None:
-            _call_in(loop, room.set)
+        acceptor, loop = self._aio_acceptor, self._aio_loop
+        if acceptor is not None and loop is not None:
+            _call_in(loop, acceptor.room)
 
     async def _connection(self, conn: socket.socket, address: Any) -> None:
         transport: asyncio.BaseTransport | None = None
