@@ -192,27 +192,24 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
         del buffer[:n]
         return data
 
-    async def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes as soon as some are there (-1: everything until EOF)."""
-        if n == 0:
-            return b""
-        buffer = self._buffer
+    def read(self, n: int = -1) -> Awaitable[bytes]:
+        """``await`` it: up to ``n`` bytes as soon as some are there (-1: everything
+        until EOF). An awaitable, as drain() is, and not a coroutine: the read of every
+        request-response exchange then holds no frame of its own while it waits."""
         if n < 0:
-            while await self._fill(None):
-                pass
-        elif not buffer:
-            # The path of every request-response exchange: inlined, not _fill().
-            stream = self._stream
-            if not stream.eof:
-                stream.deadline = None
-                await stream.wait_for_data()
-        if 0 <= n < len(buffer):
-            data = bytes(buffer[:n])
-            del buffer[:n]
-        else:
-            data = bytes(buffer)
-            buffer.clear()
-        return data
+            return self._read_to_eof()
+        stream = self._stream
+        if self._buffer or n == 0 or stream.eof:
+            done = stream.loop.create_future()
+            done.set_result(stream.take(n))
+            return done
+        stream.deadline = None
+        return stream.read_some(n)
+
+    async def _read_to_eof(self) -> bytes:
+        while await self._fill(None):
+            pass
+        return self._stream.take(-1)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self

@@ -334,7 +334,16 @@ class AsyncServerMixIn(_Base):
                 handler = self._async_handler(conn, address)
                 if isinstance(handler, AsyncStreamRequestHandler):
                     handler._attach(stream)
-                await handler.run()
+                if type(handler).run is AsyncBaseRequestHandler.run:
+                    # run()'s steps here: its frame would be held as long as the
+                    # connection is, 208 bytes of each idle one.
+                    await handler.setup()
+                    try:
+                        await handler.handle()
+                    finally:
+                        await handler.finish()
+                else:
+                    await handler.run()
         except Exception:
             self._report_error(conn, address)
         finally:
