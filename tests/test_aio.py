@@ -58,6 +58,24 @@ def test_echo_and_every_read_method() -> None:
         assert recv_until(c, b"the rest") == b"rest=the rest"
 
 
+def test_read_n_takes_what_is_there_up_to_n_and_is_a_plain_awaitable() -> None:
+    class Chunks(AsyncStreamRequestHandler):
+        async def handle(self) -> None:
+            first = await self.read(3)  # waits: nothing is buffered yet
+            self.write(first + b"|")
+            await self.drain()
+            second = await asyncio.wait_for(self.read(100), WAIT)  # a future, not a coroutine
+            rest = await asyncio.gather(self.read(2), self.read(0))
+            self.write(b"|".join([second, *rest, await self.read(5)]) + b".")
+
+    with serving(AsyncTCPServer(LOCAL, Chunks)) as server, connect(server.server_address) as c:
+        c.sendall(b"abcdefgh")  # one segment: the first read takes 3 of it
+        assert recv_until(c, b"|") == b"abc|"
+        c.shutdown(socket.SHUT_WR)
+        # "defgh" was buffered: read(100) takes it all; then EOF: b"" from every read
+        assert recv_until(c, b".") == b"defgh|||."
+
+
 def test_get_request_is_the_servers_hook_here_too() -> None:
     """The engine takes connections through get_request(), as the sync servers do, so an
     override (a socket from elsewhere, a count, a refusal by OSError) works on it as well."""
