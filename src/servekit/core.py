@@ -328,7 +328,7 @@ class BaseServer:
             self._get_request_recovered()
         self._request_accepted(request, client_address)
         if self._verify_in_worker or self.verify_request(request, client_address):
-            self._counters.request()
+            self._counters.requests += 1  # Stats.request(), a call less per request
             try:
                 self.process_request(request, client_address)
             except Exception:

@@ -479,7 +479,7 @@ class UDPServer(TCPServer):
         pass
 
     def _request_accepted(self, request: Any, client_address: Any) -> None:
-        self._counters.datagram(len(request[0]))
+        self._counters.bytes_in += len(request[0])  # Stats.datagram(), a call less each
 
     # The connection limits are a stream's: a datagram opens nothing that
     # max_connections would count, and nothing idles.
