@@ -255,19 +255,33 @@ class AsyncDatagramRequestHandler(AsyncBaseRequestHandler):
     ``self.send(data)`` sends a datagram to the client at once."""
 
     packet: bytes
-    rfile: BytesIO
-    wfile: BytesIO
+    _rfile: BytesIO | None = None
+    _wfile: BytesIO | None = None
 
     async def setup(self) -> None:
         self.packet, self._transport = self.request
-        self.rfile = BytesIO(self.packet)
-        self.wfile = BytesIO()
+
+    # rfile and wfile are made when first used: a handler that answers with
+    # send(), or reads self.packet, saves two BytesIO for every datagram.
+
+    @property
+    def rfile(self) -> BytesIO:
+        if self._rfile is None:
+            self._rfile = BytesIO(self.packet)
+        return self._rfile
+
+    @property
+    def wfile(self) -> BytesIO:
+        if self._wfile is None:
+            self._wfile = BytesIO()
+        return self._wfile
 
     def send(self, data: bytes) -> None:
         self._transport.sendto(data, self.client_address)
         self.server._counters.sent(len(data))
 
     async def finish(self) -> None:
-        reply = self.wfile.getvalue()
-        if reply:
-            self.send(reply)
+        if self._wfile is not None:
+            reply = self._wfile.getvalue()
+            if reply:
+                self.send(reply)

@@ -286,7 +286,15 @@ class AsyncServerMixIn(_Base):
                 allowed = await allowed
             if allowed:
                 self._counters.request()
-                await self._async_handler(request, address).run()
+                handler = self._async_handler(request, address)
+                if type(handler).run is AsyncBaseRequestHandler.run:  # as in _connection()
+                    await handler.setup()
+                    try:
+                        await handler.handle()
+                    finally:
+                        await handler.finish()
+                else:
+                    await handler.run()
         except Exception:
             self._report_error(request, address)
         finally:
@@ -336,7 +344,8 @@ class AsyncServerMixIn(_Base):
                     handler._attach(stream)
                 if type(handler).run is AsyncBaseRequestHandler.run:
                     # run()'s steps here: its frame would be held as long as the
-                    # connection is, 208 bytes of each idle one.
+                    # connection is, 208 bytes of each idle one (and, for a
+                    # datagram, made and unmade for each).
                     await handler.setup()
                     try:
                         await handler.handle()
