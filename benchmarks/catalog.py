@@ -99,9 +99,13 @@ class Server:
         if model == "async":
             argv += ["--loop", variant]
         if variant.endswith("noidle"):
-            # What the default idle_timeout costs a handler on the raw socket: a
-            # Python socket timeout polls before each recv and send.
+            # What the default idle_timeout costs a handler on the raw socket.
             argv += ["--idle-timeout", "none"]
+        if variant == "nolimits":
+            # What the stream limits cost a line handler: without them its files
+            # are the stdlib's own (socket.makefile()).
+            argv += ["--idle-timeout", "none", "--read-timeout", "none"]
+            argv += ["--max-line-length", "none"]
         return argv
 
     def serves(self, workload: Workload) -> str | None:
@@ -139,6 +143,12 @@ _NO_IDLE = "idle-10000"
 SERVERS = [
     _sk("sync", "sync", skip=_NO_IDLE),
     _sk("threads (stream)", "threads"),
+    _sk(
+        "threads (stream, no limits)",
+        "threads-nolimits",
+        protos="tcp",
+        skip="idle-10000 churn-64 burst-1000",
+    ),
     _sk("threads (base)", "threads-base", protos="tcp", skip=_NO_IDLE),
     _sk(
         "threads (base, no idle_timeout)",
@@ -165,8 +175,8 @@ SERVERS = [
     _peer("asyncio protocol", "asyncio_protocol.py", "asyncio", "tcp unix udp"),
     _peer("uvloop streams", "asyncio_streams.py", "uvloop", "tcp unix"),
     _peer("uvloop protocol", "asyncio_protocol.py", "uvloop", "tcp unix udp"),
-    _peer("asyncio coroutine floor", "coroutine_floor.py", "asyncio", "tcp", skip=_NO_IDLE),
-    _peer("uvloop coroutine floor", "coroutine_floor.py", "uvloop", "tcp", skip=_NO_IDLE),
+    _peer("asyncio coroutine floor", "coroutine_floor.py", "asyncio", "tcp udp", skip=_NO_IDLE),
+    _peer("uvloop coroutine floor", "coroutine_floor.py", "uvloop", "tcp udp", skip=_NO_IDLE),
     _peer("gevent", "gevent_server.py", "gevent", "tcp udp"),
     _peer("trio", "trio_server.py", "trio", "tcp udp"),
     _peer("Twisted", "twisted_server.py", "epoll", "tcp udp"),

@@ -215,7 +215,7 @@ def targets(cells: Cells) -> list[tuple[str, str, bool | None]]:
 
 def context(cells: Cells) -> list[tuple[str, str]]:
     """Ratios from the same run that say why a target is missed: what a coroutine
-    costs by itself (the floor peers), and what the default idle_timeout costs."""
+    costs by itself (the floor peers), and what the default limits cost."""
 
     versus = partial(_versus, cells)
 
@@ -241,17 +241,31 @@ def context(cells: Cells) -> list[tuple[str, str]]:
                     "cpu_us_per_req",
                 ),
             )
-    for conns in ("1", "64", "1000"):
+    for conns in ("1", "64"):
         add(
-            f"servekit threads (base, no idle_timeout) vs stdlib threading (base) at {conns}: "
-            "req/s",
+            f"uvloop datagram coroutine floor vs uvloop DatagramProtocol at {conns}: CPU/req",
+            versus(f"udp-{conns}", "uvloop coroutine floor", "uvloop protocol", "cpu_us_per_req"),
+        )
+        add(
+            f"servekit async (uvloop) vs the uvloop datagram coroutine floor at {conns}: CPU/req",
             versus(
-                f"echo-{conns}",
-                "servekit threads (base, no idle_timeout)",
-                "stdlib threading (base)",
-                "rps",
+                f"udp-{conns}",
+                "servekit async (uvloop)",
+                "uvloop coroutine floor",
+                "cpu_us_per_req",
             ),
         )
+    for conns in ("1", "64", "1000"):
+        for variant, peer in (("base, no idle_timeout", "base"), ("stream, no limits", "stream")):
+            add(
+                f"servekit threads ({variant}) vs stdlib threading ({peer}) at {conns}: req/s",
+                versus(
+                    f"echo-{conns}",
+                    f"servekit threads ({variant})",
+                    f"stdlib threading ({peer})",
+                    "rps",
+                ),
+            )
     return rows
 
 
@@ -292,7 +306,8 @@ def write(results: dict[str, Any]) -> None:
             "The misses above are explained in [performance.md](performance.md); these ratios "
             "are its evidence. A *coroutine floor* peer is the least an `await reader.read()` "
             "API can cost: a bare Protocol that wakes one task per connection through a "
-            "future, nothing else."
+            "future, nothing else; for datagrams, a DatagramProtocol that answers each from "
+            "a task of its own."
         ),
         "",
         "| ratio | measured |",

@@ -6,7 +6,11 @@ timeouts, no limits, no flow control. Whatever an ``await reader.read()``
 handler API costs above a bare ``Protocol`` echo, at least this much of it is
 the suspend and resume of the task itself, which no such API can avoid.
 
-Variants: ``asyncio`` and ``uvloop``. TCP and Unix.
+For UDP it is the same idea per datagram: a DatagramProtocol that answers
+each datagram from a task of its own, the least an ``async def`` datagram
+handler can cost above answering inside ``datagram_received``.
+
+Variants: ``asyncio`` and ``uvloop``. TCP, Unix and UDP.
 """
 
 import asyncio
@@ -56,7 +60,26 @@ class Floor(asyncio.Protocol):
             self.transport.write(data)
 
 
+class DatagramFloor(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.DatagramTransport", transport)
+        self.loop = asyncio.get_running_loop()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.loop.create_task(self.reply(data, addr))
+
+    async def reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)
+
+
 async def serve(args: Namespace) -> None:
+    if args.proto == "udp":
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            DatagramFloor, local_addr=(args.host, args.port)
+        )
+        await _aio_peer.until_sigterm(args, transport.get_extra_info("sockname")[1])
+        transport.close()
+        return
     server, port = await _aio_peer.open_stream_server(Floor, args)
     await _aio_peer.until_sigterm(args, port)
     server.close()
@@ -64,8 +87,6 @@ async def serve(args: Namespace) -> None:
 
 def main() -> None:
     args = _peer.setup("coroutine_floor", ["asyncio", "uvloop"])
-    if args.proto == "udp":
-        raise _peer.unsupported("a reference for stream handlers only")
     _aio_peer.run(args.variant, serve(args))
 
 
