@@ -100,6 +100,40 @@ def test_idle_timeout_bounds_a_raw_send_to_a_client_that_reads_nothing(
     assert server.stats.limits == {"idle_timeout": 1}
 
 
+def test_idle_timeout_bounds_a_raw_sendfile_to_a_client_that_reads_nothing(
+    servekit_log: LogWatcher, tmp_path: Any
+) -> None:
+    """socket.sendfile() waits for room with Python's timeout: the blocking socket under
+    kernel timeouts must still give up after idle_timeout, not wait for ever."""
+    big = tmp_path / "big"
+    with big.open("wb") as f:
+        f.truncate(64 << 20)
+
+    class SendFile(RecordsRaised):
+        def use_socket(self) -> None:
+            with big.open("rb") as f:
+                self.request.sendfile(f)
+
+    server = servekit.make_server("127.0.0.1:0", SendFile, idle_timeout=0.2)
+    with server, serving(server), connect(server.server_address) as stalled:
+        assert servekit_log.wait_for("did not take our data for 0.2s")
+        assert _closed(stalled)
+    assert isinstance(server.raised, servekit.limits.IdleTimeout)
+
+
+def test_recv_into_keeps_its_keyword_arguments() -> None:
+    class Into(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            buffer = bytearray(10)
+            n = self.request.recv_into(buffer, nbytes=4, flags=0)
+            self.request.sendall(bytes(buffer[:n]))
+
+    server = servekit.make_server("127.0.0.1:0", Into, idle_timeout=5)
+    with server, serving(server), connect(server.server_address) as client:
+        client.sendall(b"abcdefgh")
+        assert recv_until(client, b"abcd") == b"abcd"
+
+
 def test_a_stdlib_line_reader_sees_the_idle_timeout_not_a_short_line() -> None:
     """The stdlib's StreamRequestHandler reads through socket.makefile(), whose reader
     takes a kernel timeout's EAGAIN for "nothing yet" and would return the line cut

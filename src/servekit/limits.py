@@ -100,9 +100,11 @@ def kernel_timeouts(sock: socket.socket, seconds: float | None, *, send: bool = 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
-def _bounded(name: str, waiting: str) -> Any:
+def _bounded(name: str, waiting: str, *, keywords: bool = False) -> Any:
     """IdleSocket's ``name``: the C method, with a kernel timeout's EAGAIN raised as
-    IdleTimeout. ``waiting`` says for what, in the log line."""
+    IdleTimeout. ``waiting`` says for what, in the log line. ``keywords``: the C
+    method takes keyword arguments (recv_into's nbytes and flags); the others take
+    none, and a **kwargs would cost each call a dict."""
     c_method = getattr(socket.socket, name)
 
     def method(self: IdleSocket, *args: Any) -> Any:
@@ -113,8 +115,17 @@ def _bounded(name: str, waiting: str) -> Any:
                 raise  # the handler's own non-blocking mode: EAGAIN is its to see
             raise self.idle_timed_out(waiting) from None
 
-    method.__name__ = method.__qualname__ = name
-    return method
+    def method_with_keywords(self: IdleSocket, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return c_method(self, *args, **kwargs)
+        except BlockingIOError:
+            if self.timeout is not None:
+                raise
+            raise self.idle_timed_out(waiting) from None
+
+    made = method_with_keywords if keywords else method
+    made.__name__ = made.__qualname__ = name
+    return made
 
 
 class IdleSocket(socket.socket):
@@ -152,10 +163,23 @@ class IdleSocket(socket.socket):
         report(server, client, error)
         return error
 
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """socket.sendfile() waits for room to write with Python's timeout, which
+        a blocking socket lacks: for this call the socket takes idle_timeout as one."""
+        if self.timeout is not None:
+            return super().sendfile(file, offset, count)
+        self.settimeout(getattr(self._server(), "idle_timeout", None))
+        try:
+            return super().sendfile(file, offset, count)
+        except TimeoutError:
+            raise self.idle_timed_out("did not take our data") from None
+        finally:
+            self.settimeout(None)
+
     recv = _bounded("recv", "idle")
-    recv_into = _bounded("recv_into", "idle")
+    recv_into = _bounded("recv_into", "idle", keywords=True)
     recvfrom = _bounded("recvfrom", "idle")
-    recvfrom_into = _bounded("recvfrom_into", "idle")
+    recvfrom_into = _bounded("recvfrom_into", "idle", keywords=True)
     recvmsg = _bounded("recvmsg", "idle")
     recvmsg_into = _bounded("recvmsg_into", "idle")
     send = _bounded("send", "did not take our data")
@@ -293,9 +317,11 @@ class LimitedSocketIO(io.RawIOBase):
         self._sock = sock = limits.sock
         # Under kernel timeouts, the C methods themselves: an IdleSocket's own
         # would report a timeout these files report better (read or idle?).
-        kind = socket.socket if limits.kernel else type(sock)
-        self._recv_into = kind.recv_into.__get__(sock)
-        self._sendall = kind.sendall.__get__(sock)
+        if limits.kernel:
+            self._recv_into = socket.socket.recv_into.__get__(sock)
+            self._sendall = socket.socket.sendall.__get__(sock)
+        else:
+            self._recv_into, self._sendall = sock.recv_into, sock.sendall
 
     def readable(self) -> bool:
         return True

@@ -351,7 +351,9 @@ class TCPServer(BaseServer):
         TLS connection keeps Python's, which its records need, and so does a
         subclass of a get_request() override, which may read in its own way.
         """
-        tls = self.ssl_context is not None or isinstance(self.socket, ssl.SSLSocket)
+        # getattr: some subclasses never make a socket (wsgiref's tests do that)
+        listener = getattr(self, "socket", None)
+        tls = self.ssl_context is not None or isinstance(listener, ssl.SSLSocket)
         if type(request) is socket.socket and not tls:
             request.__class__ = self._idle_socket
             kernel_timeouts(request, self.idle_timeout)
@@ -438,8 +440,7 @@ def _too_long(max_packet_size: int) -> str:
     return f"longer than max_packet_size={max_packet_size}; raise max_packet_size to accept it"
 
 
-# A plain int: the socket module's flags are IntFlags, and passing one
-# through Python code that combines it builds a new member each time.
+# A plain int: the socket module's flags are IntFlags, whose operators run Python code.
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
