@@ -70,6 +70,22 @@ def _versus(cells: Cells, workload: str, mine: str, theirs: str, key: str) -> fl
     return _ratio(_fig(cells, workload, mine, key), _fig(cells, workload, theirs, key))
 
 
+def _spread(
+    cells: Cells, workload: str, mine: str, theirs: str, key: str
+) -> tuple[float, float] | None:
+    """The least and the most ``mine``/``theirs`` could be, over every pair of their runs:
+    how far the noise of this machine reaches around the median ratio."""
+
+    def runs(server: str) -> list[float]:
+        found = cells.get((workload, server), {}).get("runs") or []
+        return [float(r[key]) for r in found if isinstance(r, dict) and r.get(key)]
+
+    a, b = runs(mine), runs(theirs)
+    if not a or not b:
+        return None
+    return min(a) / max(b), max(a) / min(b)
+
+
 def _table(workload: Any, rows: list[dict[str, Any]], cells: Cells) -> list[str]:
     out = [f"### {workload.title}", ""]
     if workload.mode == "idle":
@@ -133,18 +149,27 @@ def _mib(m: dict[str, Any]) -> str:
 # -- the targets of the benchmark issue ------------------------------------------------------
 
 
-def targets(cells: Cells) -> list[tuple[str, str, bool | None]]:
-    """(target, what was measured, met?) for each target; None where not measured."""
+def targets(cells: Cells) -> list[tuple[str, str, bool | None, str]]:
+    """(target, what was measured, met?, the ratio's range over the runs) for each
+    target; met is None where not measured."""
 
-    fig, versus = partial(_fig, cells), partial(_versus, cells)
+    fig = partial(_fig, cells)
+    # The spread of the ratio versus() worked out last: the one in check()'s arguments.
+    last: list[tuple[float, float] | None] = [None]
 
-    found: list[tuple[str, str, bool | None]] = []
+    def versus(workload: str, mine: str, theirs: str, key: str) -> float | None:
+        last[0] = _spread(cells, workload, mine, theirs, key)
+        return _versus(cells, workload, mine, theirs, key)
+
+    found: list[tuple[str, str, bool | None, str]] = []
 
     def check(text: str, value: float | None, ok: Callable[[float], bool], unit: str) -> None:
+        spread, last[0] = last[0], None
+        shown = "-" if spread is None else f"{spread[0]:.2f} to {spread[1]:.2f}"
         if value is None:
-            found.append((text, "not measured", None))
+            found.append((text, "not measured", None, shown))
         else:
-            found.append((text, f"{value:.2f}{unit}", ok(value)))
+            found.append((text, f"{value:.2f}{unit}", ok(value), shown))
 
     for conns, limit in (("64", 1.15), ("1000", 1.25)):
         check(
@@ -293,11 +318,17 @@ def write(results: dict[str, Any]) -> None:
         "",
         "## Targets",
         "",
-        "| target | measured | met |",
-        "|---|---:|:---:|",
+        (
+            "The median ratio decides; the range is that ratio over every pair of the two "
+            "servers' runs, to show how far this machine's noise reaches."
+        ),
+        "",
+        "| target | measured | met | range over the runs |",
+        "|---|---:|:---:|---:|",
     ]
-    for text, measured, met in targets(cells):
-        lines.append(f"| {text} | {measured} | {'-' if met is None else 'yes' if met else 'no'} |")
+    for text, measured, met, spread in targets(cells):
+        verdict = "-" if met is None else "yes" if met else "no"
+        lines.append(f"| {text} | {measured} | {verdict} | {spread} |")
     lines += [
         "",
         "## Why, measured in the same run",
