@@ -1,5 +1,5 @@
-"""What the asyncio peers share: a Protocol's stream server, the wait for SIGTERM,
-and the choice of loop. Apart from ``_peer.py``, which the other frameworks' peers
+"""What the asyncio peers share: a Protocol's stream server, a datagram endpoint, the
+wait for SIGTERM, and the choice of loop. Apart from ``_peer.py``, which the other frameworks' peers
 import, so that they need not import asyncio and uvloop.
 """
 
@@ -35,6 +35,15 @@ async def until_sigterm(args: Namespace, port: int | None) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     _peer.ready(args, port)
     await stop.wait()
+
+
+async def serve_datagrams(factory: Callable[[], asyncio.DatagramProtocol], args: Namespace) -> None:
+    """Serve ``factory``'s datagram protocol on the UDP address of ``args`` until SIGTERM."""
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        factory, local_addr=(args.host, args.port)
+    )
+    await until_sigterm(args, transport.get_extra_info("sockname")[1])
+    transport.close()
 
 
 def run(variant: str, main: Coroutine[Any, Any, None]) -> None:

@@ -34,11 +34,7 @@ class DatagramEcho(asyncio.DatagramProtocol):
 
 async def serve(args: Namespace) -> None:
     if args.proto == "udp":
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            DatagramEcho, local_addr=(args.host, args.port)
-        )
-        await _aio_peer.until_sigterm(args, transport.get_extra_info("sockname")[1])
-        transport.close()
+        await _aio_peer.serve_datagrams(DatagramEcho, args)
         return
     # Connections have no tasks to wait for: the process exit drops them.
     server, port = await _aio_peer.open_stream_server(Echo, args)

@@ -74,11 +74,7 @@ class DatagramFloor(asyncio.DatagramProtocol):
 
 async def serve(args: Namespace) -> None:
     if args.proto == "udp":
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            DatagramFloor, local_addr=(args.host, args.port)
-        )
-        await _aio_peer.until_sigterm(args, transport.get_extra_info("sockname")[1])
-        transport.close()
+        await _aio_peer.serve_datagrams(DatagramFloor, args)
         return
     server, port = await _aio_peer.open_stream_server(Floor, args)
     await _aio_peer.until_sigterm(args, port)
