@@ -104,6 +104,33 @@ def test_get_request_is_the_servers_hook_here_too() -> None:
     assert [port for _, port in server.taken] == [refused_port, served_port]
 
 
+def test_a_get_request_that_raises_pauses_accepting_instead_of_spinning(
+    servekit_log: LogWatcher,
+) -> None:
+    class Broken(AsyncTCPServer):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.calls = 0
+            self.broken = True
+
+        def get_request(self) -> tuple[Any, Any]:
+            self.calls += 1
+            if self.broken:
+                raise RuntimeError("a bug in get_request")
+            return super().get_request()
+
+    with serving(Broken(LOCAL, Echo)) as server, connect(server.server_address) as client:
+        assert servekit_log.wait_for("get_request() failed")
+        before = server.calls
+        threading.Event().wait(0.5)  # the window measured, not a synchronisation
+        # Paused for ACCEPT_BACKOFF_MAX after each failure: a reader left on would
+        # have called it again at once, thousands of times in the window.
+        assert server.calls - before <= 1
+        server.broken = False
+        client.sendall(b"waited\n")
+        assert recv_until(client) == b"waited\n"  # taken once the pause is over
+
+
 def test_many_connections_at_once_on_one_thread() -> None:
     seen_threads = set()
 

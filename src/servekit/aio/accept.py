@@ -15,14 +15,19 @@ goes back on when ``room()`` says a connection closed, or when the pause ends.
 
 from __future__ import annotations
 
+import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Any
+
+from servekit.sockets import ACCEPT_BACKOFF_MAX
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
 __all__ = ["ACCEPT_BATCH", "Acceptor"]
+
+logger = logging.getLogger(__name__)
 
 #: The most connections taken per wake-up of the listening socket (asyncio's
 #: own servers take up to their backlog, 100 by default).
@@ -78,6 +83,10 @@ class Acceptor:
             self._loop.remove_reader(self._fd)
             self._reading = False
 
+    def _pause_for(self, seconds: float) -> None:
+        self._pause()
+        self._timer = self._loop.call_later(seconds, self._resume)
+
     def _readable(self) -> None:
         server = self._server
         for _ in range(ACCEPT_BATCH):
@@ -92,10 +101,18 @@ class Acceptor:
                 server._get_request_failed(exc)
                 paused = server._requests_resume_at - monotonic()
                 if paused > 0:
-                    self._pause()
-                    self._timer = self._loop.call_later(paused, self._resume)
+                    self._pause_for(paused)
                     return
                 continue
+            except Exception:
+                # A get_request() override with a bug. The sync loop would end with
+                # it; a reader left on would call it again at once, for ever.
+                logger.exception(
+                    "%s: get_request() failed; taking no connection for %ss",
+                    server, ACCEPT_BACKOFF_MAX,
+                )  # fmt: skip
+                self._pause_for(ACCEPT_BACKOFF_MAX)
+                return
             if server._requests_resume_at:
                 server._get_request_recovered()
             self._take(conn, address)
