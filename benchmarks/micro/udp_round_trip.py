@@ -18,7 +18,12 @@ import socketserver
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for benchmarks.servekit_echo
+
+from benchmarks.servekit_echo import DatagramEcho
 
 import servekit
 from servekit import core
@@ -32,12 +37,8 @@ MESSAGE = b"x" * 64
 
 
 class StdlibEcho(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        data, sock = self.request
-        sock.sendto(data, self.client_address)
+    """The datagram echo of peers/stdlib_socketserver.py, which runs as a script, not a module."""
 
-
-class Echo(servekit.BaseRequestHandler):
     def handle(self) -> None:
         data, sock = self.request
         sock.sendto(data, self.client_address)
@@ -57,7 +58,7 @@ def stdlib_pass() -> tuple[Callable[[], None], object]:
 
 
 def servekit_pass() -> tuple[Callable[[], None], object]:
-    server = servekit.make_server("udp://127.0.0.1:0", Echo, concurrency="sync")
+    server = servekit.make_server("udp://127.0.0.1:0", DatagramEcho, concurrency="sync")
     waker = Waker()
     wait = core._readable_wait(server.fileno(), waker.fd)
 

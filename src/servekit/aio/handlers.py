@@ -152,16 +152,12 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
                 end += len(separator)
                 if limit is not None and end > limit:
                     break
-                data = bytes(buffer[:end])
-                del buffer[:end]
-                return data
+                return self._stream.take(end)
             if limit is not None and len(buffer) > limit:
                 break
             start = max(0, len(buffer) - len(separator) + 1)
             if not await self._fill(deadline):
-                data = bytes(buffer)
-                buffer.clear()
-                return data
+                return self._stream.take(-1)
             if deadline is None:
                 deadline = self._deadline()
         raise self._trip(LineTooLong(f"line longer than {limit} bytes"))
@@ -183,14 +179,10 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
         deadline = self._deadline() if buffer else None
         while len(buffer) < n:
             if not await self._fill(deadline):
-                data = bytes(buffer)
-                buffer.clear()
-                raise asyncio.IncompleteReadError(data, n)
+                raise asyncio.IncompleteReadError(self._stream.take(-1), n)
             if deadline is None:
                 deadline = self._deadline()
-        data = bytes(buffer[:n])
-        del buffer[:n]
-        return data
+        return self._stream.take(n)
 
     def read(self, n: int = -1) -> Awaitable[bytes]:
         """``await`` it: up to ``n`` bytes as soon as some are there (-1: everything
