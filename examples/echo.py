@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     is_async = args.concurrency == "async"
-    stream: type[Any] = AsyncLineEcho if is_async else LineEcho
-    with servekit.make_server(args.listen, stream, concurrency=args.concurrency) as server:
-        if server.socket_type == socket.SOCK_DGRAM:  # udp://, unix-dgram:, or inherited
-            server.RequestHandlerClass = AsyncDatagramEcho if is_async else DatagramEcho
-        # Ctrl-C stops accepting; requests in flight get a few seconds to finish.
-        server.shutdown_timeout = 2.0
+    handler: type[Any] = AsyncLineEcho if is_async else LineEcho
+    if servekit.socket_type_of(args.listen) == socket.SOCK_DGRAM:  # udp://, unix-dgram:, ...
+        handler = AsyncDatagramEcho if is_async else DatagramEcho
+    # Ctrl-C stops accepting; requests in flight get a few seconds to finish.
+    with servekit.make_server(
+        args.listen, handler, concurrency=args.concurrency, shutdown_timeout=2.0
+    ) as server:
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -244,3 +245,45 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("measured")
         for nodeid, name, value in rows:
             terminalreporter.write_line(f"{nodeid}: {name} = {value}")
+
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="session")
+def wheel_servekit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``servekit`` script of a wheel built from this checkout, installed in a new
+    virtual environment: servekit as a user gets it, with no checkout on its path."""
+    where = tmp_path_factory.mktemp("wheel")
+    dist, venv = where / "dist", where / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(dist), str(ROOT)],
+        check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=180
+    )
+    (wheel,) = dist.glob("servekit-*.whl")
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+         "--disable-pip-version-check", str(wheel)],
+        check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    return venv / "bin" / "servekit"
+
+
+#: How users start servekit: ``python -m servekit`` from the checkout, the
+#: console script of the development install, and an installed wheel.
+LAUNCHERS = ("module", "script", "wheel")
+
+
+@pytest.fixture(params=LAUNCHERS)
+def launcher(request: pytest.FixtureRequest) -> tuple[list[str], dict[str, str]]:
+    """(command prefix, environment) to run ``servekit ...`` as each launcher does."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+    if request.param == "module":
+        return [sys.executable, "-m", "servekit"], env | {"PYTHONPATH": str(ROOT / "src")}
+    if request.param == "script":
+        return [str(Path(sys.executable).parent / "servekit")], env
+    return [str(request.getfixturevalue("wheel_servekit"))], env

@@ -46,14 +46,52 @@ def test_version() -> None:
         (["serve", "examples.echo:LineEcho", "--listen", "bogus"], "bad listen address"),
         (["serve", "examples.echo:LineEcho", "--concurrency", "nope"], "invalid choice"),
         (["serve", "examples.chat:Chat", "--loop", "x"], "invalid choice"),
-        (["serve", "examples.echo:LineEcho", "--read-timeout", "-1"], "is negative"),
+        (["serve", "examples.echo:LineEcho", "--read-timeout", "-1"], "'-1' is not a number"),
+        (["serve", "examples.echo:LineEcho", "--workers", "abc"], "'abc' is not a whole number"),
+        (["serve", "examples.echo:LineEcho", "--workers", "0"], "'0' is not a whole number >= 1"),
+        (["serve", "examples.echo:LineEcho", "--threads", "0"], "'0' is not a whole number >= 1"),
+        (["serve", "examples.echo:LineEcho", "--shutdown-timeout", "abc"],
+         "--shutdown-timeout: 'abc' is not a number of seconds"),
+        (["serve", "examples.echo:LineEcho", "--idle-timeout", "nan"], "'nan' is not a number"),
+        (["serve", "examples.echo:LineEcho", "--max-requests", "5"],
+         "--max-requests does nothing without --workers"),
+        (["serve", "examples.echo:LineEcho", "--worker-timeout", "5"],
+         "--worker-timeout does nothing without --workers"),
+        (["serve", "examples.echo:LineEcho", "--loop", "asyncio"],
+         "--loop does nothing without --concurrency async"),
+        (["serve", "examples.echo:LineEcho", "--trusted-proxy", "127.0.0.1"],
+         "--trusted-proxy does nothing without --proxy-protocol"),
+        (["serve", "examples.echo:LineEcho", "--workers", "2", "--max-requests", "5",
+          "--max-requests-jitter", "-1"], "'-1' is not a whole number >= 0"),
+        (["serve", "examples.echo:LineEcho", "--workers", "2", "--max-requests-jitter", "3"],
+         "--max-requests-jitter does nothing without --max-requests"),
+        (["serve", "examples.echo:LineEcho", "--concurrency", "threads", "--threads", "8"],
+         "--threads does nothing without --concurrency pool"),
+        (["serve", "examples.echo:LineEcho", "--concurrency", "async"], "is a sync handler"),
+        (["serve", "examples.chat:Chat"], "is an async handler"),
+        (["serve", "examples.echo:LineEcho", "--listen", "udp://127.0.0.1:0"],
+         "is a stream handler, but udp://127.0.0.1:0 is a datagram socket"),
+        (["serve", "examples.chat:Chat", "--workers", "2"], "is an async handler"),
     ],
-)
+)  # fmt: skip
 def test_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     done = _run(*args)
     assert done.returncode == 2
-    assert message in done.stderr
+    lines = done.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("servekit: error: ")]
+    assert len(errors) == 1, done.stderr
+    assert message in errors[0]
+    assert "usage:" not in done.stderr
     assert "Traceback" not in done.stderr
+    if "--workers" not in args:  # the supervisor binds, and imports nothing of the app
+        assert "listening on" not in done.stderr  # refused before any socket was bound
+
+
+def test_none_turns_a_limit_off_and_help_shows_defaults() -> None:
+    done = _run("serve", "--help")
+    assert done.returncode == 0
+    assert "(default: 25)" in done.stdout  # --shutdown-timeout
+    assert "(default: 1024)" in done.stdout  # --max-connections
 
 
 def test_serve_two_addresses_status_and_graceful_stop(sock_dir: Path) -> None:

@@ -22,6 +22,7 @@ OWN_NAMES = {
     "ThreadPoolUnixStreamServer",
     "make_server",
     "parse_address",
+    "socket_type_of",
 }
 #: Added to socketserver in Python 3.12; servekit has them on 3.11 too.
 NEWER_STDLIB_NAMES = {"ForkingUnixStreamServer", "ForkingUnixDatagramServer"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,49 @@ def test_bind_failure_is_an_os_error_and_leaks_nothing() -> None:
         port = taken.server_address[1]
         with pytest.raises(OSError, match="in use"):
             servekit.make_server(f"127.0.0.1:{port}", Echo)
+
+
+class AsyncEcho(servekit.aio.AsyncStreamRequestHandler):
+    async def handle(self) -> None:
+        self.write(await self.readline())
+
+
+@pytest.mark.parametrize(
+    ("address", "handler", "kwargs", "error", "message"),
+    [
+        ("tcp", Echo, {"idle_timeout": "5"}, TypeError, "idle_timeout must be a number"),
+        ("tcp", Echo, {"idle_timeout": -1}, ValueError, "idle_timeout must be a number"),
+        ("tcp", Echo, {"read_timeout": float("inf")}, ValueError, "read_timeout"),
+        ("tcp", Echo, {"max_workers": "4"}, TypeError, "max_workers must be a whole number"),
+        ("tcp", Echo, {"max_workers": 0}, ValueError, "max_workers must be a whole number >= 1"),
+        ("tcp", Echo, {"max_connections": True}, TypeError, "max_connections"),
+        ("tcp", Echo, {"shutdown_timeout": None, "max_pending": None}, TypeError, "max_pending"),
+        ("tcp", Echo, {"trusted_proxies": "127.0.0.1"}, TypeError, "write ['127.0.0.1']"),
+        ("tcp", Echo, {"reuse_port": 1}, TypeError, "reuse_port must be True or False"),
+        ("tcp", "examples.echo:LineEcho", {}, TypeError, "handler must be a request handler"),
+        ("tcp", AsyncEcho, {}, TypeError, "AsyncEcho is an async handler"),
+        ("tcp", AsyncEcho, {"concurrency": "threads"}, TypeError, "concurrency='async'"),
+        ("tcp", Echo, {"concurrency": "async"}, TypeError, "Echo is a sync handler"),
+        ("udp", Echo, {}, TypeError, "Echo is a stream handler, but udp://"),
+        ("tcp", DatagramEcho, {}, TypeError, "DatagramEcho is a datagram handler, but"),
+    ],
+)  # fmt: skip
+def test_bad_configuration_is_refused_before_binding(
+    address: str, handler: Any, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    # A fixed port, free now: if make_server bound it before refusing, the
+    # probe below could not bind it (no SO_REUSEADDR on the probe).
+    with socket.socket() as finder:
+        finder.bind(("127.0.0.1", 0))
+        port = finder.getsockname()[1]
+    listen = f"127.0.0.1:{port}" if address == "tcp" else f"udp://127.0.0.1:{port}"
+    with pytest.raises(error, match=re.escape(message)):
+        servekit.make_server(listen, handler, **kwargs)
+    kind = socket.SOCK_STREAM if address == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", port))
+
+
+def test_a_handler_factory_that_is_not_a_class_is_accepted() -> None:
+    with servekit.make_server("127.0.0.1:0", lambda *args: Echo(*args)) as server, serving(server):
+        _stream_ok(server.server_address)

@@ -31,15 +31,27 @@ class Handler(servekit.StreamRequestHandler):
 """
 
 
+MODULE = ([sys.executable, "-m", "servekit"], {
+    "PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1",
+})  # fmt: skip
+
+
 @contextlib.contextmanager
-def prefork(tmp: Path, *args: str, app: str | None = None) -> Iterator[tuple[Any, ProcessLog, int]]:
+def prefork(
+    tmp: Path,
+    *args: str,
+    app: str | None = None,
+    target: str = "app:Handler",
+    launcher: tuple[list[str], dict[str, str]] = MODULE,
+) -> Iterator[tuple[Any, ProcessLog, int]]:
     """Run ``servekit serve app:Handler --workers ...`` in ``tmp``; yield proc, log, port."""
-    (tmp / "app.py").write_text(APP.format(version="v1") if app is None else app)
+    if app is not None or not (tmp / "app.py").exists():
+        (tmp / "app.py").write_text(APP.format(version="v1") if app is None else app)
+    command, env = launcher
     with running(
-        [sys.executable, "-m", "servekit", "serve", "app:Handler", "--listen", "127.0.0.1:0",
-         "--status-interval", "none", *args],
-        cwd=tmp, start_new_session=True,
-        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        [*command, "serve", target, "--listen", "127.0.0.1:0", "--status-interval", "none",
+         *args],
+        cwd=tmp, start_new_session=True, env=env,
     ) as served:  # fmt: skip
         yield served
 
@@ -287,3 +299,154 @@ def test_async_workers(tmp_path: Path) -> None:
         assert {version for version, _ in answers} == {"async"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+@pytest.mark.timeout(120)
+def test_every_launcher_serves_workers_from_the_working_directory(
+    tmp_path: Path, launcher: tuple[list[str], dict[str, str]]
+) -> None:
+    """The console script's sys.path starts with its bin/, not the working directory:
+    the workers must still import the application from where servekit was started."""
+    with prefork(tmp_path, "--workers", "2", launcher=launcher) as (proc, log, port):
+        _worker_pids(log, 2)
+        assert _ask(port)[0] == "v1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+@pytest.mark.timeout(60)
+def test_readme_prefork_command_from_the_checkout() -> None:
+    """The README's command, as printed: the console script, from the checkout's root."""
+    root = SRC.parent
+    script = Path(sys.executable).parent / "servekit"
+    with running(
+        [str(script), "serve", "examples.echo:LineEcho", "--listen", "127.0.0.1:0",
+         "--workers", "2", "--status-interval", "none"],
+        cwd=root, start_new_session=True, env={"PATH": "/usr/bin:/bin"},
+    ) as (proc, log, port):  # fmt: skip
+        _worker_pids(log, 2)
+        with connect(("127.0.0.1", port)) as client:
+            client.sendall(b"hello\n")
+            assert recv_until(client) == b"hello\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+BROKEN_APP = "import servekit\nclass Handler(servekit.StreamRequestHandler:  # a typo\n"
+
+
+@pytest.mark.timeout(90)
+def test_sighup_with_code_that_does_not_import_keeps_the_old_workers(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "2") as (proc, log, port), Load(port, 4) as load:
+        old = set(_worker_pids(log, 2))
+        assert load.served_at_least(2)
+        (tmp_path / "app.py").write_text(BROKEN_APP)
+        proc.send_signal(signal.SIGHUP)
+        log.wait_for(r"SIGHUP: a new worker cannot start the application \(cannot import 'app'")
+        # The old workers serve on, their clients and new ones alike; nothing was cut.
+        assert load.progressed(list(load.owner), dict(load.answered))
+        version, pid = _ask(port)
+        assert (version, pid in old) == ("v1", True)
+        assert proc.poll() is None
+        assert load.errors == {}
+        # No retry until the next SIGHUP: no worker is started meanwhile.
+        started = len(log.wait_for(r"worker \d+ started"))
+        # Fixed code rolls on the next SIGHUP.
+        (tmp_path / "app.py").write_text(APP.format(version="v2"))
+        proc.send_signal(signal.SIGHUP)
+        log.wait_for("SIGHUP: all workers replaced")
+        assert len(log.wait_for(r"worker \d+ started")) == started + 2
+        assert _ask(port)[0] == "v2"
+        load.stop.set()
+    assert load.errors == {}
+    text = "".join(log.lines)
+    assert text.count("cannot import 'app'") == 1  # logged once
+    assert "Traceback" not in text
+
+
+@pytest.mark.timeout(60)
+def test_bad_application_at_start_is_one_error_line_not_one_per_worker(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(BROKEN_APP)
+    command, env = MODULE
+    done = subprocess.run(
+        [*command, "serve", "app:Handler", "--workers", "4", "--listen", "127.0.0.1:0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT * 3, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("servekit: error:")]
+    assert len(errors) == 1, done.stderr
+    assert "cannot import 'app'" in errors[0]
+    assert done.stderr.count("started (pid") == 1  # the first worker alone, no restart loop
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGQUIT])
+@pytest.mark.timeout(60)
+def test_workers_stop_gracefully_when_the_supervisor_dies(tmp_path: Path, how: int) -> None:
+    with prefork(tmp_path, "--workers", "2") as (proc, log, port):
+        pids = _worker_pids(log, 2)
+        held = connect(("127.0.0.1", port))
+        held.sendall(b"before\n")
+        assert recv_until(held).endswith(b"before\n")
+        proc.send_signal(how)
+        assert proc.wait(WAIT) == -how
+        log.wait_for("stopping gracefully", 2)
+        # Draining: the connection it holds is still answered ...
+        held.sendall(b"after\n")
+        assert recv_until(held).endswith(b"after\n")
+        held.close()
+        # ... and then every worker exits, and the port is closed.
+        for pid in pids:
+            assert _exits(pid)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+
+
+def _exits(pid: int) -> bool:
+    """True once ``pid`` (not our child: a reparented worker) no longer runs."""
+    gone = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rpartition(")")[2].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        gone.wait(0.01)  # no event tells us a process we did not start has exited
+    return False
+
+
+PACKAGE_INIT = "from .server import Handler\n"
+
+
+@pytest.mark.timeout(60)
+def test_sighup_reloads_a_module_its_package_imports(tmp_path: Path) -> None:
+    """The supervisor imports nothing of the application, not even the target's package."""
+    package = tmp_path / "myapp"
+    package.mkdir()
+    (package / "__init__.py").write_text(PACKAGE_INIT)
+    (package / "server.py").write_text(APP.format(version="v1"))
+    with prefork(tmp_path, "--workers", "2", target="myapp.server:Handler") as (proc, log, port):
+        _worker_pids(log, 2)
+        assert _ask(port)[0] == "v1"
+        (package / "server.py").write_text(APP.format(version="v2"))
+        proc.send_signal(signal.SIGHUP)
+        log.wait_for("SIGHUP: all workers replaced")
+        assert _ask(port)[0] == "v2"
+
+
+@pytest.mark.timeout(60)
+def test_max_requests_restart_is_logged_as_planned(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "1", "--max-requests", "2") as (_, log, port):
+        (first,) = _worker_pids(log, 1)
+        for _ in range(2):
+            _ask(port)
+        (line,) = [m.string for m in log.wait_for(rf"\(pid {first}\) exited with status 0")]
+        assert " INFO " in line, line
+
+
+def test_the_supervisor_does_not_claim_to_serve(tmp_path: Path) -> None:
+    with prefork(tmp_path, "--workers", "1") as (_, log, _port):
+        (line,) = [m.string for m in log.wait_for(r"listening on tcp://")]
+        assert "1 worker(s), pool" in line
+        assert "TCPServer" not in line

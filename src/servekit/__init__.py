@@ -29,7 +29,7 @@ from servekit.concurrency import (
     ThreadPoolUDPServer,
 )
 from servekit.core import BaseServer
-from servekit.factory import make_server
+from servekit.factory import make_server, socket_type_of
 from servekit.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from servekit.limits import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout, WriteBufferFull
 from servekit.sockets import TCPServer, UDPServer
@@ -59,6 +59,7 @@ __all__ = [
     "WriteBufferFull",
     "make_server",
     "parse_address",
+    "socket_type_of",
 ]
 
 if hasattr(os, "fork"):

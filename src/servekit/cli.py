@@ -18,6 +18,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import math
 import os
 import random
 import signal
@@ -26,20 +27,10 @@ import threading
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
+from servekit import options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
-from servekit.factory import (
-    CONCURRENCY_MODELS,
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_LINE_LENGTH,
-    DEFAULT_MAX_PENDING,
-    DEFAULT_MAX_WORKERS,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    make_server,
-)
+from servekit.factory import CONCURRENCY_MODELS, _build, make_server
 from servekit.handlers import BaseRequestHandler
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
 
@@ -64,29 +55,63 @@ class UsageError(Exception):
     """A mistake of the person at the command line: one line, exit status 2."""
 
 
-def _limit(text: str) -> float | None:
-    """A limit in seconds; "none" turns it off."""
-    if text.lower() == "none":
-        return None
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line, ``servekit: error: ...``, as every other error here;
+    the usage is one ``--help`` away, not printed over the mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(UsageError(message))
 
 
-def _count(text: str) -> int | None:
-    if text.lower() == "none":
-        return None
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive count")
-    return value
+def _option(name: str) -> Callable[[str], Any]:
+    """The type function of option ``name``, from servekit.options."""
+
+    def parse(text: str) -> Any:
+        try:
+            return options.parse(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _seconds(flag: str, *, none: bool = True) -> Callable[[str], float | None]:
+    def parse(text: str) -> float | None:
+        if none and text.strip().lower() == "none":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds >= 0" + (" or 'none'" if none else "")
+            )
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
+def _whole(flag: str, minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return value
+
+    parse.__name__ = flag
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="servekit", description="Run servekit servers.")
+    parser = _Parser(prog="servekit", description="Run servekit servers.")
     parser.add_argument("--version", action="version", version=f"servekit {servekit.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve",
         help="serve a handler class or a server factory",
@@ -98,17 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen address, repeatable (default 127.0.0.1:8000); see docs/addresses.md",
     )  # fmt: skip
     serve.add_argument("--concurrency", choices=CONCURRENCY_MODELS, default="pool")
-    serve.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
-                       help="loop of --concurrency async; auto: uvloop if installed")  # fmt: skip
-    serve.add_argument("--threads", type=int, default=DEFAULT_MAX_WORKERS,
-                       help="worker threads of the pool")  # fmt: skip
-    serve.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING)
-    serve.add_argument("--max-connections", type=_count, default=DEFAULT_MAX_CONNECTIONS)
-    serve.add_argument("--shutdown-timeout", type=_limit, default=DEFAULT_SHUTDOWN_TIMEOUT)
-    serve.add_argument("--idle-timeout", type=_limit, default=DEFAULT_IDLE_TIMEOUT)
-    serve.add_argument("--read-timeout", type=_limit, default=DEFAULT_READ_TIMEOUT)
-    serve.add_argument("--max-line-length", type=_count, default=DEFAULT_MAX_LINE_LENGTH)
-    serve.add_argument("--handshake-timeout", type=_limit, default=DEFAULT_HANDSHAKE_TIMEOUT)
+    serve.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default=_UNSET,
+                       help="--concurrency async: its loop (default: auto, uvloop if any)",
+                       )  # fmt: skip
+    for option in options.OPTIONS.values():
+        if option.name in _NOT_ON_THE_COMMAND_LINE:
+            continue
+        # Given or not matters (a pool option for another model is refused):
+        # the default is filled in later, and shown in --help.
+        serve.add_argument(
+            option.cli_flag, dest=option.name, type=_option(option.name), default=_UNSET,
+            metavar="N" if option.kind == "count" else "SECONDS",
+            help=f"{option.help} (default: {_shown(option.default)})",
+        )  # fmt: skip
     serve.add_argument("--certfile", help="TLS certificate chain (PEM)")
     serve.add_argument("--keyfile", help="TLS private key, if not in --certfile")
     serve.add_argument("--cafile", help="require client certificates signed by these CAs")
@@ -116,28 +143,82 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read a PROXY v1/v2 header from trusted proxies")  # fmt: skip
     serve.add_argument("--trusted-proxy", action="append", default=[], metavar="NETWORK",
                        help="address, network or 'unix' allowed to send PROXY headers")  # fmt: skip
-    serve.add_argument("--workers", type=int, default=None,
+    serve.add_argument("--workers", type=_whole("workers", 1), default=None,
                        help="prefork: this many worker processes under a supervisor")  # fmt: skip
-    serve.add_argument("--worker-timeout", type=_limit, default=DEFAULT_WORKER_TIMEOUT,
-                       help="kill a worker whose serving loop is silent this long")  # fmt: skip
-    serve.add_argument("--max-requests", type=_count, default=None,
-                       help="restart a worker after this many requests")  # fmt: skip
-    serve.add_argument("--max-requests-jitter", type=int, default=0,
-                       help="add up to this many at random: workers restart apart")  # fmt: skip
+    serve.add_argument("--worker-timeout", type=_seconds("worker-timeout"), default=_UNSET,
+                       help="--workers: kill a worker whose serving loop is silent this long "
+                       f"(default: {DEFAULT_WORKER_TIMEOUT:g})")  # fmt: skip
+    serve.add_argument("--max-requests", type=_whole("max-requests", 1), default=_UNSET,
+                       help="--workers: restart a worker after this many requests")  # fmt: skip
+    serve.add_argument("--max-requests-jitter", type=_whole("max-requests-jitter", 0),
+                       default=_UNSET,
+                       help="--max-requests: add up to this many at random, so workers "
+                       "restart apart")  # fmt: skip
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])  # fmt: skip
-    serve.add_argument("--status-interval", type=_limit, default=DEFAULT_STATUS_INTERVAL,
+    serve.add_argument("--status-interval", type=_seconds("status-interval"),
+                       default=DEFAULT_STATUS_INTERVAL,
                        help="seconds between status lines; 'none' for none")  # fmt: skip
     return parser
 
 
+#: An option not given: told apart from "none", which turns a limit off.
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "default"})()
+
+# make_server takes these, the command line does not (the backlog and the
+# datagram size are a later issue's options; see docs/cli.md).
+_NOT_ON_THE_COMMAND_LINE = frozenset({"backlog", "max_packet_size"})
+
+
+def _cli_options() -> list[str]:
+    return [name for name in options.OPTIONS if name not in _NOT_ON_THE_COMMAND_LINE]
+
+
+def _shown(default: object) -> str:
+    return (
+        "none"
+        if default is None
+        else f"{default:g}"
+        if isinstance(default, float)
+        else str(default)
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse what would be ignored, then fill in the defaults; UsageError names the flag."""
+    pool = args.concurrency == "pool"
+    given = {name: value is not _UNSET for name, value in vars(args).items()}
+    needs = {
+        "--threads": ("max_workers", pool, "--concurrency pool"),
+        "--max-pending": ("max_pending", pool, "--concurrency pool"),
+        "--loop": ("loop", args.concurrency == "async", "--concurrency async"),
+        "--trusted-proxy": ("trusted_proxy", args.proxy_protocol, "--proxy-protocol"),
+        "--worker-timeout": ("worker_timeout", args.workers is not None, "--workers N"),
+        "--max-requests": (
+            "max_requests", args.workers is not None,
+            "--workers N (a single process has no supervisor to restart it)",
+        ),
+        "--max-requests-jitter": (
+            "max_requests_jitter", given["max_requests"], "--max-requests",
+        ),
+    }  # fmt: skip
+    for flag, (name, applies, what) in needs.items():
+        if given[name] and getattr(args, name) != [] and not applies:
+            raise UsageError(f"{flag} does nothing without {what}")
+    defaults: dict[str, Any] = {option.name: option.default for option in options.OPTIONS.values()}
+    defaults.update(
+        loop="auto", worker_timeout=DEFAULT_WORKER_TIMEOUT, max_requests=None,
+        max_requests_jitter=0,
+    )  # fmt: skip
+    for name, default in defaults.items():
+        if getattr(args, name, None) is _UNSET:
+            setattr(args, name, default)
+
+
 def load_target(spec: str) -> Any:
     """Import ``MODULE:ATTR`` (ATTR may be dotted) from the current directory too."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"{spec!r} is not MODULE:ATTR (for example echo:EchoHandler)")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    module_name, attr = _split_target(spec)
+    _add_working_directory()
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:
@@ -148,6 +229,23 @@ def load_target(spec: str) -> Any:
         except AttributeError:
             raise UsageError(f"{module_name!r} has no attribute {attr!r}") from None
     return target
+
+
+def _split_target(spec: str) -> tuple[str, str]:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{spec!r} is not MODULE:ATTR (for example echo:EchoHandler)")
+    return module_name, attr
+
+
+def _add_working_directory() -> None:
+    """Import the target from the working directory, as ``python -m`` would.
+
+    The ``servekit`` script's sys.path starts with its own folder (a venv's
+    bin/), not the working directory, where the application usually is.
+    """
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def make_servers(target: Any, args: argparse.Namespace) -> list[BaseServer]:
@@ -172,21 +270,24 @@ def _is_handler_class(target: Any) -> bool:
     )
 
 
-def _make(address: str, handler: type[Any], args: argparse.Namespace) -> BaseServer:
+def _make(
+    address: str, handler: type[Any], args: argparse.Namespace, shown: str | None = None
+) -> BaseServer:
     if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise UsageError("--loop uvloop, but uvloop is not installed: pip install 'servekit[fast]'")
+    limits = {
+        name: getattr(args, name)
+        for name in options.OPTIONS
+        if name not in _NOT_ON_THE_COMMAND_LINE
+    }
     try:
         server = make_server(
-            address, handler,
-            concurrency=args.concurrency, max_workers=args.threads, max_pending=args.max_pending,
-            max_connections=args.max_connections, shutdown_timeout=args.shutdown_timeout,
-            idle_timeout=args.idle_timeout, read_timeout=args.read_timeout,
-            max_line_length=args.max_line_length, handshake_timeout=args.handshake_timeout,
+            address, handler, concurrency=args.concurrency, **limits,
             certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
             proxy_protocol=args.proxy_protocol, trusted_proxies=args.trusted_proxy,
         )  # fmt: skip
     except (ValueError, TypeError, OSError) as exc:
-        raise UsageError(f"cannot serve {address}: {exc}") from exc
+        raise UsageError(f"cannot serve {shown or address}: {exc}") from exc
     if isinstance(server, AsyncServerMixIn):
         server.loop = args.loop
     return server
@@ -287,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        check_arguments(args)
         if args.workers is not None:
             sys.exit(_prefork(args))
         servers = make_servers(load_target(args.target), args)
@@ -303,19 +405,20 @@ def _usage_error(exc: UsageError) -> NoReturn:
 def _prefork(args: argparse.Namespace) -> int:
     """Bind the sockets here, then let a supervisor keep the workers serving on them.
 
-    The supervisor never imports the application: each worker does, after the
-    fork, so the workers a SIGHUP starts serve the code as it is on disk now.
+    The supervisor imports nothing of the application (not even the package
+    of the target's module, which importing the module would run): each
+    worker does, after the fork, so the workers a SIGHUP starts serve the
+    code as it is on disk now. The first worker to start checks the target;
+    if it cannot serve, its one error line ends the start with status 2.
     """
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, not {args.workers}")
-    module_name = args.target.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError) as exc:
-        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
-    if found is None:
-        raise UsageError(f"cannot import {module_name!r}: no such module")
+    _split_target(args.target)
+    _add_working_directory()
     listeners = [_bind(address, args) for address in args.listen or ["127.0.0.1:8000"]]
+    for listener in listeners:
+        logger.info(
+            "listening on %s (%d worker(s), %s)",
+            _described(listener), args.workers, args.concurrency,
+        )  # fmt: skip
 
     def worker_main(channel: WorkerChannel) -> int:
         return _serve_in_worker(args, listeners, channel)
@@ -328,14 +431,24 @@ def _prefork(args: argparse.Namespace) -> int:
         worker_main, workers=args.workers, worker_timeout=args.worker_timeout,
         shutdown_timeout=args.shutdown_timeout, on_exit=close_listeners,
     )  # fmt: skip
-    return supervisor.run()
+    status = supervisor.run()
+    if supervisor.boot_error is not None:
+        _usage_error(UsageError(supervisor.boot_error))
+    return status
+
+
+def _described(server: BaseServer) -> str:
+    from servekit.factory import _describe
+
+    return _describe(server)
 
 
 def _bind(address: str, args: argparse.Namespace) -> BaseServer:
     """A server that only holds the listening socket, for the workers to inherit."""
+    settings = dict.fromkeys(options.OPTIONS) | {"backlog": None}
     try:
-        return make_server(address, BaseRequestHandler, concurrency="sync")
-    except (ValueError, OSError) as exc:
+        return _build(address, BaseRequestHandler, "sync", options=settings)
+    except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"cannot serve {address}: {exc}") from exc
 
 
@@ -346,9 +459,13 @@ def _serve_in_worker(
         target = load_target(args.target)
         if not _is_handler_class(target):
             raise UsageError(f"--workers needs a request handler class; {args.target} is not one")
-        servers = [_make(f"fd://{lis.fileno()}", target, args) for lis in listeners]
+        addresses = args.listen or ["127.0.0.1:8000"]
+        servers = [
+            _make(f"fd://{lis.fileno()}", target, args, shown=address)
+            for lis, address in zip(listeners, addresses, strict=True)
+        ]
     except UsageError as exc:
-        print(f"servekit: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+        channel.failed(str(exc))
         return WORKER_BOOT_FAILED
     for server in servers:
         # Every worker waits on the same socket and all wake for one client;
@@ -357,7 +474,7 @@ def _serve_in_worker(
     runner = Runner(servers, args.status_interval, escalate=False)
     limit = None
     if args.max_requests is not None:
-        limit = args.max_requests + random.randint(0, max(0, args.max_requests_jitter))
+        limit = args.max_requests + random.randint(0, args.max_requests_jitter)
     for server in servers:
         _beat_from_loop(server, channel, runner, limit)
     return runner.run(started=channel.ready)

@@ -19,6 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from servekit.activation import inherited_sockets
 from servekit.addresses import ListenAddress, format_address, parse_address
+from servekit.aio.handlers import (
+    AsyncBaseRequestHandler,
+    AsyncDatagramRequestHandler,
+    AsyncStreamRequestHandler,
+)
 from servekit.aio.server import (
     AsyncTCPServer,
     AsyncUDPServer,
@@ -39,6 +44,18 @@ from servekit.concurrency import (
     ThreadPoolUnixDatagramServer,
     ThreadPoolUnixStreamServer,
 )
+from servekit.handlers import DatagramRequestHandler, StreamRequestHandler
+from servekit.options import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_WORKERS,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    check,
+)
 from servekit.proxy import parse_networks
 from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 from servekit.tls import StrPath, server_context
@@ -49,7 +66,7 @@ if TYPE_CHECKING:
 
     from servekit.core import RequestHandlerFactory
 
-__all__ = ["CONCURRENCY_MODELS", "make_server"]
+__all__ = ["CONCURRENCY_MODELS", "check_handler_fits", "make_server", "socket_type_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,31 +75,17 @@ Concurrency = Literal["pool", "threads", "fork", "sync", "async"]
 #: The models make_server knows, by name (also the names of ``--concurrency``).
 CONCURRENCY_MODELS: tuple[str, ...] = ("pool", "threads", "fork", "sync", "async")
 
-# Production defaults. Each bounds what one client, or a crowd of them, can
-# cost; each can be changed per server, and None turns a limit off.
-
-#: Threads of the pool: enough to keep two cores busy with handlers that wait
-#: on I/O most of the time, few enough that their stacks stay small (64 x the
-#: ~60 KiB a parked Python thread touches).
-DEFAULT_MAX_WORKERS = 64
-#: Requests accepted and queued for a busy pool before the server stops
-#: accepting; beyond it, clients wait in the kernel backlog at no cost to us.
-DEFAULT_MAX_PENDING = 256
-#: Open connections at once, in every model: each holds a descriptor and, in
-#: the threads model, a thread; 1,024 stays far below the usual open-file limit.
-DEFAULT_MAX_CONNECTIONS = 1024
-#: What a stop lets requests in flight run before cutting them: under the 30 s
-#: Kubernetes and 90 s systemd give a service between SIGTERM and SIGKILL.
-DEFAULT_SHUTDOWN_TIMEOUT = 25.0
-#: A connection with no traffic either way for this long is closed.
-DEFAULT_IDLE_TIMEOUT = 300.0
-#: A request (a line, a read(n)) must be complete this long after its first byte.
-DEFAULT_READ_TIMEOUT = 30.0
-#: The longest line StreamRequestHandler reads, newline included: http.server's own bound.
-DEFAULT_MAX_LINE_LENGTH = 65536
-#: The TLS handshake and the PROXY header together: a real client needs a few
-#: round trips (milliseconds); 10 s covers a slow mobile link and no more.
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+# The production defaults and why each is what it is: servekit.options.
+__all__ += [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_WORKERS",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+]
 
 _CLASSES: dict[tuple[str, str], type[TCPServer]] = {
     ("tcp", "pool"): ThreadPoolTCPServer,
@@ -158,8 +161,68 @@ def make_server(
     in ``trusted_proxies`` (addresses, networks, "unix") and refuses others.
 
     The bound address is in ``server.server_address`` and logged at INFO.
-    Raises ValueError for a bad address or model, OSError if binding fails.
+    Every value is checked before a socket is bound: TypeError or ValueError
+    names a wrong type, a bad range, or a handler that does not fit the
+    transport or the model; OSError says binding failed.
     """
+    if concurrency not in CONCURRENCY_MODELS:
+        raise ValueError(
+            f"unknown concurrency {concurrency!r}; choose one of {', '.join(CONCURRENCY_MODELS)}"
+        )
+    options = {
+        "max_workers": max_workers, "max_pending": max_pending,
+        "max_connections": max_connections, "shutdown_timeout": shutdown_timeout,
+        "idle_timeout": idle_timeout, "read_timeout": read_timeout,
+        "max_line_length": max_line_length, "handshake_timeout": handshake_timeout,
+        "max_packet_size": max_packet_size, "backlog": backlog,
+    }  # fmt: skip
+    for name, value in options.items():
+        check(name, value)
+    for name, flag in (("reuse_port", reuse_port), ("proxy_protocol", proxy_protocol)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, not {flag!r}")
+    if socket_file_mode is not None and (
+        isinstance(socket_file_mode, bool)
+        or not isinstance(socket_file_mode, int)
+        or not 0 <= socket_file_mode <= 0o7777
+    ):
+        raise ValueError(
+            f"socket_file_mode must be permission bits such as 0o660, not {socket_file_mode!r}"
+        )
+    if isinstance(trusted_proxies, (str, bytes)):
+        raise TypeError(
+            f"trusted_proxies must be a list of addresses or networks, not the string "
+            f"{trusted_proxies!r} (write [{trusted_proxies!r}])"
+        )
+    _check_callable(handler)
+    server = _build(
+        address, handler, concurrency,
+        reuse_port=reuse_port, socket_file_mode=socket_file_mode, ssl_context=ssl_context,
+        certfile=certfile, keyfile=keyfile, cafile=cafile, proxy_protocol=proxy_protocol,
+        trusted_proxies=trusted_proxies, options=options,
+    )  # fmt: skip
+    logger.info("listening on %s (%s, %s)", _describe(server), concurrency, type(server).__name__)
+    return server
+
+
+def _build(
+    address: str,
+    handler: RequestHandlerFactory,
+    concurrency: str,
+    *,
+    reuse_port: bool = False,
+    socket_file_mode: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    certfile: StrPath | None = None,
+    keyfile: StrPath | None = None,
+    cafile: StrPath | None = None,
+    proxy_protocol: bool = False,
+    trusted_proxies: Iterable[str] = (),
+    options: dict[str, Any],
+) -> TCPServer:
+    """make_server without its checks of the options and its log line."""
+    backlog = options["backlog"]
+    max_packet_size = options["max_packet_size"]
     spec = parse_address(address)
     if certfile is not None:
         if ssl_context is not None:
@@ -173,10 +236,6 @@ def make_server(
             "proxy_protocol needs trusted_proxies: the addresses of the proxies allowed to "
             "say who the client is (for example ['127.0.0.1', '10.0.0.0/8'])"
         )
-    if concurrency not in CONCURRENCY_MODELS:
-        raise ValueError(
-            f"unknown concurrency {concurrency!r}; choose one of {', '.join(CONCURRENCY_MODELS)}"
-        )
     if spec.transport == "fd":
         try:
             sock = socket.socket(fileno=spec.address)
@@ -189,8 +248,14 @@ def make_server(
     else:
         sock = None
         transport = spec.transport
-    if transport in ("udp", "unix-dgram") and (ssl_context is not None or proxy_protocol):
-        raise ValueError(f"{address}: TLS and the PROXY protocol need a stream socket")
+    try:
+        if transport in ("udp", "unix-dgram") and (ssl_context is not None or proxy_protocol):
+            raise ValueError(f"{address}: TLS and the PROXY protocol need a stream socket")
+        check_handler_fits(handler, transport, concurrency, address)
+    except BaseException:
+        if sock is not None:
+            sock.detach()  # an inherited descriptor is not ours to close
+        raise
     server = _CLASSES[(transport, concurrency)](spec.address, handler, bind_and_activate=False)
     try:
         _configure(server, spec, sock, backlog=backlog, reuse_port=reuse_port)
@@ -199,18 +264,18 @@ def make_server(
         if max_packet_size is not None:
             server.max_packet_size = max_packet_size  # type: ignore[attr-defined]
         if concurrency == "pool":
-            server.max_workers = max_workers  # type: ignore[attr-defined]
-            server.max_pending = max_pending  # type: ignore[attr-defined]
-        server.shutdown_timeout = shutdown_timeout
+            server.max_workers = options["max_workers"]  # type: ignore[attr-defined]
+            server.max_pending = options["max_pending"]  # type: ignore[attr-defined]
+        server.shutdown_timeout = options["shutdown_timeout"]
         if server.socket_type == socket.SOCK_STREAM:
             server.ssl_context = ssl_context
-            server.handshake_timeout = handshake_timeout
+            server.handshake_timeout = options["handshake_timeout"]
             server.proxy_protocol = proxy_protocol
             server.trusted_proxies = trusted
-            server.max_connections = max_connections
-            server.idle_timeout = idle_timeout
-            server.read_timeout = read_timeout
-            server.max_line_length = max_line_length
+            server.max_connections = options["max_connections"]
+            server.idle_timeout = options["idle_timeout"]
+            server.read_timeout = options["read_timeout"]
+            server.max_line_length = options["max_line_length"]
         if sock is None:
             server.server_bind()
             server.server_activate()
@@ -221,8 +286,75 @@ def make_server(
     except BaseException:
         server.server_close()
         raise
-    logger.info("listening on %s (%s, %s)", _describe(server), concurrency, type(server).__name__)
     return server
+
+
+def _check_callable(handler: Any) -> None:
+    if isinstance(handler, (str, bytes)) or not callable(handler):
+        raise TypeError(
+            f"handler must be a request handler class (or a callable that makes one), "
+            f"not {handler!r}"
+        )
+
+
+def check_handler_fits(handler: Any, transport: str, concurrency: str, address: str) -> None:
+    """TypeError, naming the mismatch and the fix, if ``handler`` cannot serve here.
+
+    A handler class is checked against the transport (stream or datagram) and
+    the model (async or not); a factory that is not a class is checked at each
+    request, since only what it makes can tell.
+    """
+    _check_callable(handler)
+    if not isinstance(handler, type):
+        return
+    name = handler.__name__
+    if issubclass(handler, AsyncBaseRequestHandler):
+        if concurrency != "async":
+            raise TypeError(
+                f"{name} is an async handler (async def handle): serve it with "
+                f"concurrency='async' (--concurrency async), not {concurrency!r}"
+            )
+    elif concurrency == "async":
+        raise TypeError(
+            f"{name} is a sync handler: the async engine runs "
+            "servekit.aio.AsyncStreamRequestHandler subclasses (async def handle). Serve a "
+            "sync handler with concurrency='pool' or 'threads' instead."
+        )
+    datagram = transport in ("udp", "unix-dgram")
+    if datagram and issubclass(handler, (StreamRequestHandler, AsyncStreamRequestHandler)):
+        raise TypeError(
+            f"{name} is a stream handler, but {address} is a datagram socket: serve a "
+            "DatagramRequestHandler (or AsyncDatagramRequestHandler) there, or listen on a "
+            "stream address"
+        )
+    if not datagram and issubclass(handler, (DatagramRequestHandler, AsyncDatagramRequestHandler)):
+        raise TypeError(
+            f"{name} is a datagram handler, but {address} is a stream socket: serve a "
+            "StreamRequestHandler (or AsyncStreamRequestHandler) there, or listen on udp:// "
+            "or unix-dgram:"
+        )
+
+
+def socket_type_of(address: str) -> int:
+    """``socket.SOCK_STREAM`` or ``socket.SOCK_DGRAM``: what ``address`` serves.
+
+    For choosing the handler before make_server, which refuses one that does
+    not fit: ``fd://N`` and ``systemd`` sockets are asked, and left open.
+    """
+    spec = parse_address(address)
+    if spec.socket_type is not None:
+        return spec.socket_type
+    if spec.transport == "fd":
+        try:
+            sock = socket.socket(fileno=spec.address)
+        except OSError as exc:
+            raise ValueError(f"{address}: descriptor {spec.address} is not an open socket") from exc
+    else:
+        sock = _systemd_socket(spec.address)
+    try:
+        return sock.type
+    finally:
+        sock.detach()
 
 
 def _systemd_socket(name: str | None) -> socket.socket:

@@ -25,16 +25,33 @@ A worker that dies is logged (its exit status or signal) and replaced, at
 once if it had been serving, after a growing delay if workers keep dying
 before they are ready. A worker that does not send a heartbeat within
 ``worker_timeout`` (its serving loop is stuck) is killed and replaced.
+
+Starting and deploying: the first worker starts alone; only once it serves
+are the others started, so an application that cannot start (it does not
+import, its handler does not fit) ends the start with that worker's one error
+(``boot_error``) and status 2, not a line per worker or a restart loop. Once
+the service has served, a new worker that cannot start is a bad deploy, not a
+reason to stop: a SIGHUP roll that meets one stops there, the old workers keep
+serving, and the error is logged once; the next SIGHUP tries again.
+
+Workers stop when the supervisor dies (SIGKILL, a crash): on Linux the kernel
+sends them SIGTERM (``PR_SET_PDEATHSIG``), and everywhere each worker watches
+a pipe only the supervisor writes to, whose end of file says it is gone. They
+then stop as on SIGTERM: gracefully, within their shutdown_timeout.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
 import select
 import signal
 import socket
+import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -66,10 +83,14 @@ _SUPERVISOR_SIGNALS = frozenset({
 
 _READY = b"R"
 _BEAT = b"."
+_FAILED = b"E"  # then the error's text, to the end of what the pipe holds
+#: A failure's text is cut to this: a pipe write up to PIPE_BUF arrives whole.
+_FAILED_MAX = 4000
 
 
 class WorkerChannel:
-    """A worker's line to its supervisor: ready() once, then beat() regularly."""
+    """A worker's line to its supervisor: ready() once, then beat() regularly;
+    or failed(message) once, if it cannot start."""
 
     def __init__(self, fd: int, heartbeat_interval: float) -> None:
         self._fd = fd
@@ -78,6 +99,10 @@ class WorkerChannel:
 
     def ready(self) -> None:
         self._send(_READY)
+
+    def failed(self, message: str) -> None:
+        """The application cannot start; ``message`` says why, in one line."""
+        self._send(_FAILED + message.encode("utf-8", "replace")[:_FAILED_MAX])
 
     def beat(self) -> None:
         """Say the worker is alive; cheap to call often (sends at most once per interval)."""
@@ -103,6 +128,7 @@ class _Worker:
     ready: bool = False
     retiring: bool = False
     killed_for: str = ""
+    boot_error: str | None = None
 
 
 @dataclass
@@ -141,6 +167,11 @@ class Supervisor:
         self._roll: _Roll | None = None
         self._boot_failed = False
         self._killed_all = False
+        self._ever_ready = False  # a worker has served: a failing one is a bad deploy
+        self._life_w: int | None = None  # held by the supervisor only; see _watch_supervisor
+        self._life_r: int | None = None
+        #: Why the first worker could not start the application, when run() returns 2.
+        self.boot_error: str | None = None
 
     # -- the supervisor's loop ----------------------------------------------
 
@@ -151,6 +182,7 @@ class Supervisor:
         wake_w.setblocking(False)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _SUPERVISOR_SIGNALS}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        self._life_r, self._life_w = os.pipe()
         logger.info("supervisor %d: starting %d worker(s)", os.getpid(), self.target)
         try:
             status = self._loop(wake_r)
@@ -160,6 +192,9 @@ class Supervisor:
                 signal.signal(sig, handler)
             wake_r.close()
             wake_w.close()
+            os.close(self._life_r)
+            os.close(self._life_w)
+            self._life_r = self._life_w = None
             if self._on_exit is not None:
                 self._on_exit()
         logger.info("supervisor %d: stopped", os.getpid())
@@ -204,18 +239,24 @@ class Supervisor:
             else:
                 self._read_pipe(fd)
 
-    def _read_pipe(self, fd: int) -> None:
-        worker = next((w for w in self._workers.values() if w.pipe == fd), None)
+    def _read_pipe(self, fd: int, worker: _Worker | None = None) -> None:
+        if worker is None:
+            worker = next((w for w in self._workers.values() if w.pipe == fd), None)
         if worker is None:
             return
         try:
-            data = os.read(fd, 512)
+            data = os.read(fd, 8192)
         except BlockingIOError:
             return
         if data:
             worker.last_beat = time.monotonic()
+            failed = data.find(_FAILED)
+            if failed >= 0:
+                worker.boot_error = data[failed + 1 :].decode("utf-8", "replace")
+                data = data[:failed]
             if _READY in data and not worker.ready:
                 worker.ready = True
+                self._ever_ready = True
                 self._failures = 0
                 logger.info("worker %d (pid %d) is serving", worker.number, worker.pid)
 
@@ -256,6 +297,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
             for other in self._workers.values():
                 os.close(other.pipe)
+            _watch_supervisor(self._life_r, self._life_w)
             os.set_blocking(channel_fd, False)
             interval = 1.0 if self.worker_timeout is None else min(1.0, self.worker_timeout / 4)
             status = self._worker_main(WorkerChannel(channel_fd, interval))
@@ -269,6 +311,8 @@ class Supervisor:
 
     def _keep_count(self) -> None:
         serving = [w for w in self._workers.values() if not w.retiring]
+        if not self._ever_ready and serving:
+            return  # the first worker starts alone: see "Starting and deploying"
         if len(serving) < self.target and time.monotonic() >= self._next_spawn:
             self._spawn()
         elif len(serving) > self.target and self._roll is None:  # a roll runs one extra
@@ -290,6 +334,7 @@ class Supervisor:
                 return
             worker = self._workers.pop(pid, None)
             if worker is not None:
+                self._read_pipe(worker.pipe, worker)  # what it said before it exited
                 os.close(worker.pipe)
                 self._worker_exited(worker, status)
 
@@ -300,14 +345,16 @@ class Supervisor:
         )
         if worker.killed_for:
             how += f" ({worker.killed_for})"
-        expected = worker.retiring or self._stopping is not None
-        level = logging.INFO if expected and code == 0 else logging.WARNING
+        # A serving worker that exits 0 on its own asked to be replaced (max_requests).
+        planned = worker.retiring or self._stopping is not None or (worker.ready and code == 0)
+        level = logging.INFO if planned and code == 0 else logging.WARNING
+        if code == WORKER_BOOT_FAILED and not worker.ready:
+            level = logging.DEBUG  # _worker_could_not_start() says it, once
         logger.log(level, "worker %d (pid %d) %s", worker.number, worker.pid, how)
-        if expected:
+        if worker.retiring or self._stopping is not None:
             return
         if code == WORKER_BOOT_FAILED and not worker.ready:
-            logger.error("worker %d could not start the application; stopping", worker.number)
-            self._boot_failed = True
+            self._worker_could_not_start(worker)
             return
         if worker.ready:
             self._failures = 0
@@ -317,6 +364,34 @@ class Supervisor:
             delay = min(RESTART_DELAY_FIRST * 2 ** (self._failures - 1), RESTART_DELAY_MAX)
             self._next_spawn = time.monotonic() + delay
             logger.warning("worker died before it was ready; next start in %.1fs", delay)
+
+    def _worker_could_not_start(self, worker: _Worker) -> None:
+        """At the start, stop with its error; later, keep the workers that serve."""
+        error = worker.boot_error or "the application could not start"
+        if not self._ever_ready:
+            self.boot_error = error
+            self._boot_failed = True
+            return
+        roll = self._roll
+        if roll is not None and roll.waiting_for == worker.pid:
+            kept = sum(1 for w in self._workers.values() if not w.retiring)
+            logger.error(
+                "SIGHUP: a new worker cannot start the application (%s); the roll stops "
+                "and %d worker(s) keep serving the code they started with. Fix it and send "
+                "SIGHUP again.",
+                error, kept,
+            )  # fmt: skip
+            self._roll = None
+            return
+        # A replacement for a worker that died: the others serve on, and it is
+        # tried again after a growing delay, in case the code is fixed meanwhile.
+        self._failures += 1
+        delay = min(RESTART_DELAY_FIRST * 2 ** (self._failures - 1), RESTART_DELAY_MAX)
+        self._next_spawn = time.monotonic() + delay
+        logger.error(
+            "worker %d cannot start the application (%s); trying again in %.1fs",
+            worker.number, error, delay,
+        )  # fmt: skip
 
     def _check_heartbeats(self) -> None:
         if self.worker_timeout is None:
@@ -402,6 +477,48 @@ class Supervisor:
     def _kill_all(self, sig: int) -> None:
         for pid in list(self._workers):
             _kill(pid, sig)
+
+
+def _watch_supervisor(life_r: int | None, life_w: int | None) -> None:
+    """In a worker: stop gracefully (SIGTERM to ourselves) when the supervisor dies."""
+    supervisor = os.getppid()
+    if life_w is not None:
+        os.close(life_w)  # only the supervisor may hold it, or its end never comes
+    _ask_for_death_signal()
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    if life_r is None:
+        return
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def watch() -> None:
+        # The stop signal must reach the main thread, which minds signals: a
+        # thread that does not block it may be handed it and wake nobody.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        try:
+            while os.read(life_r, 1):
+                pass
+        except OSError:
+            return
+        logger.warning("worker %d: the supervisor is gone; stopping", os.getpid())
+        signal.pthread_kill(main, signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor watch", daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _ask_for_death_signal() -> None:
+    """Linux: have the kernel send SIGTERM when the supervisor dies (prctl(2))."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the pipe watch covers it
 
 
 def _kill(pid: int, sig: int) -> None:
