@@ -12,7 +12,7 @@ import asyncio
 import socket
 import ssl
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from servekit.limits import LimitExceeded
 from servekit.proxy import (
@@ -23,10 +23,13 @@ from servekit.proxy import (
     ProxyParser,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-__all__ = ["PrefaceFailed", "handshake", "read_proxy_header", "read_proxy_header_async"]
+__all__ = [
+    "PrefaceFailed",
+    "handshake",
+    "read_proxy_header",
+    "read_proxy_header_async",
+    "start_tls",
+]
 
 # The shortest valid headers are "PROXY UNKNOWN\r\n" (15 bytes) and a v2
 # fixed part (16 bytes): reading 15 bytes at first never takes application
@@ -134,29 +137,31 @@ def _v2_bytes_wanted(received: bytearray) -> int:
     return max(1, total - len(received))
 
 
-def handshake(
-    sock: socket.socket,
-    context: ssl.SSLContext,
-    deadline: float | None,
-    wrapped: Callable[[socket.socket, ssl.SSLSocket], None],
-) -> ssl.SSLSocket:
-    """Run the server side of a TLS handshake on ``sock`` before ``deadline``.
+def start_tls(sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+    """``sock`` wrapped for the server side of TLS, the handshake not begun.
 
-    ``wrapped(sock, tls)`` is called as soon as ``tls`` has taken over the
-    descriptor, before the handshake, so the server tracks (and can cut) the
-    connection while the handshake runs.
+    The wrapped socket takes over the descriptor: ``sock`` looks closed from
+    now on. The caller tracks (and can cut) the wrapped one while the
+    handshake runs, and closes it if the handshake fails.
     """
-    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-    wrapped(sock, tls)
     try:
-        tls.settimeout(_remaining(deadline, "TLS handshake"))
+        return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    except (ssl.SSLError, OSError) as exc:
+        raise PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake") from None
+
+
+def handshake(tls: ssl.SSLSocket, deadline: float | None) -> None:
+    """Run the TLS handshake of ``tls`` (from start_tls()) before ``deadline``.
+
+    Raises PrefaceFailed if it fails or runs out of time, and leaves ``tls``
+    open: closing it, and forgetting it, is the caller's.
+    """
+    tls.settimeout(_remaining(deadline, "TLS handshake"))  # a PROXY header may have used it up
+    try:
         tls.do_handshake()
     except TimeoutError:
-        tls.close()
         raise PrefaceFailed(
             "TLS handshake not complete within handshake_timeout", "handshake_timeout"
         ) from None
     except (ssl.SSLError, OSError) as exc:
-        tls.close()
         raise PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake") from None
-    return tls

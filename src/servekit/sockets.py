@@ -28,7 +28,7 @@ from functools import cached_property
 from time import monotonic
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from servekit._preface import PrefaceFailed, handshake, read_proxy_header
+from servekit._preface import PrefaceFailed, handshake, read_proxy_header, start_tls
 from servekit.core import BaseServer
 from servekit.limits import IdleSocket, drop_datagram, kernel_timeouts
 from servekit.proxy import is_trusted
@@ -278,10 +278,16 @@ class TCPServer(BaseServer):
         if not self._verify_in_worker:
             self.finish_request(request, client_address)
             return
-        conn, address = self._open_preface(request, client_address)
+        try:
+            conn, address = self._open_preface(request, client_address)
+        except PrefaceFailed:
+            self._counters.not_a_request()  # the loop counted it when it took the connection
+            raise
         try:
             if self.verify_request(conn, address):
                 self.finish_request(conn, address)
+            else:
+                self._counters.not_a_request()
         finally:
             if conn is not request:
                 self.shutdown_request(conn)
@@ -305,11 +311,21 @@ class TCPServer(BaseServer):
             if context is None and isinstance(self.socket, ssl.SSLSocket):
                 context = self.socket.context
             if context is not None:
+                # Tracked throughout, so that a stop can cut it: the plain socket
+                # looks closed once wrapped, and prune() must not take that for a close.
                 self._connections.pin(request)
-                conn = handshake(request, context, deadline, self._connections.replace)
+                conn = start_tls(request, context)
+                self._connections.replace(request, conn)
+                handshake(conn, deadline)
         except PrefaceFailed as exc:
             self._counters.limit(exc.limit)
             logger.warning("%s: closing connection from %s: %s", self, client_address, exc)
+            if conn is not request:
+                # The caller closes and forgets the plain socket; the wrapped one is
+                # ours. Closed before it is forgotten: its bytes are not counted, as
+                # the async engine, whose transport closes it, cannot count them.
+                conn.close()
+                self._forget_request(conn)
             raise
         if self.idle_timeout is None:
             conn.settimeout(None)
@@ -407,6 +423,13 @@ class TCPServer(BaseServer):
             except (AttributeError, OSError):
                 pass  # already closed, or not a socket
         return len(open_now)
+
+    def _close_abandoned_requests(self) -> None:
+        abandoned = self._connections.snapshot()
+        for conn in abandoned:
+            self.shutdown_request(conn)
+        if abandoned:
+            logger.info("%s: closed %d connection(s) no worker took", self, len(abandoned))
 
     def _get_request_failed(self, exc: OSError) -> None:
         if exc.errno is None or exc.errno in _SKIP_ERRNOS:

@@ -23,7 +23,9 @@ class StatsSnapshot:
     """What ``server.stats`` returns: a consistent copy of the counters.
 
     - connections_open / connections_total: stream connections open now / ever
-    - requests: requests handed to process_request (a stream connection is one)
+    - requests: requests handed to their handler (a stream connection is one);
+      a connection whose TLS handshake or PROXY header failed, or that
+      verify_request() refused, is none (a failed preface counts in limits)
     - errors: requests whose handler raised (handle_error was called)
     - limits: how often each named limit tripped, e.g. ``{"max_connections": 3}``
     - bytes_in / bytes_out: bytes received and sent on closed TCP connections
@@ -59,6 +61,7 @@ class Stats:
     __slots__ = (
         "_limits",
         "_lock",
+        "_not_requests",
         "bytes_in",
         "bytes_out",
         "connections_total",
@@ -70,6 +73,7 @@ class Stats:
         self._lock = threading.Lock()
         self.connections_total = 0
         self.requests = 0
+        self._not_requests = 0
         self.errors = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -88,6 +92,14 @@ class Stats:
         self.bytes_in += received
 
     # -- any thread's -----------------------------------------------------------
+
+    def not_a_request(self) -> None:
+        """A connection counted as a request when the loop took it turned out not to
+        be one: its preface (TLS handshake, PROXY header) failed, or verify_request(),
+        which runs after the preface in the worker, refused it. (The loop's counter
+        is left alone: only its own thread writes it.)"""
+        with self._lock:
+            self._not_requests += 1
 
     def error(self) -> None:
         with self._lock:
@@ -110,10 +122,13 @@ class Stats:
 
     def snapshot(self, connections_open: int) -> StatsSnapshot:
         with self._lock:
+            # Those taken back first: each was counted in requests before, so the
+            # difference is never below the truth.
+            not_requests = self._not_requests
             return StatsSnapshot(
                 connections_open=connections_open,
                 connections_total=self.connections_total,
-                requests=self.requests,
+                requests=self.requests - not_requests,
                 errors=self.errors,
                 bytes_in=self.bytes_in,
                 bytes_out=self.bytes_out,
