@@ -1,9 +1,22 @@
-"""The report: markdown tables, the targets of the benchmark issue, and a chart."""
+"""The report: markdown tables, the targets of the benchmark issue, and a chart.
+
+./scripts/bench writes it after a run; to draw it again from a run's figures, without
+running the benchmark (the chart alone, or with --tables docs/benchmarks.md too):
+
+    .venv/bin/python -m benchmarks.report --from docs/benchmarks/results.json
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script or with -m: siblings are modules
 
 from catalog import ROOT, WORKLOADS
 
@@ -294,7 +307,7 @@ def context(cells: Cells) -> list[tuple[str, str]]:
     return rows
 
 
-def write(results: dict[str, Any]) -> None:
+def write(results: dict[str, Any], chart_path: Path = CHART) -> None:
     cells: Cells = {(c["workload"], c["server"]): c for c in results["cells"]}
     meta = results["meta"]
     lines = [
@@ -310,7 +323,7 @@ def write(results: dict[str, Any]) -> None:
             "/proc) over the measured window, divided by the requests answered in it."
         ),
         "",
-        f"Machine: {meta['cpu']}, Linux {meta['kernel']}, Python {meta['python']}; "
+        f"Machine: {machine(meta)}, Linux {meta['kernel']}, Python {meta['python']}; "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         + f"; {meta['date']}; the run took {meta['seconds']} s.",
         "",
@@ -351,39 +364,160 @@ def write(results: dict[str, Any]) -> None:
         if rows:
             lines += _table(workload, rows, cells)
     REPORT.write_text("\n".join(lines) + "\n")
-    chart(results)
+    chart(results, chart_path)
 
 
-def chart(results: dict[str, Any]) -> None:
-    """Requests per second at 64 connections and on churn, servekit beside the peers."""
+# -- the chart -------------------------------------------------------------------------------
+
+
+#: The chart's columns: a workload each, headed short enough for a quarter of the README's
+#: width (about 800 px); the tables in docs/benchmarks.md have every workload in full.
+CHART_PANELS = {
+    "echo-64": "TCP echo\n64 clients",
+    "echo-1000": "TCP echo\n1,000 clients",
+    "churn-64": "TCP churn\n64 clients",
+    "udp-64": "UDP echo\n64 clients",
+}
+SERVEKIT_COLOUR, PEER_COLOUR, NOTE_COLOUR = "#d9480f", "#868e96", "#495057"
+#: Drawn 8 inches wide at 100 dpi, as the README shows it, and saved at twice that for
+#: sharp text: every font size below is what a reader sees at that width.
+CHART_WIDTH_IN, CHART_DPI = 8.0, 200
+
+
+def machine(meta: dict[str, Any]) -> str:
+    """The run's machine: its CPU model and core count. Runs before the core count was
+    recorded (meta "cores") take it from this machine's /proc/cpuinfo."""
+    cores = meta.get("cores") or _cores()
+    return f"{meta['cpu']}, {cores} cores" if cores else str(meta["cpu"])
+
+
+def _cores() -> int | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return os.cpu_count()
+    return sum(line.startswith("processor") for line in lines) or os.cpu_count()
+
+
+def _runs(count: int) -> str:
+    return "1 run" if count == 1 else f"{count} runs"
+
+
+def _short(value: float) -> str:
+    """146k, 4.3k, 364: a bar's figure in a quarter of the width."""
+    if value >= 9_950:
+        return f"{value / 1000:.0f}k"
+    if value >= 1000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:.0f}"
+
+
+def chart(results: dict[str, Any], path: Path = CHART) -> None:
+    """Requests per second on four workloads, servekit beside the peers: one row per server,
+    named once, and a column per workload, each with its own scale and its figures written
+    on the bars; the machine and the date of the run below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        w
-        for w in ("echo-64", "echo-1000", "churn-64", "udp-64")
-        if any(c["workload"] == w and c.get("median") for c in results["cells"])
-    ]
+    cells: Cells = {(c["workload"], c["server"]): c for c in results["cells"]}
+    rps = {key: _fig(cells, *key, "rps") for key in cells}
+    panels = [k for k in CHART_PANELS if any(v for (w, _), v in rps.items() if w == k)]
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 7), squeeze=False)
-    titles = {w.key: w.title for w in WORKLOADS}
+    servekit = {c["server"] for c in results["cells"] if c.get("servekit")}
+    servers = list(
+        dict.fromkeys(s for (w, s), v in rps.items() if w in panels and v)
+    )  # run order, for ties
+    # Most requests per second on top, by the first column, then by the next for the
+    # servers it lacks (the sync model at 64 connections, the UDP server on TCP).
+    servers.sort(key=lambda s: [-(rps.get((k, s)) or 0) for k in panels])
+    rows = range(len(servers))
+
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        sharey=True,
+        squeeze=False,
+        figsize=(CHART_WIDTH_IN, 1.6 + 0.26 * len(servers)),
+    )
     for ax, key in zip(axes[0], panels, strict=True):
-        rows = sorted(
-            (c for c in results["cells"] if c["workload"] == key and c.get("median")),
-            key=lambda c: c["median"].get("rps", 0),
-        )
+        values = [rps.get((key, s)) for s in servers]
+        top = max(v for v in values if v)
+        for row in rows[::2]:  # bands, to follow a row across the columns
+            ax.axhspan(row - 0.5, row + 0.5, color="#f1f3f5", zorder=0)
         ax.barh(
-            [c["server"] for c in rows],
-            [c["median"].get("rps", 0) for c in rows],
-            color=["#d9480f" if c.get("servekit") else "#868e96" for c in rows],
+            rows,
+            [v or 0 for v in values],
+            height=0.7,
+            color=[SERVEKIT_COLOUR if s in servekit else PEER_COLOUR for s in servers],
+            zorder=2,
         )
-        ax.set_title(titles[key], fontsize=10)
-        ax.set_xlabel("requests per second (median)")
-        ax.tick_params(axis="y", labelsize=8)
-    fig.suptitle("servekit (orange) and its peers, same machine, same run")
-    fig.tight_layout()
-    CHART.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(CHART, dpi=90)
+        for row, value in zip(rows, values, strict=True):
+            ax.text(
+                (value or 0) + top * 0.03,
+                row,
+                _short(value) if value else "-",
+                va="center",
+                fontsize=8.5,
+                color="black" if value else NOTE_COLOUR,
+            )
+        ax.set_xlim(0, top * 1.42)
+        ax.set_title(CHART_PANELS[key], fontsize=10, fontweight="bold")
+        ax.xaxis.set_visible(False)
+        ax.tick_params(axis="y", length=0, labelsize=9.5)
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+    first = axes[0][0]
+    first.set_yticks(list(rows), servers)
+    first.set_ylim(len(servers) - 0.5, -0.5)
+    for label, server in zip(first.get_yticklabels(), servers, strict=True):
+        if server in servekit:
+            label.set_color(SERVEKIT_COLOUR)
+            label.set_fontweight("bold")
+    meta = results["meta"]
+    fig.suptitle(
+        "Requests per second: servekit (orange) beside its peers",
+        fontsize=12,
+        fontweight="bold",
+    )
+    fig.text(
+        0.5,
+        0.008,
+        f"Run of {meta['date']} on {machine(meta)}; Linux {meta['kernel']}, "
+        f"Python {meta['python']}.\nMedian of {_runs(meta['runs'])}; 64-byte messages; the "
+        "server on one core, the C load generator on another; - not measured.",
+        ha="center",
+        va="bottom",
+        fontsize=8.5,
+        linespacing=1.5,
+        color=NOTE_COLOUR,
+    )
+    fig.tight_layout(rect=(0, 0.055, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=CHART_DPI)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Draw the report again from a results.json, without running the benchmark."
+    )
+    parser.add_argument(
+        "--from", dest="source", type=Path, required=True, help="a results.json of a run"
+    )
+    parser.add_argument("--chart", type=Path, default=CHART, help=f"default {CHART}")
+    parser.add_argument(
+        "--tables", action="store_true", help=f"write {REPORT} again too (its tables, targets)"
+    )
+    args = parser.parse_args()
+    results = json.loads(args.source.read_text())
+    if args.tables:
+        write(results, args.chart)
+    else:
+        chart(results, args.chart)
+
+
+if __name__ == "__main__":
+    main()
