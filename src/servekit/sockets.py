@@ -36,6 +36,7 @@ from servekit.proxy import is_trusted
 if TYPE_CHECKING:
     from servekit.core import RequestHandlerFactory
     from servekit.proxy import TrustedNetwork
+    from servekit.stats import StatsSnapshot
 
 __all__ = [
     "ACCEPT_BACKOFF_FIRST",
@@ -77,7 +78,8 @@ ACCEPT_BACKOFF_MAX = 1.0
 
 # Linux's struct tcp_info holds tcpi_bytes_acked and tcpi_bytes_received (both
 # u64) at these offsets since Linux 4.1/4.6; asking for them once at close is
-# what makes byte counting free while the connection runs.
+# what makes byte counting free while the connection runs. (Reading stats asks
+# the connections still open too, at most once a second: see servekit.stats.)
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_INFO_BYTES = struct.Struct("=QQ")
 _TCP_INFO_BYTES_AT = 120
@@ -320,12 +322,9 @@ class TCPServer(BaseServer):
         except PrefaceFailed as exc:
             self._counters.limit(exc.limit)
             logger.warning("%s: closing connection from %s: %s", self, client_address, exc)
-            if conn is not request:
-                # The caller closes and forgets the plain socket; the wrapped one is
-                # ours. Closed before it is forgotten: its bytes are not counted, as
-                # the async engine, whose transport closes it, cannot count them.
+            if conn is not request:  # the caller closes the plain socket; the wrapped one is ours
+                self._forget_failed_handshake(conn)
                 conn.close()
-                self._forget_request(conn)
             raise
         if self.idle_timeout is None:
             conn.settimeout(None)
@@ -390,8 +389,32 @@ class TCPServer(BaseServer):
         if self._at_max_connections:
             self._wake_loop()
 
+    def _forget_failed_handshake(self, conn: Any) -> None:
+        """Forget ``conn``, whose TLS handshake failed, without counting its bytes:
+        the async engine cannot (its transport has closed the socket by the time it
+        hears of the failure), and every model counts alike."""
+        if self._connections.remove(conn) and self._at_max_connections:
+            self._wake_loop()
+
     def _open_requests(self) -> int:
         return len(self._connections)
+
+    @property
+    def stats(self) -> StatsSnapshot:
+        """A consistent copy of this server's counters (see StatsSnapshot); the
+        bytes include those of TCP connections still open, at most a second old."""
+        if self.address_family not in _TCP_FAMILIES:
+            return super().stats  # Unix sockets have no TCP_INFO to ask
+        return self._counters.snapshot(self._open_requests(), self._open_bytes)
+
+    def _open_bytes(self) -> tuple[int, int]:
+        """(received, sent) by the connections open now, so far (see Stats.snapshot)."""
+        received = sent = 0
+        for conn in self._connections.snapshot():
+            conn_received, conn_sent = _tcp_bytes(conn)
+            received += conn_received
+            sent += conn_sent
+        return received, sent
 
     def _ready_for_request(self) -> bool:
         limit = self.max_connections
@@ -508,6 +531,7 @@ class UDPServer(TCPServer):
     # The connection limits are a stream's: a datagram opens nothing that
     # max_connections would count, and nothing idles.
     _ready_for_request = BaseServer._ready_for_request
+    stats = BaseServer.stats  # no connection to read bytes from: a datagram's count when it comes
 
     def _run_request(self, request: Any, client_address: Any) -> None:
         self.finish_request(request, client_address)  # no preface to read first

@@ -7,15 +7,34 @@ cannot lose an update, and a datagram is a few microseconds, of which two
 locks would be a twentieth. Byte counts of TCP connections come from the
 kernel (``TCP_INFO``) when the connection closes, so reading and writing pay
 nothing.
+
+Connections still open: a snapshot adds what the kernel says they have moved
+so far, read at most once every ``LIVE_BYTES_MAX_AGE`` seconds. Both that sum
+(taken with the closed totals of the same moment) and the closed totals alone
+are lower bounds of the bytes moved, so a snapshot shows the larger of the two:
+a connection that closes after its bytes were read while open is never counted
+twice, and nothing has to be kept per connection, so the path of a request
+pays nothing for it either.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from time import monotonic
+from typing import TYPE_CHECKING
 
-__all__ = ["Stats", "StatsSnapshot"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["LIVE_BYTES_MAX_AGE", "Stats", "StatsSnapshot"]
+
+#: How old, at most, the bytes of open connections in a snapshot are. Reading
+#: them costs two getsockopt() calls per connection, about 6 us in all (60 ms
+#: for 10,000 connections, measured on loopback), so however often a status
+#: line is read, that pass runs at most once a second.
+LIVE_BYTES_MAX_AGE = 1.0
 
 
 @dataclass(frozen=True)
@@ -28,9 +47,10 @@ class StatsSnapshot:
       verify_request() refused, is none (a failed preface counts in limits)
     - errors: requests whose handler raised (handle_error was called)
     - limits: how often each named limit tripped, e.g. ``{"max_connections": 3}``
-    - bytes_in / bytes_out: bytes received and sent on closed TCP connections
-      (sent: as acknowledged by the client when the connection closed) and on
-      datagrams (sent: replies from DatagramRequestHandler)
+    - bytes_in / bytes_out: bytes received and sent on TCP connections (sent:
+      as acknowledged by the client), those still open included as of at
+      most ``LIVE_BYTES_MAX_AGE`` (a second) ago, and on datagrams (sent:
+      replies from DatagramRequestHandler)
     """
 
     connections_open: int = 0
@@ -60,8 +80,12 @@ class Stats:
 
     __slots__ = (
         "_limits",
+        "_live_lock",
+        "_live_until",
         "_lock",
         "_not_requests",
+        "_seen_in",
+        "_seen_out",
         "bytes_in",
         "bytes_out",
         "connections_total",
@@ -78,6 +102,11 @@ class Stats:
         self.bytes_in = 0
         self.bytes_out = 0
         self._limits: Counter[str] = Counter()
+        # Bytes moved, closed and open connections together, as last read
+        # (see _with_open); read again once monotonic() passes _live_until.
+        self._live_lock = threading.Lock()
+        self._live_until = 0.0
+        self._seen_in = self._seen_out = 0
 
     # -- the serving loop's own: called from that thread only ------------------
 
@@ -120,12 +149,19 @@ class Stats:
         with self._lock:
             self._limits[name] += 1
 
-    def snapshot(self, connections_open: int) -> StatsSnapshot:
+    def snapshot(
+        self,
+        connections_open: int,
+        open_bytes: Callable[[], tuple[int, int]] | None = None,
+    ) -> StatsSnapshot:
+        """The counters now. ``open_bytes()`` returns the bytes (received, sent)
+        the connections still open have moved so far; it is called at most once
+        every LIVE_BYTES_MAX_AGE seconds."""
         with self._lock:
             # Those taken back first: each was counted in requests before, so the
             # difference is never below the truth.
             not_requests = self._not_requests
-            return StatsSnapshot(
+            snapshot = StatsSnapshot(
                 connections_open=connections_open,
                 connections_total=self.connections_total,
                 requests=self.requests - not_requests,
@@ -134,3 +170,30 @@ class Stats:
                 bytes_out=self.bytes_out,
                 limits=dict(self._limits),
             )
+        if open_bytes is None:
+            return snapshot
+        bytes_in, bytes_out = self._with_open(snapshot.bytes_in, snapshot.bytes_out, open_bytes)
+        return replace(snapshot, bytes_in=bytes_in, bytes_out=bytes_out)
+
+    def _with_open(
+        self, closed_in: int, closed_out: int, open_bytes: Callable[[], tuple[int, int]]
+    ) -> tuple[int, int]:
+        """The bytes of closed connections (read just now) and of open ones (read
+        at most LIVE_BYTES_MAX_AGE ago), never one connection's twice.
+
+        The closed totals are read before the open connections are listed, and a
+        connection leaves that list before its bytes join the totals: so closed
+        plus open, at one moment, counts each connection once, and is at most
+        what has been moved since. The closed totals alone are at most that too.
+        The larger of the two lower bounds is the figure.
+        """
+        with self._live_lock:
+            now = monotonic()
+            if now >= self._live_until:
+                live_in, live_out = open_bytes()
+                # Kept if larger: a connection closing while it was read may be
+                # missing from both parts, for this once.
+                self._seen_in = max(self._seen_in, closed_in + live_in)
+                self._seen_out = max(self._seen_out, closed_out + live_out)
+                self._live_until = now + LIVE_BYTES_MAX_AGE
+            return max(closed_in, self._seen_in), max(closed_out, self._seen_out)

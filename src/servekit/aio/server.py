@@ -411,11 +411,14 @@ class AsyncServerMixIn(_Base):
             failure = PrefaceFailed(
                 "TLS handshake not complete within handshake_timeout", "handshake_timeout"
             )
-            raise report(self, address, failure) from None
         except (ssl.SSLError, OSError) as exc:
             failure = PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake")
-            raise report(self, address, failure) from None
-        return transport
+        else:
+            return transport
+        # Its bytes are not counted, as on the other models: after a TLS error the
+        # transport has closed the socket already, after a timeout not yet.
+        self._forget_failed_handshake(conn)
+        raise report(self, address, failure) from None
 
 
 class _Receiver(asyncio.DatagramProtocol):
