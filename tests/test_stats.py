@@ -84,8 +84,8 @@ def test_an_open_connection_shows_its_bytes_within_a_second(concurrency: str) ->
         stats = server.stats
         assert (stats.connections_open, stats.bytes_in, stats.bytes_out) == (1, SIZE, SIZE)
         # The figures were cached just before the bytes moved: the next read of the
-        # connection is at most LIVE_BYTES_MAX_AGE later (plus a loaded machine's delay).
-        assert shown_after < servekit.stats.LIVE_BYTES_MAX_AGE + 0.5
+        # connection is LIVE_BYTES_MAX_AGE later (doubled: CI machines stall).
+        assert shown_after < 2 * servekit.stats.LIVE_BYTES_MAX_AGE
         client.shutdown(socket.SHUT_RDWR)
         client.close()
         assert _until(lambda: server.stats.connections_open == 0)
