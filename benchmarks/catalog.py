@@ -22,6 +22,12 @@ class Workload:
     proto: str  # tcp, udp, unix
     conns: int
     title: str
+    slow: int = 0  # loadgen's --slow: clients trickling a line that never ends, besides
+    duration: float = 0.0  # the measured window, at least; 0 for the run's --duration
+    only: frozenset[str] = frozenset()  # the servers it is run against; empty for all
+
+    def runs_against(self, server: str) -> bool:
+        return not self.only or server in self.only
 
     @property
     def persistent(self) -> bool:
@@ -39,6 +45,28 @@ WORKLOADS = [
     Workload("udp-64", "echo", "udp", 64, "UDP echo, 64 B, 64 clients"),
     Workload("idle-10000", "idle", "tcp", 10_000, "10,000 idle TCP connections held"),
     Workload("burst-1000", "burst", "tcp", 1000, "1,000 connections launched at once"),
+    # 1,000 clients each sending a byte a second of a line that never ends, and
+    # reconnecting at once when the server cuts them (read_timeout, 30 s by default),
+    # opened before 64 ordinary echo clients, whose service is what is measured.
+    # The window covers the first read_timeout cut of all 1,000 and their return.
+    Workload(
+        "slow-1000",
+        "echo",
+        "tcp",
+        64,
+        "TCP echo, 64 B, 64 connections, beside 1,000 slow clients (a byte a second of a "
+        "line that never ends)",
+        slow=1000,
+        duration=40.0,
+        only=frozenset(
+            {
+                "servekit pool",
+                "servekit threads (stream)",
+                "servekit async (uvloop)",
+                "stdlib threading (stream)",
+            }
+        ),
+    ),
 ]
 
 
@@ -65,6 +93,10 @@ class Server:
         model, _, variant = self.model.partition("-")
         if model == "async":
             handler = "AsyncDatagramEcho" if workload.proto == "udp" else "AsyncEcho"
+            if workload.slow:
+                # Lines, as the thread models and the stdlib peer read them: a line
+                # that never ends is then an unfinished request on every server.
+                handler = "AsyncLineEcho"
         elif workload.proto == "udp":
             handler = "DatagramEcho"
         elif variant.startswith("base"):

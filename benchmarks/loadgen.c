@@ -5,6 +5,7 @@
  *   loadgen --proto tcp|udp|unix (--host H --port P | --path P) --mode echo|churn|idle|burst
  *           --conns N --size S [--duration SEC=2] [--warmup SEC=0.5] [--timeout SEC=5]
  *           [--hold SEC=2] [--deadline SEC=1] [--udp-timeout MS=200]
+ *           [--slow N [--slow-interval SEC=1]]
  *
  * A request is S bytes, S-1 of 'x' then '\n' (so line-based servers answer too), and a client
  * sends its next request only once all S bytes have come back. Over UDP the request starts with
@@ -25,6 +26,17 @@
  *          server closing one after its answer is an error ("closed") too.
  *   burst  N connects issued at once, each sending as soon as it is connected. Counts the
  *          echoes complete within --deadline and within --timeout of the burst's start.
+ * Slow clients (--slow N, echo over a stream protocol): N more connections, opened before the
+ * echo clients (at most 256 being opened at once, until all are connected or --timeout), each
+ * sending one byte ('x') as it connects and another every --slow-interval seconds: a line that
+ * never ends. Whatever the server sends them is read and dropped. When the server closes or
+ * resets one (its read or idle timeout), it is reconnected at once; a connect that fails is
+ * retried after --slow-interval. Then the echo clients run as above, the slow ones trickling on
+ * throughout. A slow client counts as connected from its handshake until the server cuts it
+ * (one waiting in the server's listen backlog counts: the client cannot tell). Their figures
+ * are apart from the echo clients': how many were connected as the window opened, the least,
+ * the mean over time and the most during it, and as it closed; how many the server cut, how
+ * many connects failed, and the bytes sent, in the window.
  * echo and churn count only what completes in the --duration seconds after --warmup, then let
  * the requests in flight finish, uncounted, so that every connection ends in a clean close.
  * idle and burst count everything, time each request from its connect, and report as their
@@ -34,8 +46,8 @@
  * client's kernel resends a SYN dropped by a full backlog.
  *
  * Output: one JSON object on one line on stdout (after the HELD line; in echo and churn after
- * MEASURING and MEASURED, printed as the measured window opens and closes), errors by kind
- * on stderr.
+ * MEASURING and MEASURED, printed as the measured window opens and closes; with --slow, after
+ * "SLOW <connected>" once the slow clients are open), errors by kind on stderr.
  * Exit status: 0 if the run took place, even with errors; 1 if it could not (no connection could
  * be made, or a system call failed); 2 for bad arguments.
  */
@@ -79,14 +91,15 @@ static const char *const mode_names[] = { "echo", "churn", "idle", "burst", NULL
 static const char usage[] =
     "usage: loadgen --proto tcp|udp|unix (--host H --port P | --path P)"
     " --mode echo|churn|idle|burst --conns N --size S [--duration SEC=2] [--warmup SEC=0.5]"
-    " [--timeout SEC=5] [--hold SEC=2] [--deadline SEC=1] [--udp-timeout MS=200]\n";
+    " [--timeout SEC=5] [--hold SEC=2] [--deadline SEC=1] [--udp-timeout MS=200]"
+    " [--slow N [--slow-interval SEC=1]]\n";
 
 static struct {
     enum proto proto;
     enum mode mode;
     const char *host, *port, *path;
-    size_t conns, size;
-    uint64_t duration, warmup, timeout, hold, deadline, udp_timeout; /* ns */
+    size_t conns, size, slow;
+    uint64_t duration, warmup, timeout, hold, deadline, udp_timeout, slow_interval; /* ns */
 } opt;
 
 static _Noreturn void fail(int status, const char *fmt, ...)
@@ -152,7 +165,7 @@ static uint64_t parse_time(const char *name, const char *arg, bool ms, bool zero
 static void parse_args(int argc, char **argv)
 {
     enum { PROTO = 256, HOST, PORT, PATH, MODE, CONNS, SIZE, DURATION, WARMUP, TIMEOUT, HOLD,
-           DEADLINE, UDP_TIMEOUT, HELP };
+           DEADLINE, UDP_TIMEOUT, SLOW, SLOW_INTERVAL, HELP };
     static const struct option longopts[] = {
         { "proto", required_argument, NULL, PROTO },
         { "host", required_argument, NULL, HOST },
@@ -167,6 +180,8 @@ static void parse_args(int argc, char **argv)
         { "hold", required_argument, NULL, HOLD },
         { "deadline", required_argument, NULL, DEADLINE },
         { "udp-timeout", required_argument, NULL, UDP_TIMEOUT },
+        { "slow", required_argument, NULL, SLOW },
+        { "slow-interval", required_argument, NULL, SLOW_INTERVAL },
         { "help", no_argument, NULL, HELP },
         { NULL, 0, NULL, 0 },
     };
@@ -178,6 +193,7 @@ static void parse_args(int argc, char **argv)
     opt.hold = 2 * NS_PER_SEC;
     opt.deadline = NS_PER_SEC;
     opt.udp_timeout = NS_PER_SEC / 5;
+    opt.slow_interval = NS_PER_SEC;
 
     opterr = 0; /* our own one-line messages instead of getopt's */
     for (int o; (o = getopt_long(argc, argv, ":", longopts, NULL)) != -1;) {
@@ -195,6 +211,10 @@ static void parse_args(int argc, char **argv)
         case HOLD: opt.hold = parse_time("hold", optarg, false, true); break;
         case DEADLINE: opt.deadline = parse_time("deadline", optarg, false, false); break;
         case UDP_TIMEOUT: opt.udp_timeout = parse_time("udp-timeout", optarg, true, false); break;
+        case SLOW: opt.slow = parse_count("slow", optarg, 0, MAX_CONNS); break;
+        case SLOW_INTERVAL:
+            opt.slow_interval = parse_time("slow-interval", optarg, false, false);
+            break;
         case HELP: fputs(usage, stdout); exit(0);
         case ':': usage_error("%s needs a value", argv[optind - 1]);
         default: usage_error("unknown option '%s' (see --help)", argv[optind - 1]);
@@ -212,6 +232,8 @@ static void parse_args(int argc, char **argv)
         usage_error("--proto %s takes --host and --port and no --path", proto_names[proto]);
     if (opt.proto == UDP && opt.mode != ECHO)
         usage_error("--mode %s needs a stream protocol (tcp or unix)", mode_names[mode]);
+    if (opt.slow && (opt.mode != ECHO || opt.proto == UDP))
+        usage_error("--slow needs --mode echo over a stream protocol (tcp or unix)");
 }
 
 /* ---- The server's address ---------------------------------------------------------------- */
@@ -426,6 +448,7 @@ struct conn {
     uint32_t mask;      /* events registered with epoll; 0 if not registered */
     int fd;
     enum state state;
+    bool slow;          /* one of the --slow clients, apart from the busy/queue machinery */
 };
 
 #define CONN_OF(l, member) ((struct conn *)((char *)(l) - offsetof(struct conn, member)))
@@ -713,8 +736,208 @@ static bool conn_open(struct conn *c)
     return true;
 }
 
+/* ---- Slow clients ------------------------------------------------------------------------ */
+
+/*
+ * They keep out of `busy`, `queue` and `timers`, which pace the echo clients. A slow client is
+ * CLOSED (in `slow_waiting` to connect now, or in `ticks` to retry a failed connect),
+ * CONNECTING, or PARKED: connected, in `ticks` for its next byte. `ticks` is kept sorted by
+ * due time, which slow_schedule() appends at or after its last entry.
+ */
+static struct conn *slows;
+static struct link slow_waiting, ticks;
+static size_t slow_connecting, slow_connected;
+static uint64_t slow_errors[KINDS]; /* failed connects, over the whole run */
+static struct {
+    size_t at_start, at_end, min, max;
+    double area;   /* connected clients times ns, inside the window */
+    uint64_t last; /* when slow_connected last changed */
+    uint64_t cuts, errors, bytes;
+} sw = { .min = SIZE_MAX };
+
+static bool all_slow_connected(void)
+{
+    return slow_connected == opt.slow;
+}
+
+/* The window's share of the time slow_connected held its value until t. */
+static void slow_account(uint64_t t)
+{
+    uint64_t from = sw.last > win_start ? sw.last : win_start;
+    uint64_t to = t < win_end ? t : win_end;
+    if (to > from)
+        sw.area += (double)slow_connected * (double)(to - from);
+    sw.last = t;
+}
+
+static void slow_set_state(struct conn *c, enum state s)
+{
+    slow_connecting = slow_connecting + (s == CONNECTING) - (c->state == CONNECTING);
+    if ((s == PARKED) != (c->state == PARKED)) {
+        uint64_t t = now_ns();
+        slow_account(t);
+        slow_connected = s == PARKED ? slow_connected + 1 : slow_connected - 1;
+        if (in_window(t)) {
+            if (slow_connected < sw.min)
+                sw.min = slow_connected;
+            if (slow_connected > sw.max)
+                sw.max = slow_connected;
+        }
+    }
+    c->state = s;
+}
+
+/*
+ * Sets c's next tick --slow-interval after `base`: the tick just due, so that a busy loop's
+ * lateness does not add up and lower the rate, or the time of a connect. Not in the past (a
+ * loop that fell more than an interval behind does not send a burst to catch up), and not
+ * before the last tick queued, which keeps `ticks` sorted (that moves a tick by at most the
+ * lateness of the one being rescheduled).
+ */
+static void slow_schedule(struct conn *c, uint64_t base)
+{
+    uint64_t due = base + opt.slow_interval, now = now_ns();
+    if (due < now)
+        due = now;
+    if (linked(&ticks) && CONN_OF(ticks.prev, timer)->deadline > due)
+        due = CONN_OF(ticks.prev, timer)->deadline;
+    c->deadline = due;
+    link_remove(&c->timer);
+    link_append(&ticks, &c->timer);
+}
+
+static void slow_close(struct conn *c)
+{
+    link_remove(&c->timer);
+    link_remove(&c->queued);
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->mask = 0;
+    slow_set_state(c, CLOSED);
+}
+
+/* The server closed or reset a connected slow client: it connects again at once. */
+static void slow_cut(struct conn *c)
+{
+    if (in_window(now_ns()))
+        sw.cuts++;
+    slow_close(c);
+    link_append(&slow_waiting, &c->queued);
+}
+
+/* A connect failed: counted, and tried again after --slow-interval, not in a busy loop. */
+static void slow_connect_failed(struct conn *c, int kind)
+{
+    slow_errors[kind]++;
+    if (in_window(now_ns()))
+        sw.errors++;
+    slow_close(c);
+    slow_schedule(c, now_ns());
+}
+
+/* Sends one byte, the next due an interval after `base`; a failed send means a cut. */
+static void slow_send(struct conn *c, uint64_t base)
+{
+    ssize_t n = send(c->fd, "x", 1, MSG_NOSIGNAL);
+    if (n < 0 && errno != EAGAIN) { /* EAGAIN: a full send buffer; try at the next tick */
+        slow_cut(c);
+        return;
+    }
+    if (n > 0 && in_window(now_ns()))
+        sw.bytes++;
+    slow_schedule(c, base);
+}
+
+/* Drops what the server sent; the server closing the connection is a cut. */
+static void slow_read(struct conn *c)
+{
+    for (;;) {
+        ssize_t n = recv(c->fd, scratch, sizeof scratch, 0);
+        if (n > 0)
+            continue;
+        if (n == 0 || errno != EAGAIN)
+            slow_cut(c);
+        return;
+    }
+}
+
+static void slow_on_connected(struct conn *c)
+{
+    reached = true;
+    watch(c, false);
+    slow_set_state(c, PARKED);
+    slow_send(c, now_ns());
+}
+
+static void slow_open(struct conn *c)
+{
+    c->fd = socket(addr.ss_family, socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        die("socket: %s", strerror(errno));
+    int one = 1;
+    if (opt.proto == TCP && setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+        die("TCP_NODELAY: %s", strerror(errno));
+    if (connect(c->fd, (struct sockaddr *)&addr, addr_len) == 0) {
+        slow_on_connected(c);
+    } else if (errno == EINPROGRESS) {
+        watch(c, true);
+        slow_set_state(c, CONNECTING);
+    } else {
+        /* EAGAIN (a full Unix backlog) included: retried at the next tick. */
+        slow_connect_failed(c, errno_kind(errno));
+    }
+}
+
+/* Connects the slow clients waiting to, while fewer than OPEN_WINDOW are connecting. */
+static void slow_start_waiting(void)
+{
+    while (linked(&slow_waiting) && slow_connecting < OPEN_WINDOW) {
+        struct conn *c = CONN_OF(slow_waiting.next, queued);
+        link_remove(&c->queued);
+        slow_open(c);
+    }
+}
+
+static void slow_event(struct conn *c, uint32_t ev)
+{
+    if (c->state == CONNECTING) {
+        if (ev & (EPOLLERR | EPOLLHUP)) {
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            slow_connect_failed(c, err ? errno_kind(err) : K_CLOSED);
+            return;
+        }
+        if (!(ev & EPOLLOUT))
+            return;
+        slow_on_connected(c);
+    }
+    if (c->state == PARKED && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)))
+        slow_read(c);
+}
+
+/* The slow clients' ticks that are due: a byte for the connected, a retry for the others. */
+static void slow_expire(uint64_t now)
+{
+    while (linked(&ticks)) {
+        struct conn *c = CONN_OF(ticks.next, timer);
+        if (c->deadline > now)
+            break;
+        link_remove(&c->timer);
+        if (c->state == PARKED)
+            slow_send(c, c->deadline);
+        else if (c->state == CLOSED)
+            link_append(&slow_waiting, &c->queued);
+    }
+}
+
 static void on_event(struct conn *c, uint32_t ev)
 {
+    if (c->slow) {
+        slow_event(c, ev);
+        return;
+    }
     switch (c->state) {
     case CONNECTING:
         if (ev & (EPOLLERR | EPOLLHUP)) {
@@ -765,6 +988,7 @@ static void expire_timers(uint64_t now)
             conn_fail(c, K_TIMEOUT);
         }
     }
+    slow_expire(now);
 }
 
 /*
@@ -805,19 +1029,22 @@ static bool settled(void)
     return busy == 0 && !linked(&queue);
 }
 
-/* The event loop: runs until `until`, or until settled() if `to_settle`. Returns the time. */
-static uint64_t run_until(uint64_t until, bool to_settle)
+/* The event loop: runs until `until`, or until done() if given. Returns the time. */
+static uint64_t run_until(uint64_t until, bool (*done)(void))
 {
     static struct epoll_event events[MAX_EVENTS];
     for (;;) {
         int wait = start_queued();
+        slow_start_waiting();
         uint64_t now = now_ns();
-        if (now >= until || (to_settle && settled()))
+        if (now >= until || (done && done()))
             return now;
 
         uint64_t wake = until;
         if (linked(&timers) && CONN_OF(timers.next, timer)->deadline < wake)
             wake = CONN_OF(timers.next, timer)->deadline;
+        if (linked(&ticks) && CONN_OF(ticks.next, timer)->deadline < wake)
+            wake = CONN_OF(ticks.next, timer)->deadline;
         uint64_t ms = wake > now ? (wake - now + 999999) / 1000000 : 0;
         if (wait < 0 || ms < (uint64_t)wait)
             wait = (int)ms; /* at most MAX_SECONDS in ms: fits an int */
@@ -844,7 +1071,7 @@ static void queue_all(void)
 static uint64_t open_all(uint64_t start)
 {
     queue_all();
-    uint64_t now = run_until(start + opt.timeout, true);
+    uint64_t now = run_until(start + opt.timeout, settled);
     for (size_t i = 0; i < opt.conns; i++)
         if (is_busy(conns[i].state) || linked(&conns[i].queued))
             conn_fail(&conns[i], K_TIMEOUT);
@@ -877,7 +1104,7 @@ static void drain(uint64_t now)
         conn_close(CONN_OF(queue.next, queued));
     while (linked(&backlog))
         conn_close(CONN_OF(backlog.next, queued));
-    run_until(now + opt.timeout, true);
+    run_until(now + opt.timeout, settled);
 }
 
 /* ---- Modes ------------------------------------------------------------------------------- */
@@ -892,16 +1119,30 @@ static void mark(const char *what)
 /* echo, churn: warm up, then the measured window between MEASURING and MEASURED. */
 static uint64_t run_window(void)
 {
-    run_until(win_start, false);
+    run_until(win_start, NULL);
     mark("MEASURING");
-    uint64_t now = run_until(win_end, false);
+    sw.at_start = slow_connected;
+    if (sw.at_start < sw.min)
+        sw.min = sw.at_start;
+    if (sw.at_start > sw.max)
+        sw.max = sw.at_start;
+    uint64_t now = run_until(win_end, NULL);
     mark("MEASURED");
+    slow_account(win_end);
+    sw.at_end = slow_connected;
     return now;
 }
 
 /* Each mode runs, and returns the duration it reports. */
 static uint64_t run_echo(void)
 {
+    if (opt.slow) {
+        for (size_t i = 0; i < opt.slow; i++)
+            link_append(&slow_waiting, &slows[i].queued);
+        run_until(now_ns() + opt.timeout, all_slow_connected);
+        printf("SLOW %zu\n", slow_connected);
+        fflush(stdout);
+    }
     cap = OPEN_WINDOW;
     uint64_t now = open_all(now_ns());
     if (opt.proto != UDP) /* fail fast; UDP can tell only once requests were sent */
@@ -945,7 +1186,7 @@ static uint64_t run_idle(void)
 
     printf("HELD %" PRIu64 "\n", requests);
     fflush(stdout);
-    run_until(now + opt.hold, false);
+    run_until(now + opt.hold, NULL);
     return now - start;
 }
 
@@ -969,9 +1210,9 @@ static void raise_fd_limit(void)
     rl.rlim_cur = rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
         die("setrlimit: %s", strerror(errno));
-    if (opt.conns + SPARE_FDS > rl.rlim_cur)
-        usage_error("--conns %zu needs more file descriptors than the limit of %llu", opt.conns,
-                    (unsigned long long)rl.rlim_cur);
+    if (opt.conns + opt.slow + SPARE_FDS > rl.rlim_cur)
+        usage_error("--conns %zu and --slow %zu need more file descriptors than the limit of %llu",
+                    opt.conns, opt.slow, (unsigned long long)rl.rlim_cur);
 }
 
 static void print_result(uint64_t elapsed)
@@ -991,11 +1232,19 @@ static void print_result(uint64_t elapsed)
         printf(",\"answered\":%" PRIu64, requests);
     if (opt.mode == BURST)
         printf(",\"served_in_deadline\":%" PRIu64 ",\"served\":%" PRIu64, in_deadline, requests);
+    if (opt.slow)
+        printf(",\"slow\":{\"clients\":%zu,\"interval\":%.3f,\"connected_start\":%zu,"
+               "\"connected_min\":%zu,\"connected_mean\":%.1f,\"connected_max\":%zu,"
+               "\"connected_end\":%zu,\"cuts\":%" PRIu64 ",\"errors\":%" PRIu64
+               ",\"bytes\":%" PRIu64 "}",
+               opt.slow, (double)opt.slow_interval / 1e9, sw.at_start, sw.min,
+               sw.area / (double)opt.duration, sw.max, sw.at_end, sw.cuts, sw.errors, sw.bytes);
     printf("}\n");
     fflush(stdout);
 
     report_errors(counted, "");
     report_errors(uncounted, " outside the measured window, not counted");
+    report_errors(slow_errors, " connecting slow clients");
     if (stale)
         fprintf(stderr, "loadgen: %" PRIu64 " late UDP replies ignored\n", stale);
 }
@@ -1008,7 +1257,8 @@ int main(int argc, char **argv)
 
     req = malloc(opt.size);
     conns = calloc(opt.conns, sizeof *conns);
-    if (!req || !conns)
+    slows = calloc(opt.slow ? opt.slow : 1, sizeof *slows);
+    if (!req || !conns || !slows)
         die("out of memory");
     memset(req, 'x', opt.size - 1);
     req[opt.size - 1] = '\n';
@@ -1019,9 +1269,17 @@ int main(int argc, char **argv)
         link_init(&conns[i].timer);
         link_init(&conns[i].queued);
     }
+    for (size_t i = 0; i < opt.slow; i++) {
+        slows[i].fd = -1;
+        slows[i].slow = true;
+        link_init(&slows[i].timer);
+        link_init(&slows[i].queued);
+    }
     link_init(&timers);
     link_init(&queue);
     link_init(&backlog);
+    link_init(&slow_waiting);
+    link_init(&ticks);
     if (opt.mode == ECHO || opt.mode == CHURN)
         conn_timeout = opt.proto == UDP ? opt.udp_timeout : opt.timeout;
     ep = epoll_create1(EPOLL_CLOEXEC);
@@ -1032,6 +1290,8 @@ int main(int argc, char **argv)
     uint64_t elapsed = run[opt.mode]();
     for (size_t i = 0; i < opt.conns; i++)
         conn_close(&conns[i]);
+    for (size_t i = 0; i < opt.slow; i++)
+        slow_close(&slows[i]);
     print_result(elapsed);
     return 0;
 }

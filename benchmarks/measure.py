@@ -209,7 +209,8 @@ def load(
     on_line: Callable[[str], None],
 ) -> dict[str, Any]:
     """Run the load generator on the load core; ``on_line`` sees each line it prints
-    before its result (MEASURING when the measured window opens, HELD n for idle)."""
+    before its result (MEASURING when the measured window opens, HELD n for idle,
+    SLOW n once the slow clients are open)."""
     argv = [
         "taskset",
         "-c",
@@ -231,6 +232,8 @@ def load(
         "--timeout",
         "10",
     ]
+    if workload.slow:
+        argv += ["--slow", str(workload.slow), "--slow-interval", "1"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert proc.stderr is not None

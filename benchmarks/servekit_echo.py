@@ -44,6 +44,16 @@ class AsyncEcho(AsyncStreamRequestHandler):
             await self.drain()
 
 
+class AsyncLineEcho(AsyncStreamRequestHandler):
+    """Line by line through the async stream API, as LineEcho goes through rfile: the
+    handler the slow clients' line that never ends is aimed at (read_timeout cuts it)."""
+
+    async def handle(self) -> None:
+        while line := await self.readline():
+            self.write(line)
+            await self.drain()
+
+
 class AsyncDatagramEcho(AsyncDatagramRequestHandler):
     async def handle(self) -> None:
         self.send(self.packet)
