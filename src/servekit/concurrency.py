@@ -86,6 +86,7 @@ if hasattr(os, "fork"):
         """
 
         timeout: float | None = 300
+        _hands_off_requests = True
         active_children: set[int] | None = None
         max_children = 40
         # If true, server_close() waits until all child processes complete.
@@ -287,6 +288,8 @@ class _NoThreads:
 
 class _RequestThreads(_MixinBase):
     """What runs on a request's own thread, for ThreadingMixIn and ThreadPoolMixIn."""
+
+    _hands_off_requests = True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Same as in BaseServer but as a thread.

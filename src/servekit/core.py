@@ -33,6 +33,7 @@ from functools import cached_property
 from time import monotonic
 from typing import Any, Self
 
+from servekit._signalguard import SignalGuard
 from servekit._wakeup import Waker
 from servekit.limits import LimitExceeded
 from servekit.stats import Stats, StatsSnapshot
@@ -139,6 +140,11 @@ class BaseServer:
     __loop_lock = threading.Lock()
     __waker: Waker | None = None
     __serving_thread: int | None = None
+    __signal_guard: SignalGuard | None = None
+    #: True for the models whose process_request() hands the request to a
+    #: thread or a process rather than running it: the loop's signal guard
+    #: then covers process_request() too (see _take_request).
+    _hands_off_requests = False
     _shutdown_flag = False
     _requests_resume_at = 0.0
 
@@ -189,6 +195,7 @@ class BaseServer:
                 timeout_ms = _milliseconds(poll_interval)
                 with self.__loop_lock:
                     self.__waker = waker
+                self.__signal_guard = SignalGuard.for_this_thread()
                 while not self._shutdown_flag:
                     ready = self._wait_for_request(wait, waker, timeout_ms)
                     # bpo-35017: shutdown() called during select(), exit immediately.
@@ -198,11 +205,14 @@ class BaseServer:
                         self._handle_request_noblock()
                     self.service_actions()
         finally:
+            guard, self.__signal_guard = self.__signal_guard, None
             with self.__loop_lock:
                 self.__waker = None
                 self.__serving_thread = None
                 self._shutdown_flag = False
             self.__is_shut_down.set()
+            if guard is not None:
+                guard.uninstall()
 
     def _wait_for_request(self, wait: _Wait, waker: Waker, timeout_ms: float | None) -> bool:
         """Wait until a request is ready, the loop is woken, or ``timeout_ms`` passes."""
@@ -319,6 +329,21 @@ class BaseServer:
         readable before this function was called, so there should be no risk of
         blocking in get_request().
         """
+        guard = self.__signal_guard
+        if guard is None:
+            self._take_request(None)
+            return
+        guard.hold()
+        try:
+            self._take_request(guard)
+        finally:
+            guard.release()
+
+    def _take_request(self, guard: SignalGuard | None) -> None:
+        """Get, verify and process one request. Under ``guard``, the signal
+        handlers wait until the request is counted and, for a model that hands
+        requests off, handed off (see _signalguard); a handler run inline gets
+        its signals as it runs."""
         try:
             request, client_address = self.get_request()
         except OSError as exc:
@@ -327,6 +352,12 @@ class BaseServer:
         if self._requests_resume_at:
             self._get_request_recovered()
         self._request_accepted(request, client_address)
+        if guard is not None and not self._hands_off_requests:
+            try:
+                guard.release()
+            except:
+                self.shutdown_request(request)
+                raise
         if self._verify_in_worker or self.verify_request(request, client_address):
             self._counters.requests += 1  # Stats.request(), a call less per request
             try:

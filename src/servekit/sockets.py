@@ -447,13 +447,6 @@ class TCPServer(BaseServer):
                 pass  # already closed, or not a socket
         return len(open_now)
 
-    def _close_abandoned_requests(self) -> None:
-        abandoned = self._connections.snapshot()
-        for conn in abandoned:
-            self.shutdown_request(conn)
-        if abandoned:
-            logger.info("%s: closed %d connection(s) no worker took", self, len(abandoned))
-
     def _get_request_failed(self, exc: OSError) -> None:
         if exc.errno is None or exc.errno in _SKIP_ERRNOS:
             return  # one request lost, not the source: serve the next one
