@@ -255,10 +255,16 @@ def wheel_servekit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``servekit`` script of a wheel built from this checkout, installed in a new
     virtual environment: servekit as a user gets it, with no checkout on its path."""
     where = tmp_path_factory.mktemp("wheel")
-    dist, venv = where / "dist", where / "venv"
+    source, dist, venv = where / "source", where / "dist", where / "venv"
+    # Built from a copy: setuptools leaves build/ and *.egg-info in the tree it builds.
+    shutil.copytree(
+        ROOT, source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
+                                      ".*_cache", ".hypothesis"),
+    )  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(dist), str(ROOT)],
+         "--wheel-dir", str(dist), str(source)],
         check=True, capture_output=True, timeout=180,
     )  # fmt: skip
     subprocess.run(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import servekit
+import servekit._pool
 from tests.conftest import WAIT, LogWatcher, connect, recv_until, serving
 
 LOCAL = ("127.0.0.1", 0)
@@ -115,6 +116,7 @@ def test_pool_stops_accepting_when_full_and_resumes(servekit_log: LogWatcher) ->
 
     class Tiny(servekit.ThreadPoolTCPServer):
         max_workers = 2
+        max_threads = 2
         max_pending = 1
 
     with serving(Tiny(LOCAL, gated_echo(gate))) as server:
@@ -122,7 +124,7 @@ def test_pool_stops_accepting_when_full_and_resumes(servekit_log: LogWatcher) ->
         for i, client in enumerate(clients):
             client.sendall(b"%d\n" % i)
         assert gate.wait_started(2)
-        assert servekit_log.wait_for("all 2 workers busy and 1 requests queued")
+        assert servekit_log.wait_for("all 2 threads busy (max_threads) and 1 requests queued")
         # Two running, one queued; the other three wait in the kernel's backlog.
         assert server.stats.connections_total == 3
         assert server.stats.limits == {"max_pending": 1}
@@ -273,3 +275,103 @@ def test_forking_at_max_children_still_stops_promptly() -> None:
     loop.join(WAIT)
     server.server_close()
     assert not server.active_children
+
+
+def slow_or_echo(gate: Gate) -> type[servekit.StreamRequestHandler]:
+    """Lines "slow" wait at the gate, as a slow client holds its thread; others echo."""
+
+    class SlowOrEcho(servekit.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                if line == b"slow\n":
+                    gate.check_in()
+                self.wfile.write(line)
+
+    return SlowOrEcho
+
+
+def test_pool_grows_past_its_workers_when_slow_clients_hold_them(
+    monkeypatch: pytest.MonkeyPatch, servekit_log: LogWatcher
+) -> None:
+    """Every warm worker held by a slow client: a new client is still answered at
+    once, on an extra thread; once the slow ones go, the extras leave."""
+    monkeypatch.setattr(servekit._pool, "EXTRA_IDLE", 0.05)  # the extras' idle clock
+    gate = Gate()
+
+    class Small(servekit.ThreadPoolTCPServer):
+        max_workers = 4
+
+    with serving(Small(LOCAL, slow_or_echo(gate))) as server:
+        slow = [connect(server.server_address) for _ in range(12)]
+        for client in slow:
+            client.sendall(b"slow\n")
+        assert gate.wait_started(12)  # 12 held at once: 8 on extra threads
+        with connect(server.server_address) as ordinary:
+            ordinary.sendall(b"hi\n")
+            assert recv_until(ordinary) == b"hi\n"
+        assert server._pool.threads == 13
+        assert servekit_log.wait_for("all 4 warm workers busy; starting extra threads")
+        gate.release.set()
+        for client in slow:
+            assert recv_until(client) == b"slow\n"
+            client.close()
+        assert servekit_log.wait_for("back to 4 warm workers")
+        assert server._pool.threads == 4
+        # and the warm ones serve on
+        with connect(server.server_address) as again:
+            again.sendall(b"again\n")
+            assert recv_until(again) == b"again\n"
+
+
+def test_pool_grows_no_further_than_max_connections() -> None:
+    gate = Gate()
+
+    class Bounded(servekit.ThreadPoolTCPServer):
+        max_workers = 2
+        max_connections = 5
+
+    with serving(Bounded(LOCAL, slow_or_echo(gate))) as server:
+        slow = [connect(server.server_address) for _ in range(7)]
+        for client in slow:
+            client.sendall(b"slow\n")
+        assert gate.wait_started(5)
+        assert server.stats.connections_open == 5  # the other two wait in the backlog
+        assert server._pool.threads == 5
+        gate.release.set()
+        for client in slow:
+            assert recv_until(client) == b"slow\n"
+            client.close()
+
+
+def test_datagram_pool_does_not_grow() -> None:
+    assert (
+        servekit.ThreadPoolUDPServer._thread_ceiling(
+            servekit.ThreadPoolUDPServer(LOCAL, servekit.DatagramRequestHandler)
+        )
+        == servekit.ThreadPoolUDPServer.max_workers
+    )
+
+
+def test_pool_backlog_holds_clients_that_connect_before_they_send() -> None:
+    """The pool stops accepting while full and leans on the kernel's backlog: with
+    the stdlib's 5, connects past it sat in SYN retries for seconds."""
+    assert servekit.ThreadPoolTCPServer.request_queue_size >= socket.SOMAXCONN
+
+    class Full(servekit.ThreadPoolTCPServer):
+        max_workers = 4
+        max_threads = 4
+        max_pending = 4
+
+    with serving(Full(LOCAL, slow_or_echo(Gate()))) as server:
+        clients = []
+        for _ in range(40):  # all connect first; each connect must complete at once
+            client = socket.socket()
+            client.settimeout(0.5)  # loopback: a connect the backlog takes is instant
+            client.connect(server.server_address)
+            client.settimeout(WAIT)
+            clients.append(client)
+        for i, client in enumerate(clients):
+            client.sendall(b"%d\n" % i)
+        for i, client in enumerate(clients):
+            assert recv_until(client) == b"%d\n" % i
+            client.close()

@@ -1,10 +1,19 @@
-"""A bounded pool of reusable threads fed by a bounded queue.
+"""A pool of reusable threads, warm ones and extra ones, fed by a bounded queue.
 
 Not ``concurrent.futures.ThreadPoolExecutor``: its queue has no bound, it
 keeps a Future per job that nobody reads, and it cannot tell the accept loop
-that a slot has freed. This pool does the three things a server needs: it
-starts threads only as jobs need them (up to ``max_workers``), it says when it
-is full (``has_room``), and it calls ``on_room`` when a job finishes.
+that a slot has freed. This pool does what a server needs: it starts threads
+only as jobs need them, it says when it is full (``has_room``), and it calls
+``on_room`` when a job finishes.
+
+Up to ``max_workers`` threads stay once started (warm). When a job comes and
+every thread is taken, the pool starts an extra one rather than queue it, up
+to ``max_threads``: a job that waits on a slow client holds a thread, and a
+fixed pool of them is stalled by as many slow clients (1,000 clients sending
+a byte a second kept a pool of 64 from answering anyone). Extra threads leave
+after ``EXTRA_IDLE`` seconds without a job, so the pool shrinks back to its
+warm workers once the crowd is gone. Jobs queue (``max_pending``) only when
+``max_threads`` are all taken.
 """
 
 from __future__ import annotations
@@ -22,9 +31,14 @@ __all__ = ["WorkerPool"]
 
 logger = logging.getLogger(__name__)
 
+#: An extra thread (past max_workers) idle this long leaves. Long enough that a
+#: burst's threads serve the next burst, short enough to give memory back soon.
+EXTRA_IDLE = 10.0
+
 
 class WorkerPool:
-    """Run ``job(*args)`` on at most ``max_workers`` threads, queueing ``max_pending`` more."""
+    """Run ``job(*args)`` on ``max_workers`` warm threads, growing to ``max_threads``
+    (None: no bound) while all are taken, then queueing ``max_pending`` more."""
 
     def __init__(
         self,
@@ -34,6 +48,7 @@ class WorkerPool:
         max_pending: int,
         on_room: Callable[[], None],
         name: str,
+        max_threads: int | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {max_workers}")
@@ -43,7 +58,9 @@ class WorkerPool:
         self._on_room = on_room
         self._name = name
         self.max_workers = max_workers
+        self.max_threads = None if max_threads is None else max(max_threads, max_workers)
         self.max_pending = max_pending
+        self._grown_logged = False
         self._jobs: deque[tuple[Any, Any]] = deque()
         # Sections are entered with the lock itself, never `with self._cond`:
         # Condition.__enter__ is Python code, and a KeyboardInterrupt in the
@@ -62,10 +79,17 @@ class WorkerPool:
         self._coming = 0  # workers woken or started for a job that have not looked yet
         self._closing = False
 
+    @property
+    def threads(self) -> int:
+        """Threads now, warm and extra."""
+        return len(self._threads)
+
     def has_room(self) -> bool:
         """True if submit() would not exceed the bounds."""
+        if self.max_threads is None:
+            return True
         with self._lock:
-            return self._busy + len(self._jobs) < self.max_workers + self.max_pending
+            return self._busy + len(self._jobs) < self.max_threads + self.max_pending
 
     def submit(self, a: Any, b: Any) -> None:
         with self._lock:
@@ -86,18 +110,37 @@ class WorkerPool:
         has started.
         """
         if self._coming:
+            # Past the warm workers, a job waits for a thread that is busy with a
+            # request of unknown length: it gets a thread of its own at once.
+            # Chained, each start waits for the GIL (up to its 5 ms switch
+            # interval): 1,000 slow clients' threads took seconds to come.
+            if (
+                not self._idle
+                and len(self._jobs) > self._coming
+                and len(self._threads) >= self.max_workers
+                and (self.max_threads is None or len(self._threads) < self.max_threads)
+            ):
+                self._start_thread()
+                self._coming += 1
             return
         if self._idle:
             self._cond.notify()
-        elif len(self._threads) < self.max_workers:
+        elif self.max_threads is None or len(self._threads) < self.max_threads:
             self._start_thread()
         else:
-            return  # every worker busy: the first to finish takes the job
+            return  # every thread taken: the first to finish takes the job
         self._coming += 1
 
     def _start_thread(self) -> None:
+        count = len(self._threads) + 1
+        if count > self.max_workers and not self._grown_logged:
+            self._grown_logged = True  # once per growth, not per thread
+            logger.info(
+                "%s: all %d warm workers busy; starting extra threads (max_threads=%s)",
+                self._name, self.max_workers, self.max_threads,
+            )  # fmt: skip
         thread = threading.Thread(
-            target=self._work, name=f"{self._name} worker {len(self._threads) + 1}", daemon=True
+            target=self._work, name=f"{self._name} worker {count}", daemon=True
         )
         self._threads.append(thread)
         thread.start()
@@ -110,9 +153,14 @@ class WorkerPool:
             with lock:
                 while not jobs and not self._closing:
                     self._idle += 1
-                    cond.wait()
+                    extra = len(self._threads) > self.max_workers
+                    woken = cond.wait(EXTRA_IDLE if extra else None)
                     self._idle -= 1
-                    self._arrived()
+                    if woken:
+                        self._arrived()
+                    elif not jobs and len(self._threads) > self.max_workers:
+                        self._leave()
+                        return
                 if not jobs:
                     return  # closing, and nothing left to do
                 a, b = jobs.popleft()
@@ -132,6 +180,13 @@ class WorkerPool:
                         self._emptied.notify_all()
                 self._on_room()
 
+    def _leave(self) -> None:
+        """An extra thread idle for EXTRA_IDLE goes (the lock is held)."""
+        self._threads.remove(threading.current_thread())
+        if len(self._threads) <= self.max_workers and self._grown_logged:
+            self._grown_logged = False
+            logger.info("%s: back to %d warm workers", self._name, len(self._threads))
+
     def _arrived(self) -> None:
         """A called worker is here (close() wakes them all, called or not)."""
         if self._coming:
@@ -148,6 +203,6 @@ class WorkerPool:
                 if remaining is not None and remaining <= 0:
                     return False
                 self._emptied.wait(remaining)
-        for thread in self._threads:
+        for thread in list(self._threads):
             thread.join(None if deadline is None else max(0.0, deadline - monotonic()))
         return True

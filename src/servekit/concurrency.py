@@ -338,18 +338,30 @@ class ThreadingMixIn(_RequestThreads):
 
 
 class ThreadPoolMixIn(_RequestThreads):
-    """Mix-in class to handle requests on a bounded pool of reused threads.
+    """Mix-in class to handle requests on a pool of reused threads.
 
     Class variables that may be overridden:
 
-    - max_workers: threads at most; started as requests need them, then kept
-    - max_pending: requests accepted and waiting for a free thread; when
-      workers and queue are all taken, the server stops accepting (clients
-      wait in the kernel's backlog) and resumes as soon as one finishes
+    - max_workers: threads kept warm; started as requests need them, then kept
+    - max_threads: while every thread is taken, extra threads are started up
+      to this many, and leave after ten idle seconds (see _pool), so that
+      slow clients holding threads do not stall everyone else. None (the
+      default): up to max_connections for streams, without bound if that is
+      None; max_workers for datagrams
+    - max_pending: requests accepted and waiting for a thread once
+      max_threads are all taken; when the queue is full too, the server stops
+      accepting (clients wait in the kernel's backlog) and resumes as soon as
+      one finishes
     """
 
     max_workers = 32
     max_pending = 64
+    max_threads: int | None = None
+    # Unlike the stdlib's classes, this one stops accepting while its workers
+    # and queue are full, and relies on the kernel's backlog as the next
+    # queue: the stdlib's 5 would leave clients in SYN retries (make_server's
+    # backlog; the kernel caps it at net.core.somaxconn).
+    request_queue_size = socket.SOMAXCONN
 
     _pool: WorkerPool | None = None
     _pool_full = False
@@ -361,10 +373,23 @@ class ThreadPoolMixIn(_RequestThreads):
                 self.process_request_thread,
                 max_workers=self.max_workers,
                 max_pending=self.max_pending,
+                max_threads=self._thread_ceiling(),
                 on_room=self._pool_has_room,
                 name=type(self).__name__,
             )
         return pool
+
+    def _thread_ceiling(self) -> int | None:
+        """max_threads, or what it means when None: a stream connection may hold
+        a thread for as long as its client is slow, so streams grow up to
+        max_connections (without bound if that is None, as the threads model
+        does); a datagram's work is the handler's alone, so datagrams do not
+        grow past max_workers."""
+        if self.max_threads is not None:
+            return self.max_threads
+        if getattr(self, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
+            return self.max_workers
+        return getattr(self, "max_connections", None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Queue the request for the next free worker thread."""
@@ -379,9 +404,9 @@ class ThreadPoolMixIn(_RequestThreads):
             if not was_full:
                 self._counters.limit("max_pending")
                 logger.warning(
-                    "%s: all %d workers busy and %d requests queued; "
-                    "not accepting until one finishes",
-                    self, pool.max_workers, pool.max_pending,
+                    "%s: all %d threads busy (max_threads) and %d requests queued "
+                    "(max_pending); not accepting until one finishes",
+                    self, pool.max_threads, pool.max_pending,
                 )  # fmt: skip
             return False
         self._pool_full = False
