@@ -29,9 +29,9 @@ from servekit.concurrency import (
     ThreadPoolUDPServer,
 )
 from servekit.core import BaseServer
+from servekit.errors import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout, WriteBufferFull
 from servekit.factory import make_server, socket_type_of
 from servekit.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
-from servekit.limits import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout, WriteBufferFull
 from servekit.sockets import TCPServer, UDPServer
 from servekit.stats import StatsSnapshot
 

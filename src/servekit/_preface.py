@@ -14,7 +14,7 @@ import ssl
 from time import monotonic
 from typing import Any
 
-from servekit.limits import LimitExceeded
+from servekit.errors import LimitExceeded
 from servekit.proxy import (
     NEED_DATA,
     V1_MAX_LENGTH,

@@ -29,7 +29,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from servekit._pool import WorkerPool
-from servekit.limits import LimitExceeded
+from servekit.errors import LimitExceeded
 from servekit.sockets import TCPServer, UDPServer
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from typing import Any, Self
 
 from servekit._signalguard import SignalGuard
 from servekit._wakeup import Waker
-from servekit.limits import LimitExceeded
+from servekit.errors import LimitExceeded
 from servekit.stats import Stats, StatsSnapshot
 
 __all__ = ["BaseServer"]

@@ -24,6 +24,8 @@ import weakref
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from servekit.errors import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout, WriteBufferFull
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -37,45 +39,10 @@ __all__ = [
     "ReadTimeout",
     "ThrottledLog",
     "WriteBufferFull",
+    "too_long_datagram",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class LimitExceeded(OSError):
-    """A client went past a limit of the server; its connection is closed.
-
-    ``limit`` is the name of the limit (``"idle_timeout"``, ...).
-    """
-
-    limit = "limit"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
-
-class IdleTimeout(LimitExceeded, TimeoutError):
-    """Nothing was received or sent for ``idle_timeout`` seconds."""
-
-    limit = "idle_timeout"
-
-
-class ReadTimeout(LimitExceeded, TimeoutError):
-    """A request started to arrive but was not complete within ``read_timeout`` seconds."""
-
-    limit = "read_timeout"
-
-
-class LineTooLong(LimitExceeded):
-    """A line was longer than ``max_line_length`` bytes."""
-
-    limit = "max_line_length"
-
-
-class WriteBufferFull(LimitExceeded):
-    """More than ``max_write_buffer`` bytes written and not sent: the client does not read."""
-
-    limit = "max_write_buffer"
 
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
@@ -293,6 +260,11 @@ class ThrottledLog:
             self._skipped = 0
         self._next = now + self._interval
         self._logger.log(self._level, message, *args)
+
+
+def too_long_datagram(max_packet_size: int) -> str:
+    """Why a datagram was dropped, for drop_datagram(), on every engine."""
+    return f"longer than max_packet_size={max_packet_size}; raise max_packet_size to accept it"
 
 
 def drop_datagram(server: Any, client: Any, limit: str, why: str) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from servekit._preface import PrefaceFailed, handshake, read_proxy_header, start_tls
 from servekit.core import BaseServer
-from servekit.limits import IdleSocket, drop_datagram, kernel_timeouts
+from servekit.limits import IdleSocket, drop_datagram, kernel_timeouts, too_long_datagram
 from servekit.proxy import is_trusted
 
 if TYPE_CHECKING:
@@ -475,10 +475,6 @@ class TCPServer(BaseServer):
             self._request_failures = 0
 
 
-def _too_long(max_packet_size: int) -> str:
-    return f"longer than max_packet_size={max_packet_size}; raise max_packet_size to accept it"
-
-
 # A plain int: the socket module's flags are IntFlags, whose operators run Python code.
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
@@ -510,7 +506,9 @@ class UDPServer(TCPServer):
         # (servekit's prefork workers make their shared sockets non-blocking.)
         data, client_addr = self.socket.recvfrom(self.max_packet_size + 1, _MSG_DONTWAIT)
         if len(data) > self.max_packet_size:
-            drop_datagram(self, client_addr, "max_packet_size", _too_long(self.max_packet_size))
+            drop_datagram(
+                self, client_addr, "max_packet_size", too_long_datagram(self.max_packet_size)
+            )
             raise OSError(errno.EMSGSIZE, "datagram longer than max_packet_size")
         return (data, self.socket), client_addr
 

@@ -32,14 +32,13 @@ from servekit._preface import PrefaceFailed, read_proxy_header_async
 from servekit.aio.accept import Acceptor
 from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
 from servekit.aio.stream import Stream, Watchdog
-from servekit.limits import drop_datagram, report
+from servekit.limits import drop_datagram, report, too_long_datagram
 from servekit.proxy import is_trusted
 from servekit.sockets import (
     TCPServer,
     UDPServer,
     UnixDatagramServer,
     UnixStreamServer,
-    _too_long,
 )
 
 if TYPE_CHECKING:
@@ -262,7 +261,7 @@ class AsyncServerMixIn(_Base):
     ) -> None:
         max_size = getattr(self, "max_packet_size", 8192)
         if len(data) > max_size:
-            drop_datagram(self, address, "max_packet_size", _too_long(max_size))
+            drop_datagram(self, address, "max_packet_size", too_long_datagram(max_size))
             return
         if len(self._aio_tasks) >= self.max_datagrams_in_flight:
             drop_datagram(
