@@ -3,13 +3,15 @@ useful errors, byte-at-a-time feeding, round trips and fuzzing. No network."""
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import itertools
 import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Literal
+from pathlib import Path
+from typing import Literal, get_args
 
 import pytest
 from hypothesis import given, settings
@@ -26,9 +28,11 @@ from servekit.proxy import (
     UNIX_SOCKETS,
     V1_MAX_LENGTH,
     V2_SIGNATURE,
+    ProxyFamily,
     ProxyHeader,
     ProxyHeaderError,
     ProxyParser,
+    ProxyTransport,
     build_v1,
     build_v2,
     is_trusted,
@@ -96,42 +100,42 @@ def test_signature_constant_matches_the_specification() -> None:
         (
             b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n",
             56,
-            socket.AF_INET,
+            "AF_INET",
             ("255.255.255.255", 65535),
             ("255.255.255.255", 65535),
         ),
         (
             f"PROXY TCP6 {FFFF6} {FFFF6} 65535 65535\r\n".encode(),
             104,
-            socket.AF_INET6,
+            "AF_INET6",
             (FFFF6, 65535),
             (FFFF6, 65535),
         ),
         (
             b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n",
             47,
-            socket.AF_INET,
+            "AF_INET",
             ("192.168.0.1", 56324),
             ("192.168.0.11", 443),
         ),
         (
             b"PROXY TCP4 0.0.0.0 10.0.0.1 0 0\r\n",
             33,
-            socket.AF_INET,
+            "AF_INET",
             ("0.0.0.0", 0),
             ("10.0.0.1", 0),
         ),
         (  # IPv6 comes back canonical: lower case, zeros compressed
             b"PROXY TCP6 2001:DB8:0:0:0:0:0:1 ::1 1 2\r\n",
             41,
-            socket.AF_INET6,
+            "AF_INET6",
             ("2001:db8::1", 1),
             ("::1", 2),
         ),
         (  # inet_ntop writes IPv4-mapped addresses with a dotted tail
             b"PROXY TCP6 ::ffff:192.0.2.1 ::1 1 2\r\n",
             37,
-            socket.AF_INET6,
+            "AF_INET6",
             (MAPPED, 1),
             ("::1", 2),
         ),
@@ -140,7 +144,7 @@ def test_signature_constant_matches_the_specification() -> None:
 def test_v1_tcp_lines(
     line: bytes,
     length: int,
-    family: int,
+    family: ProxyFamily,
     source: tuple[str, int],
     destination: tuple[str, int],
 ) -> None:
@@ -150,7 +154,7 @@ def test_v1_tcp_lines(
         version=1,
         command="PROXY",
         family=family,
-        protocol=socket.SOCK_STREAM,
+        protocol="STREAM",
         source=source,
         destination=destination,
         tlvs=(),
@@ -204,8 +208,8 @@ def test_v2_tcp4() -> None:
     assert header == ProxyHeader(
         version=2,
         command="PROXY",
-        family=socket.AF_INET,
-        protocol=socket.SOCK_STREAM,
+        family="AF_INET",
+        protocol="STREAM",
         source=("192.0.2.1", 56324),
         destination=("198.51.100.7", 443),
         tlvs=(),
@@ -221,8 +225,8 @@ def test_v2_tcp6() -> None:
     assert header == ProxyHeader(
         2,
         "PROXY",
-        socket.AF_INET6,
-        socket.SOCK_STREAM,
+        "AF_INET6",
+        "STREAM",
         ("2001:db8::1", 1),
         (MAPPED, 65535),
         (),
@@ -233,25 +237,23 @@ def test_v2_tcp6() -> None:
 
 @pytest.mark.parametrize(
     ("family_byte", "source", "family"),
-    [(0x12, "10.1.2.3", socket.AF_INET), (0x22, "fe80::1", socket.AF_INET6)],
+    [(0x12, "10.1.2.3", "AF_INET"), (0x22, "fe80::1", "AF_INET6")],
 )
-def test_v2_udp(family_byte: int, source: str, family: int) -> None:
+def test_v2_udp(family_byte: int, source: str, family: ProxyFamily) -> None:
     data = v2(0x21, family_byte, ip_block(source, source, 53, 5353))
     header, trailing = parse(data)
-    assert (header.family, header.protocol) == (family, socket.SOCK_DGRAM)
+    assert (header.family, header.protocol) == (family, "DGRAM")
     assert (header.source, header.destination) == ((source, 53), (source, 5353))
     assert trailing == b""
 
 
-@pytest.mark.parametrize(
-    ("family_byte", "protocol"), [(0x31, socket.SOCK_STREAM), (0x32, socket.SOCK_DGRAM)]
-)
-def test_v2_unix(family_byte: int, protocol: int) -> None:
+@pytest.mark.parametrize(("family_byte", "protocol"), [(0x31, "STREAM"), (0x32, "DGRAM")])
+def test_v2_unix(family_byte: int, protocol: ProxyTransport) -> None:
     data = v2(0x21, family_byte, unix_block(b"/run/client.sock", b"\0abstract"))
     assert len(data) == 16 + 216
     header, trailing = parse(data + APP)
     assert header == ProxyHeader(
-        2, "PROXY", socket.AF_UNIX, protocol, "/run/client.sock", "\0abstract", (), 232
+        2, "PROXY", "AF_UNIX", protocol, "/run/client.sock", "\0abstract", (), 232
     )
     assert trailing == APP
 
@@ -637,7 +639,7 @@ def test_build_v2_matches_the_hand_built_bytes() -> None:
     assert build_v2(("192.0.2.1", 56324), ("198.51.100.7", 443), tlvs=tlvs) == v2(
         0x21, 0x11, ip_block("192.0.2.1", "198.51.100.7", 56324, 443) + tlv(PP2_TYPE_ALPN, b"h2")
     )
-    assert build_v2(("::1", 1), ("::2", 2), protocol=socket.SOCK_DGRAM) == v2(
+    assert build_v2(("::1", 1), ("::2", 2), protocol="DGRAM") == v2(
         0x21, 0x22, ip_block("::1", "::2", 1, 2)
     )
     assert build_v2("/a", b"\0b") == v2(0x21, 0x31, unix_block(b"/a", b"\0b"))
@@ -659,7 +661,8 @@ def test_build_v2_matches_the_hand_built_bytes() -> None:
         (lambda: build_v2(("1.2.3.4", 1), None), "both be (ip, port) pairs"),
         (lambda: build_v2(("1.2.3.4", 1), ("1.2.3.4", 2), command="LOCAL"), "no addresses"),
         (lambda: build_v2(None, None, command="BOGUS"), "command must be"),  # type: ignore[arg-type]
-        (lambda: build_v2(None, None, protocol=socket.SOCK_RAW), "SOCK_STREAM or SOCK_DGRAM"),
+        (lambda: build_v2(None, None, protocol="RAW"), "'STREAM' or 'DGRAM', not 'RAW'"),  # type: ignore[arg-type]
+        (lambda: build_v2(None, None, protocol=1), "'STREAM' or 'DGRAM', not 1"),  # type: ignore[arg-type]
         (lambda: build_v2("/" + "x" * 108, "/y"), "longer than 108 bytes"),
         (lambda: build_v2("/a\0b", "/y"), "contains a NUL"),
         (lambda: build_v2(None, None, tlvs=[(256, b"")]), "TLV type is one byte"),
@@ -671,6 +674,13 @@ def test_build_errors(call: Callable[[], bytes], message: str) -> None:
     with pytest.raises(ValueError) as info:
         call()
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+def test_build_v2_refuses_the_socket_constants_it_used_to_take(kind: socket.SocketKind) -> None:
+    """``protocol`` was a socket.SOCK_* before; an old caller hears why, not a wrong header."""
+    with pytest.raises(ValueError, match=r"protocol must be 'STREAM' or 'DGRAM', not "):
+        build_v2(None, None, protocol=kind)  # type: ignore[arg-type]
 
 
 # --- Hypothesis ----------------------------------------------------------------
@@ -757,7 +767,8 @@ def test_fuzz_v1_round_trip(version: Literal[4, 6], data: st.DataObject) -> None
     assert len(line) <= V1_MAX_LENGTH
     header, trailing = parse(line + b"after")
     assert (header.source, header.destination) == (source, destination)
-    assert header.family == (socket.AF_INET if version == 4 else socket.AF_INET6)
+    assert header.family == ("AF_INET" if version == 4 else "AF_INET6")
+    assert header.protocol == "STREAM"
     assert trailing == b"after"
 
 
@@ -779,13 +790,13 @@ _tlv_types = st.integers(0, 255).filter(lambda kind: kind != PP2_TYPE_CRC32C)
         st.tuples(_endpoints(6), _endpoints(6)),
         st.tuples(_unix_paths, _unix_paths),
     ),
-    protocol=st.sampled_from([socket.SOCK_STREAM, socket.SOCK_DGRAM]),
+    protocol=st.sampled_from(get_args(ProxyTransport)),
     tlvs=st.lists(st.tuples(_tlv_types, st.binary(max_size=30)), max_size=4),
     crc32c=st.booleans(),
 )
 def test_fuzz_v2_round_trip(
     addresses: tuple[tuple[str, int] | str, tuple[str, int] | str],
-    protocol: int,
+    protocol: ProxyTransport,
     tlvs: list[tuple[int, bytes]],
     crc32c: bool,
 ) -> None:
@@ -793,6 +804,10 @@ def test_fuzz_v2_round_trip(
     data = build_v2(source, destination, protocol=protocol, tlvs=tlvs, crc32c=crc32c)
     header, trailing = parse(data + b"after")
     assert (header.source, header.destination, header.protocol) == (source, destination, protocol)
+    if isinstance(source, str):
+        assert header.family == "AF_UNIX"
+    else:
+        assert header.family == ("AF_INET6" if ":" in source[0] else "AF_INET")
     assert header.tlvs[: len(tlvs)] == tuple(tlvs)
     assert len(header.tlvs) == len(tlvs) + crc32c
     assert header.header_length == len(data)
@@ -870,6 +885,31 @@ def test_nothing_is_trusted_by_an_empty_list() -> None:
 # --- Public surface -------------------------------------------------------------
 
 
+def test_family_and_protocol_are_the_specifications_names() -> None:
+    assert get_args(ProxyFamily) == ("AF_INET", "AF_INET6", "AF_UNIX")
+    assert get_args(ProxyTransport) == ("STREAM", "DGRAM")
+    seen: set[tuple[str | None, str | None]] = set()
+    for byte in (0x11, 0x12, 0x21, 0x22, 0x31, 0x32):
+        width = {1: 12, 2: 36, 3: 216}[byte >> 4]
+        header, _ = parse(v2(0x21, byte, bytes(width)))
+        assert type(header.family) is str
+        assert type(header.protocol) is str
+        seen.add((header.family, header.protocol))
+    assert seen == {(f, p) for f in get_args(ProxyFamily) for p in get_args(ProxyTransport)}
+
+
+def test_the_module_imports_no_io() -> None:
+    """Sans-IO (issue 12): no socket, ssl, select, selectors or asyncio, not even for constants."""
+    tree = ast.parse(Path(proxy.__file__).read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module.partition(".")[0])
+    assert not imported & {"socket", "ssl", "select", "selectors", "asyncio"}, imported
+
+
 def test_all_is_the_intended_public_names() -> None:
     assert set(proxy.__all__) == {
         "DEFAULT_MAX_V2_LENGTH",
@@ -890,9 +930,11 @@ def test_all_is_the_intended_public_names() -> None:
         "NeedData",
         "ProxyAddress",
         "ProxyCommand",
+        "ProxyFamily",
         "ProxyHeader",
         "ProxyHeaderError",
         "ProxyParser",
+        "ProxyTransport",
         "TrustedNetwork",
         "UnixSockets",
         "build_v1",
@@ -911,7 +953,6 @@ def test_all_is_the_intended_public_names() -> None:
                 "enum",
                 "ipaddress",
                 "os",
-                "socket",
                 "dataclass",
                 "TYPE_CHECKING",
                 "Final",

@@ -1,8 +1,10 @@
 """The PROXY protocol (HAProxy), versions 1 and 2: a parser and a builder.
 
 This module contains no networking code at all: no sockets, no threads, no
-clocks. The caller reads bytes from wherever they come from and hands them to
-a :class:`ProxyParser`, which answers either :data:`NEED_DATA` ("more,
+clocks. It does not even import ``socket`` for constants: address families and
+transports are strings, the specification's names (``"AF_INET"``,
+``"STREAM"``). The caller reads bytes from wherever they come from and hands
+them to a :class:`ProxyParser`, which answers either :data:`NEED_DATA` ("more,
 please") or the :class:`ProxyHeader` the proxy sent. Every engine (threads,
 fork, asyncio) drives the same object. The specification is
 https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt.
@@ -29,7 +31,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
@@ -55,9 +56,11 @@ __all__ = [
     "NeedData",
     "ProxyAddress",
     "ProxyCommand",
+    "ProxyFamily",
     "ProxyHeader",
     "ProxyHeaderError",
     "ProxyParser",
+    "ProxyTransport",
     "TrustedNetwork",
     "UnixSockets",
     "build_v1",
@@ -67,6 +70,12 @@ __all__ = [
 ]
 
 ProxyCommand: TypeAlias = Literal["PROXY", "LOCAL"]
+#: The address family of a header's addresses, by the specification's name (v2 byte 14,
+#: high nibble 1, 2, 3; v1's TCP4 and TCP6). Not a ``socket.AF_*`` constant.
+ProxyFamily: TypeAlias = Literal["AF_INET", "AF_INET6", "AF_UNIX"]
+#: The proxied connection's transport, by the specification's name (v2 byte 14, low
+#: nibble 1, 2; always STREAM in v1). Not a ``socket.SOCK_*`` constant.
+ProxyTransport: TypeAlias = Literal["STREAM", "DGRAM"]
 #: ``(host, port)`` for TCP/UDP, a path (``"\0name"`` if abstract) for Unix, None if unknown.
 ProxyAddress: TypeAlias = tuple[str, int] | str | None
 _IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -99,8 +108,6 @@ PP2_TYPE_UNIQUE_ID: Final = 0x05
 PP2_TYPE_SSL: Final = 0x20
 PP2_TYPE_NETNS: Final = 0x30
 
-# The parser must work where AF_UNIX does not exist; 1 is its value everywhere.
-_AF_UNIX: int = getattr(socket, "AF_UNIX", 1)
 _TLV_HEAD_LENGTH = 3  # type (1 byte) and value length (2 bytes, big endian)
 _UNIX_PATH_LENGTH = 108  # sizeof(sun_path) on Linux, fixed by the specification
 
@@ -133,6 +140,11 @@ class ProxyHeader:
     ``command`` is "PROXY" when the addresses are those of the proxied client,
     "LOCAL" when the proxy connected on its own behalf (health checks) and the
     real endpoints of the connection apply; v1's "UNKNOWN" means the same.
+    ``family`` is the address family by the specification's name, a str:
+    ``"AF_INET"``, ``"AF_INET6"`` or ``"AF_UNIX"`` (not a ``socket.AF_*``
+    number). ``protocol`` is the proxied connection's transport, likewise:
+    ``"STREAM"`` (TCP or a Unix stream socket; always, in v1) or ``"DGRAM"``
+    (UDP or a Unix datagram socket), not a ``socket.SOCK_*`` number.
     ``family``, ``protocol``, ``source`` and ``destination`` are None when the
     header carries no addresses (LOCAL, UNKNOWN, AF_UNSPEC). IP addresses are
     in canonical form, as ``str(ipaddress.ip_address(...))`` prints them on this
@@ -143,8 +155,8 @@ class ProxyHeader:
 
     version: int
     command: ProxyCommand
-    family: int | None
-    protocol: int | None
+    family: ProxyFamily | None
+    protocol: ProxyTransport | None
     source: ProxyAddress
     destination: ProxyAddress
     tlvs: tuple[tuple[int, bytes], ...]
@@ -296,9 +308,9 @@ def _version_from_first_byte(first: int, head: bytes) -> _State:
 # --- Version 1: one line of US-ASCII text -------------------------------------------
 
 #: Protocol name -> (address family, IP version); UNKNOWN carries no addresses.
-_V1_PROTOCOLS: dict[bytes, tuple[int, int] | None] = {
-    b"TCP4": (socket.AF_INET, 4),
-    b"TCP6": (socket.AF_INET6, 6),
+_V1_PROTOCOLS: dict[bytes, tuple[ProxyFamily, int] | None] = {
+    b"TCP4": ("AF_INET", 4),
+    b"TCP6": ("AF_INET6", 6),
     b"UNKNOWN": None,
 }
 _V1_FIELD_NAMES = ("source address", "destination address", "source port", "destination port")
@@ -410,7 +422,7 @@ def _decode_v1_line(line: bytes) -> ProxyHeader:
         version=1,
         command="PROXY",
         family=family,
-        protocol=socket.SOCK_STREAM,
+        protocol="STREAM",
         source=(source, source_port),
         destination=(destination, destination_port),
         tlvs=(),
@@ -454,7 +466,7 @@ def _v1_port(field: bytes, role: str) -> int:
 
 @dataclass(frozen=True)
 class _V2Family:
-    family: int | None
+    family: ProxyFamily | None
     name: str
     address_length: int  # both addresses, and both ports for IP
     ip_width: int  # bytes in one IP address; 0 if not IP
@@ -463,20 +475,22 @@ class _V2Family:
 #: High nibble of the 14th byte.
 _V2_FAMILIES = {
     0x0: _V2Family(None, "AF_UNSPEC", 0, 0),
-    0x1: _V2Family(socket.AF_INET, "AF_INET", 2 * 4 + 2 * 2, 4),
-    0x2: _V2Family(socket.AF_INET6, "AF_INET6", 2 * 16 + 2 * 2, 16),
-    0x3: _V2Family(_AF_UNIX, "AF_UNIX", 2 * _UNIX_PATH_LENGTH, 0),
+    0x1: _V2Family("AF_INET", "AF_INET", 2 * 4 + 2 * 2, 4),
+    0x2: _V2Family("AF_INET6", "AF_INET6", 2 * 16 + 2 * 2, 16),
+    0x3: _V2Family("AF_UNIX", "AF_UNIX", 2 * _UNIX_PATH_LENGTH, 0),
 }
-#: Low nibble of the 14th byte: (socket type, name).
-_V2_PROTOCOLS: dict[int, tuple[int | None, str]] = {
+#: Low nibble of the 14th byte: (ProxyHeader.protocol, name).
+_V2_PROTOCOLS: dict[int, tuple[ProxyTransport | None, str]] = {
     0x0: (None, "UNSPEC"),
-    0x1: (socket.SOCK_STREAM, "STREAM"),
-    0x2: (socket.SOCK_DGRAM, "DGRAM"),
+    0x1: ("STREAM", "STREAM"),
+    0x2: ("DGRAM", "DGRAM"),
 }
 #: Low nibble of the 13th byte.
 _V2_COMMANDS: dict[int, ProxyCommand] = {0x0: "LOCAL", 0x1: "PROXY"}
 _V2_COMMAND_NIBBLES = {command: nibble for nibble, command in _V2_COMMANDS.items()}
-_V2_TRANSPORTS = {int(kind): nibble for nibble, (kind, _) in _V2_PROTOCOLS.items() if kind}
+_V2_TRANSPORTS: dict[str, int] = {
+    kind: nibble for nibble, (kind, _) in _V2_PROTOCOLS.items() if kind is not None
+}
 #: The family/protocol bytes the specification lists for real connections;
 #: others (AF_INET over UNSPEC, ...) are ambiguous, so a PROXY command with
 #: one is refused. A LOCAL command ignores the family, as the spec says.
@@ -489,7 +503,7 @@ class _V2Fixed:
 
     command: ProxyCommand
     family: _V2Family
-    protocol: int | None
+    protocol: ProxyTransport | None
     total_length: int
 
     @property
@@ -544,7 +558,7 @@ def _v2_command(byte: int) -> ProxyCommand:
     return command
 
 
-def _v2_family(byte: int, command: ProxyCommand) -> tuple[_V2Family, int | None]:
+def _v2_family(byte: int, command: ProxyCommand) -> tuple[_V2Family, ProxyTransport | None]:
     """The 14th byte: address family in the high nibble, transport in the low one."""
     family = _V2_FAMILIES.get(byte >> 4)
     if family is None:
@@ -724,7 +738,7 @@ def build_v2(
     destination: ProxyAddress | bytes,
     *,
     command: ProxyCommand = "PROXY",
-    protocol: int = socket.SOCK_STREAM,
+    protocol: ProxyTransport = "STREAM",
     tlvs: Iterable[tuple[int, bytes]] = (),
     crc32c: bool = False,
 ) -> bytes:
@@ -733,15 +747,17 @@ def build_v2(
     ``source`` and ``destination`` are both ``(ip, port)`` (AF_INET or
     AF_INET6), both Unix socket paths (``"\\0name"`` for an abstract name), or
     both None (AF_UNSPEC). A LOCAL header carries no addresses. ``protocol``
-    is SOCK_STREAM or SOCK_DGRAM. ``crc32c=True`` appends a PP2_TYPE_CRC32C
-    TLV holding the header's checksum.
+    is the proxied connection's transport by the specification's name:
+    ``"STREAM"`` (TCP or Unix stream, the default) or ``"DGRAM"`` (UDP or
+    Unix datagram), not a ``socket.SOCK_*`` constant. ``crc32c=True``
+    appends a PP2_TYPE_CRC32C TLV holding the header's checksum.
     """
     command_nibble = _V2_COMMAND_NIBBLES.get(command)
     if command_nibble is None:
         raise ValueError(f"command must be 'PROXY' or 'LOCAL', not {command!r}")
     transport = _V2_TRANSPORTS.get(protocol)
     if transport is None:
-        raise ValueError(f"protocol must be SOCK_STREAM or SOCK_DGRAM, not {protocol!r}")
+        raise ValueError(f"protocol must be 'STREAM' or 'DGRAM', not {protocol!r}")
     family_byte, block = _v2_address_block(source, destination, command, transport)
     body = block + b"".join(_encode_tlv(kind, value) for kind, value in tlvs)
     if crc32c:
