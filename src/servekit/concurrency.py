@@ -383,12 +383,12 @@ class ThreadPoolMixIn(_RequestThreads):
         """max_threads, or what it means when None: a stream connection may hold
         a thread for as long as its client is slow, so streams grow up to
         max_connections (without bound if that is None, as the threads model
-        does); a datagram's work is the handler's alone, so datagrams do not
-        grow past max_workers."""
+        does); a datagram's work, or a request from a source that is not a
+        socket, is the handler's alone: those do not grow past max_workers."""
         if self.max_threads is not None:
             return self.max_threads
-        if getattr(self, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
-            return self.max_workers
+        if getattr(self, "socket_type", None) != socket.SOCK_STREAM:
+            return self.max_workers  # datagrams, and sources that are not sockets
         return getattr(self, "max_connections", None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
