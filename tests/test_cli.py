@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import socket
 import subprocess
@@ -164,3 +165,36 @@ def test_loop_option_picks_the_async_engines_loop(loop: str) -> None:
         log.wait_for(f"serving on the {loop} event loop")
         with connect(("127.0.0.1", port)) as client:
             assert b"welcome" in recv_until(client).lower()
+
+
+def _documented_options() -> dict[str, str]:
+    """docs/cli.md's options table: flag -> default, rows of several flags split."""
+    rows = {}
+    for line in (ROOT / "docs" / "cli.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`--"):
+            continue
+        flags = [flag.strip("` ").split()[0] for flag in cells[0].split(",")]
+        defaults = [value.strip("` ") for value in cells[1].split(",")]
+        if len(defaults) != len(flags):
+            defaults = defaults[:1] * len(flags)
+        rows.update(zip(flags, defaults, strict=True))
+    return rows
+
+
+def test_every_option_is_documented_with_its_default() -> None:
+    """docs/cli.md's table against the command line itself and servekit.options."""
+    from servekit import cli, options
+
+    documented = _documented_options()
+    parser = cli.build_parser()
+    serve = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ).choices["serve"]
+    flags = {flag for action in serve._actions for flag in action.option_strings if flag != "-h"}
+    flags.discard("--help")
+    assert sorted(flags - documented.keys()) == []  # every flag has a row
+    assert sorted(documented.keys() - flags) == []  # and every row a flag
+    for name in cli._cli_options():
+        option = options.OPTIONS[name]
+        assert documented[option.cli_flag] == cli._shown(option.default), option.cli_flag

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -368,14 +369,33 @@ def test_threading_server_close_waits_for_request_threads() -> None:
         assert started.wait(WAIT)
         server.shutdown()
         loop.join(WAIT)
-        closer = threading.Thread(target=server.server_close)
+        finished_when_closed: list[bool] = []
+
+        def close() -> None:
+            server.server_close()
+            finished_when_closed.extend(finished)
+
+        closer = threading.Thread(target=close)
         closer.start()
-        closer.join(0.2)
-        assert closer.is_alive(), "server_close() returned while a request was running"
+        # Let the request end only once server_close() is waiting for it: then
+        # a server_close() that did not wait would return with nothing finished.
+        assert _blocked_in(closer, "join")
         release.set()
         closer.join(WAIT)
         assert not closer.is_alive()
-    assert finished == [True]
+    assert finished_when_closed == [True], "server_close() returned while a request was running"
+
+
+def _blocked_in(thread: threading.Thread, function: str) -> bool:
+    """True once ``thread`` is inside a call of ``function`` (read off its stack)."""
+    for _ in range(int(WAIT / 0.005)):
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None:
+            if frame.f_code.co_name == function:
+                return True
+            frame = frame.f_back
+        threading.Event().wait(0.005)  # sampling another thread's stack: no event for it
+    return False
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
