@@ -1,7 +1,7 @@
 """A line-based chat room: every line a client sends goes to everyone else.
 
     servekit serve examples.chat:Chat --concurrency async --listen 127.0.0.1:7000
-    nc 127.0.0.1 7000        # in two or more terminals
+    nc 127.0.0.1 7000        # any netcat, in two or more terminals
 
 One asyncio loop holds every connection. A member who stops reading is
 dropped once max_write_buffer of messages piles up for them, instead of

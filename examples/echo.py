@@ -1,11 +1,12 @@
 """A line echo server: the smallest complete servekit program.
 
     python examples/echo.py --listen 127.0.0.1:8000
-    printf 'hello\\n' | nc -q1 127.0.0.1 8000      # another terminal
+    nc 127.0.0.1 8000        # another terminal, any netcat: type lines, they come back
 
 Any listen address works: udp://..., [::]:8000, unix:/tmp/echo.sock, fd://3.
 Any concurrency model too: --concurrency async serves the same echo with async
-handlers on the asyncio engine. Ctrl-C stops it.
+handlers on the asyncio engine. Ctrl-C stops it: requests in flight get
+--shutdown-timeout seconds to finish, and a second Ctrl-C cuts them at once.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--concurrency", default="pool", choices=["pool", "threads", "fork", "sync", "async"]
     )
+    parser.add_argument(
+        "--shutdown-timeout", type=float, default=2.0, metavar="SECONDS",
+        help="how long Ctrl-C lets requests in flight finish (default: 2)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -70,13 +75,36 @@ def main(argv: list[str] | None = None) -> None:
     if servekit.socket_type_of(args.listen) == socket.SOCK_DGRAM:  # udp://, unix-dgram:, ...
         handler = AsyncDatagramEcho if is_async else DatagramEcho
     # Ctrl-C stops accepting; requests in flight get a few seconds to finish.
-    with servekit.make_server(
-        args.listen, handler, concurrency=args.concurrency, shutdown_timeout=2.0
-    ) as server:
+    server = servekit.make_server(
+        args.listen, handler, concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout
+    )
+    interrupted = False
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        close(server, interrupted)
+
+
+def close(server: servekit.BaseServer, interrupted: bool) -> None:
+    """server_close(): requests in flight get shutdown_timeout to finish, then
+    their connections are cut; a Ctrl-C meanwhile cuts them at once.
+
+    The first "interrupted" line is logged inside the try as well: a second
+    Ctrl-C that lands while it is being written counts as one too.
+    """
+    while True:
         try:
-            server.serve_forever()
+            if interrupted:
+                interrupted = False
+                logger.info("interrupted, stopping")
+            server.server_close()
         except KeyboardInterrupt:
-            logger.info("interrupted, stopping")
+            logger.info("interrupted again, stopping at once")
+            server.shutdown_timeout = 0
+        else:
+            return
 
 
 if __name__ == "__main__":

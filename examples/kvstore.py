@@ -1,7 +1,7 @@
 """A line-based key-value store: SET, GET, DEL, KEYS, one command per line.
 
     servekit serve examples.kvstore:KeyValue --listen 127.0.0.1:6380
-    printf 'SET colour blue\\nGET colour\\nKEYS\\n' | nc -q1 127.0.0.1 6380
+    nc 127.0.0.1 6380        # any netcat; type SET colour blue, GET colour, KEYS
 
 Replies: ``OK``, ``VALUE <value>``, ``NOT_FOUND``, ``KEYS <k1> <k2> ...`` or
 ``ERROR <why>``. The store lives in the server process: with ``--workers``

@@ -6,7 +6,8 @@ otherwise; ``loop = "asyncio"`` or ``"uvloop"`` on the class forces one.
 Two ways to run:
 
 - ``server.serve_forever()`` from plain code blocks, running its own loop
-  (in the calling thread), until ``shutdown()`` from any thread;
+  (in the calling thread), until ``shutdown()`` from any thread, or Ctrl-C
+  in the main thread (see ``serve_forever``);
 - inside a program's own loop, ``serve_forever()`` returns a coroutine:
   ``async with server: await server.serve_forever()``.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import signal
 import socket
 import ssl
 import threading
@@ -115,6 +117,10 @@ class AsyncServerMixIn(_Base):
     _aio_stop: asyncio.Event | None = None
     _aio_acceptor: Acceptor | None = None
     _aio_watchdog: Watchdog | None = None
+    #: Set by a second Ctrl-C: the drain waits no longer.
+    _aio_hurry: asyncio.Event | None = None
+    #: Ctrl-Cs during this serve_forever() (the blocking one, in the main thread).
+    _aio_interrupts = 0
 
     def __init__(
         self,
@@ -139,13 +145,32 @@ class AsyncServerMixIn(_Base):
     # -- running and stopping -------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 0.5) -> Any:  # None, or a coroutine
-        """Serve until shutdown(): blocking, or as a coroutine inside a running loop."""
+        """Serve until shutdown(): blocking, or as a coroutine inside a running loop.
+
+        Blocking in the main thread, with Python's default SIGINT handler, Ctrl-C
+        stops as shutdown() does (the connections get ``shutdown_timeout`` to
+        finish), and then raises KeyboardInterrupt from here, as the sync servers
+        do; a second Ctrl-C meanwhile cuts the connections at once. The loop
+        takes SIGINT as a callback of its own: asyncio.run() would raise the
+        second KeyboardInterrupt inside whatever task or transport callback was
+        running (tracebacks for each; uvloop can swallow it, and the stop then
+        waits for all of ``shutdown_timeout``).
+        """
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            run(self._serve(poll_interval), self.loop)
-            return None
-        return self._serve(poll_interval)
+            pass
+        else:
+            return self._serve(poll_interval)
+        interruptible = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        self._aio_interrupts = 0
+        run(self._serve(poll_interval, interruptible), self.loop)
+        if self._aio_interrupts:
+            raise KeyboardInterrupt
+        return None
 
     def shutdown(self) -> None:
         """Stop serving; from any thread. Waits for the loop to finish, unless
@@ -175,14 +200,19 @@ class AsyncServerMixIn(_Base):
         self.shutdown()
         self.server_close()
 
-    async def _serve(self, poll_interval: float) -> None:
+    async def _serve(self, poll_interval: float, interruptible: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._aio_stopped.clear()
+        takes_sigint = False
         try:
             with self._aio_lock:  # shutdown() from another thread sees both, or neither
                 if self._shutdown_flag:
                     return  # shutdown() came first
                 self._aio_loop, self._aio_stop = loop, asyncio.Event()
+            self._aio_hurry = asyncio.Event()
+            if interruptible:
+                loop.add_signal_handler(signal.SIGINT, self._interrupted)
+                takes_sigint = True
             self._aio_watchdog = Watchdog(loop)
             logger.info("%s: serving on the %s event loop", self, _loop_name(loop))
             self.socket.setblocking(False)
@@ -205,20 +235,57 @@ class AsyncServerMixIn(_Base):
                 if datagrams is not None:
                     datagrams.transport.close()  # after the drain: replies go out through it
         finally:
+            if takes_sigint:
+                loop.remove_signal_handler(signal.SIGINT)  # back to default_int_handler
             with self._aio_lock:
                 self._aio_loop = self._aio_stop = self._aio_acceptor = None
                 self._shutdown_flag = False
+            self._aio_hurry = None
             self._aio_stopped.set()
 
+    def _interrupted(self) -> None:
+        """SIGINT, as a callback of the loop (see serve_forever): the first stops
+        gracefully, the next cuts the connections at once."""
+        self._aio_interrupts += 1
+        stop, hurry = self._aio_stop, self._aio_hurry
+        if stop is None or hurry is None:
+            return
+        if self._aio_interrupts == 1:
+            if self._aio_tasks and self.shutdown_timeout != 0:
+                logger.info("%s: interrupted, stopping: %d request(s) in flight get up to %ss "
+                            "(Ctrl-C again to cut them)",
+                            self, len(self._aio_tasks), self.shutdown_timeout)  # fmt: skip
+            stop.set()
+            return
+        if not hurry.is_set():
+            logger.warning("%s: interrupted again: cut %d connection(s) still open",
+                           self, self._cut_requests())  # fmt: skip
+            hurry.set()
+
     async def _drain(self) -> None:
-        """Let the connections finish within shutdown_timeout, then cut them."""
+        """Let the connections finish within shutdown_timeout, then cut them; a
+        second Ctrl-C cuts them at once."""
         tasks = set(self._aio_tasks)
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+        hurry = self._aio_hurry
+        assert hurry is not None  # _serve made it
+        everything = asyncio.ensure_future(asyncio.wait(tasks))
+        hurried = asyncio.ensure_future(hurry.wait())
+        try:
+            await asyncio.wait(
+                (everything, hurried),
+                timeout=self.shutdown_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            everything.cancel()  # the waits, not the tasks they wait for
+            hurried.cancel()
+        pending = {task for task in tasks if not task.done()}
         if not pending:
             return
-        self._cut_late_requests()
+        if not hurry.is_set():  # else a second Ctrl-C has cut them already
+            self._cut_late_requests()
         _, pending = await asyncio.wait(pending, timeout=CUT_GRACE)
         for task in pending:
             task.cancel()
