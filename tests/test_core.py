@@ -163,6 +163,31 @@ def test_handle_error_logs_traceback_and_address_not_stderr(
     assert capfd.readouterr().err == ""
 
 
+class GoneAway(servekit.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(10)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def test_a_client_that_went_away_is_one_info_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="servekit")
+    with (
+        serving(servekit.ThreadingTCPServer(LOCAL, GoneAway)) as server,
+        connect(server.server_address) as client,
+    ):
+        client.sendall(b"x\n")
+        assert client.recv(10) == b""
+        port = client.getsockname()[1]
+    gone = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in gone] == [(logging.INFO, None)]
+    assert str(port) in gone[0].getMessage()
+    assert "ConnectionResetError" in gone[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert server.stats.errors == 1  # still counted: handle_error() was called
+
+
 def test_handle_error_override_may_reraise() -> None:
     class Strict(servekit.TCPServer):
         def handle_error(self, request: Any, client_address: Any) -> None:

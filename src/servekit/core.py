@@ -493,8 +493,13 @@ class BaseServer:
 
         Called from inside an ``except`` block. The default logs the traceback
         and the client address at ERROR on the ``servekit.core`` logger, and
-        the server goes on serving.
+        the server goes on serving. A client that went away (a reset, a broken
+        pipe: ``ConnectionError``) is no bug of the handler: one INFO line.
         """
+        exc = sys.exception()
+        if isinstance(exc, ConnectionError):
+            logger.info("client %s went away: %s: %s", client_address, type(exc).__name__, exc)
+            return
         logger.error(
             "Exception occurred during processing of request from %s",
             client_address,
