@@ -73,6 +73,11 @@ def test_version() -> None:
         (["serve", "examples.echo:LineEcho", "--listen", "udp://127.0.0.1:0"],
          "is a stream handler, but udp://127.0.0.1:0 is a datagram socket"),
         (["serve", "examples.chat:Chat", "--workers", "2"], "is an async handler"),
+        (["serve", "examples.echo:LineEcho", "--status-interval", "0"], "'0' is not a number"),
+        (["serve", "examples.echo:LineEcho", "--workers", "2", "--worker-timeout", "0"],
+         "'0' is not a number of seconds > 0"),
+        (["serve", "examples.echo:LineEcho", "--read-timeout", "0"], "'0' is not a number"),
+        (["serve", "examples.echo:LineEcho", "--idle-timeout", "0"], "'0' is not a number"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:

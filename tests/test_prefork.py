@@ -355,6 +355,8 @@ def test_sighup_with_code_that_does_not_import_keeps_the_old_workers(tmp_path: P
         (tmp_path / "app.py").write_text(APP.format(version="v2"))
         proc.send_signal(signal.SIGHUP)
         log.wait_for("SIGHUP: all workers replaced")
+        for pid in old:  # the last old one stops accepting only as it exits
+            log.wait_for(rf"\(pid {pid}\) exited with status 0")
         assert len(log.wait_for(r"worker \d+ started")) == started + 2
         assert _ask(port)[0] == "v2"
         load.stop.set()
@@ -427,11 +429,13 @@ def test_sighup_reloads_a_module_its_package_imports(tmp_path: Path) -> None:
     (package / "__init__.py").write_text(PACKAGE_INIT)
     (package / "server.py").write_text(APP.format(version="v1"))
     with prefork(tmp_path, "--workers", "2", target="myapp.server:Handler") as (proc, log, port):
-        _worker_pids(log, 2)
+        old = _worker_pids(log, 2)
         assert _ask(port)[0] == "v1"
         (package / "server.py").write_text(APP.format(version="v2"))
         proc.send_signal(signal.SIGHUP)
         log.wait_for("SIGHUP: all workers replaced")
+        for pid in old:
+            log.wait_for(rf"\(pid {pid}\) exited with status 0")
         assert _ask(port)[0] == "v2"
 
 

@@ -156,9 +156,13 @@ class WorkerPool:
                     extra = len(self._threads) > self.max_workers
                     woken = cond.wait(EXTRA_IDLE if extra else None)
                     self._idle -= 1
-                    if woken:
-                        self._arrived()
-                    elif not jobs and len(self._threads) > self.max_workers:
+                    # Even when the wait timed out: a notify() that raced the timeout
+                    # is consumed by a waiter that returns False, and the job it was
+                    # for would wait for ever beside idle workers (_coming stuck).
+                    # Counting a worker that was not called costs at most an extra
+                    # wake-up later.
+                    self._arrived()
+                    if not woken and not jobs and len(self._threads) > self.max_workers:
                         self._leave()
                         return
                 if not jobs:

@@ -20,6 +20,17 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
+try:
+    # The C functions under signal's: without its enum conversions, a look at
+    # every signal's handler is a few microseconds, not hundreds.
+    import _signal as _csignal  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - an interpreter without CPython's _signal
+    _csignal = signal
+_getsignal: Any = _csignal.getsignal
+_setsignal: Any = _csignal.signal
+
+_SIGNALS = tuple(int(signum) for signum in signal.valid_signals())
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
@@ -46,23 +57,33 @@ class SignalGuard:
         return guard
 
     def _install(self) -> None:
-        for signum in signal.valid_signals():
+        for signum in _SIGNALS:
             try:
-                handler = signal.getsignal(signum)
+                handler = _getsignal(signum)
             except (OSError, ValueError):
                 continue
             if callable(handler):
                 deferring = self._deferring(handler)
-                signal.signal(signum, deferring)
+                _setsignal(signum, deferring)
                 self._wrapped[signum] = (handler, deferring)
 
     def uninstall(self) -> None:
         """Put the handlers back (those nobody replaced meanwhile) and run what waits."""
-        for signum, (handler, deferring) in self._wrapped.items():
-            if signal.getsignal(signum) is deferring:
-                signal.signal(signum, handler)
-        self._wrapped.clear()
+        self._restore()
         self.release()
+
+    def abandon(self) -> None:
+        """In a child forked while the guard was held: put the handlers back, and
+        drop what waits (the parent runs it); the child gets its signals at once."""
+        self._restore()
+        self._pending.clear()
+        self._held = False
+
+    def _restore(self) -> None:
+        for signum, (handler, deferring) in self._wrapped.items():
+            if _getsignal(signum) is deferring:
+                _setsignal(signum, handler)
+        self._wrapped.clear()
 
     def _deferring(
         self, handler: Callable[[int, FrameType | None], Any]

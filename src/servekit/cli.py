@@ -84,9 +84,9 @@ def _seconds(flag: str, *, none: bool = True) -> Callable[[str], float | None]:
             value = float(text)
         except ValueError:
             value = -1.0
-        if not math.isfinite(value) or value < 0:
+        if not math.isfinite(value) or value <= 0:
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number of seconds >= 0" + (" or 'none'" if none else "")
+                f"{text!r} is not a number of seconds > 0" + (" or 'none'" if none else "")
             )
         return value
 
@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", action="append", metavar="ADDRESS",
         help="listen address, repeatable (default 127.0.0.1:8000); see docs/addresses.md",
     )  # fmt: skip
-    serve.add_argument("--concurrency", choices=CONCURRENCY_MODELS, default="pool")
+    serve.add_argument("--concurrency", choices=CONCURRENCY_MODELS, default="pool",
+                       help="how requests run (default: pool)")  # fmt: skip
     serve.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default=_UNSET,
                        help="--concurrency async: its loop (default: auto, uvloop if any)",
                        )  # fmt: skip
@@ -144,21 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trusted-proxy", action="append", default=[], metavar="NETWORK",
                        help="address, network or 'unix' allowed to send PROXY headers")  # fmt: skip
     serve.add_argument("--workers", type=_whole("workers", 1), default=None,
-                       help="prefork: this many worker processes under a supervisor")  # fmt: skip
+                       help="prefork: this many worker processes under a supervisor "
+                       "(default: one process, no supervisor)")  # fmt: skip
     serve.add_argument("--worker-timeout", type=_seconds("worker-timeout"), default=_UNSET,
                        help="--workers: kill a worker whose serving loop is silent this long "
                        f"(default: {DEFAULT_WORKER_TIMEOUT:g})")  # fmt: skip
     serve.add_argument("--max-requests", type=_whole("max-requests", 1), default=_UNSET,
-                       help="--workers: restart a worker after this many requests")  # fmt: skip
+                       help="--workers: restart a worker after this many requests "
+                       "(default: none)")  # fmt: skip
     serve.add_argument("--max-requests-jitter", type=_whole("max-requests-jitter", 0),
                        default=_UNSET,
                        help="--max-requests: add up to this many at random, so workers "
-                       "restart apart")  # fmt: skip
+                       "restart apart (default: 0)")  # fmt: skip
     serve.add_argument("--log-level", default="INFO",
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])  # fmt: skip
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                       help="(default: INFO)")  # fmt: skip
     serve.add_argument("--status-interval", type=_seconds("status-interval"),
                        default=DEFAULT_STATUS_INTERVAL,
-                       help="seconds between status lines; 'none' for none")  # fmt: skip
+                       help="seconds between status lines; 'none' for none "
+                       f"(default: {DEFAULT_STATUS_INTERVAL:g})")  # fmt: skip
     return parser
 
 
@@ -320,7 +325,8 @@ class Runner:
         if self._signals == 1 or not self.escalate:
             if self._stop.is_set():
                 return
-            logger.info("%s: stopping gracefully (again to stop at once)", signal.strsignal(signum))
+            again = " (again to stop at once)" if self.escalate else ""
+            logger.info("%s: stopping gracefully%s", signal.strsignal(signum), again)
             self._stop.set()
             return
         logger.warning("%s again: stopping at once", signal.strsignal(signum))

@@ -25,11 +25,13 @@ import signal
 import socket
 import sys
 import threading
+from functools import cached_property
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from servekit._pool import WorkerPool
 from servekit.errors import LimitExceeded
+from servekit.limits import ThrottledLog
 from servekit.sockets import TCPServer, UDPServer
 
 if TYPE_CHECKING:
@@ -203,6 +205,7 @@ if hasattr(os, "fork"):
             # Child process. This must never return, hence os._exit()!
             status = 1
             try:
+                self._in_forked_child()
                 self._run_request(request, client_address)
                 status = 0
             except Exception:
@@ -264,16 +267,35 @@ class _Threads(list[threading.Thread]):
         """Join every thread; with a timeout, True if all ended in time."""
         if timeout is None:
             for thread in self.pop_all():
-                thread.join()
+                _join(thread, None)
             return True
         deadline = monotonic() + timeout
         for thread in list(self):
-            thread.join(max(0.0, deadline - monotonic()))
+            _join(thread, max(0.0, deadline - monotonic()))
         self.reap()
         return not self
 
     def reap(self) -> None:
         self[:] = (thread for thread in self if thread.is_alive())
+
+
+#: A thread whose start() a signal interrupted may still be on its way: this
+#: long to see it run, else it never started.
+THREAD_START_GRACE = 1.0
+
+
+def _join(thread: threading.Thread, timeout: float | None) -> None:
+    """thread.join(), also for a thread whose start() was interrupted (a Ctrl-C in
+    a handle_request() loop, which has no signal guard): join() refuses a thread
+    not started yet, and the process_request() that appended it did not know
+    whether it would start."""
+    try:
+        thread.join(timeout)
+    except RuntimeError:  # "cannot join thread before it is started"
+        started = getattr(thread, "_started", None)  # threading's own Event
+        grace = THREAD_START_GRACE if timeout is None else min(timeout, THREAD_START_GRACE)
+        if isinstance(started, threading.Event) and started.wait(grace):
+            thread.join(timeout)
 
 
 class _NoThreads:
@@ -403,14 +425,20 @@ class ThreadPoolMixIn(_RequestThreads):
         if pool is not None and not pool.has_room():
             if not was_full:
                 self._counters.limit("max_pending")
-                logger.warning(
-                    "%s: all %d threads busy (max_threads) and %d requests queued "
+                self._pool_full_log(
+                    "%s: all %s threads busy (max_threads) and %d requests queued "
                     "(max_pending); not accepting until one finishes",
                     self, pool.max_threads, pool.max_pending,
                 )  # fmt: skip
             return False
         self._pool_full = False
         return super()._ready_for_request()
+
+    @cached_property
+    def _pool_full_log(self) -> ThrottledLog:
+        # A saturated pool fills again as soon as a request ends: once a line
+        # per fill was a line per accepted connection (1,111 for 1,880).
+        return ThrottledLog(logger)
 
     def _pool_has_room(self) -> None:
         if self._pool_full:

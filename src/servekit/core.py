@@ -316,11 +316,26 @@ class BaseServer:
                     wait = paused if timeout is None else min(paused, timeout)
                     time.sleep(wait)
                 elif selector.select(timeout):
-                    return self._handle_request_noblock()
+                    return self._handle_request_guarded()
                 if deadline is not None:
                     timeout = deadline - monotonic()
                     if timeout < 0:
                         return self.handle_timeout()
+
+    def _handle_request_guarded(self) -> None:
+        """handle_request()'s one request, under a signal guard of its own when
+        serve_forever() holds none (see _signalguard)."""
+        if self.__signal_guard is not None:
+            self._handle_request_noblock()
+            return
+        guard = SignalGuard.for_this_thread()
+        self.__signal_guard = guard
+        try:
+            self._handle_request_noblock()
+        finally:
+            self.__signal_guard = None
+            if guard is not None:
+                guard.uninstall()  # a Ctrl-C that came meanwhile is raised here
 
     def _handle_request_noblock(self) -> None:
         """Handle one request, without blocking.
@@ -370,6 +385,15 @@ class BaseServer:
                 raise
         else:
             self.shutdown_request(request)
+
+    def _in_forked_child(self) -> None:
+        """First thing in a child forked to serve a request (ForkingMixIn): the
+        loop's signal guard, held while the request was handed off, is the
+        parent's; the child must get its own signals (a Ctrl-C, a SIGTERM that
+        cuts it) at once."""
+        guard, self.__signal_guard = self.__signal_guard, None
+        if guard is not None:
+            guard.abandon()
 
     # -- accounting and limits, for the request sources and models -----------
 

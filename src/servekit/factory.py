@@ -14,7 +14,10 @@ made here gets what a production server wants instead:
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import ssl
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from servekit.activation import inherited_sockets
@@ -61,9 +64,6 @@ from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStrea
 from servekit.tls import StrPath, server_context
 
 if TYPE_CHECKING:
-    import ssl
-    from collections.abc import Iterable
-
     from servekit.core import RequestHandlerFactory
 
 __all__ = ["CONCURRENCY_MODELS", "check_handler_fits", "make_server", "socket_type_of"]
@@ -189,11 +189,25 @@ def make_server(
         raise ValueError(
             f"socket_file_mode must be permission bits such as 0o660, not {socket_file_mode!r}"
         )
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {ssl_context!r}")
+    for name, path in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
+        if path is not None and not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"{name} must be a path (str or os.PathLike), not {path!r}")
     if isinstance(trusted_proxies, (str, bytes)):
         raise TypeError(
             f"trusted_proxies must be a list of addresses or networks, not the string "
             f"{trusted_proxies!r} (write [{trusted_proxies!r}])"
         )
+    if not isinstance(trusted_proxies, Iterable):
+        raise TypeError(
+            f"trusted_proxies must be a list of addresses, networks or 'unix', "
+            f"not {trusted_proxies!r}"
+        )
+    trusted_proxies = tuple(trusted_proxies)
+    for proxy in trusted_proxies:
+        if not isinstance(proxy, str):
+            raise TypeError(f"trusted_proxies holds {proxy!r}: each must be a str")
     _check_callable(handler)
     server = _build(
         address, handler, concurrency,

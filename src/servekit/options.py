@@ -65,6 +65,10 @@ class Option:
     minimum: int = 0  #: for counts
     none: bool = True  #: None turns it off (no limit)
     flag: str = ""  #: the command line's name, if not --name-with-dashes
+    #: Seconds: 0 allowed? A timeout of 0 would cut every connection at once.
+    zero: bool = False
+    #: What None means, where it is not "no limit".
+    none_means: str = "no limit"
 
     @property
     def cli_flag(self) -> str:
@@ -82,7 +86,8 @@ OPTIONS: Final[dict[str, Option]] = {
         Option("max_connections", "count", DEFAULT_MAX_CONNECTIONS,
                "open connections at once; past it, clients wait in the backlog", minimum=1),
         Option("shutdown_timeout", "seconds", DEFAULT_SHUTDOWN_TIMEOUT,
-               "a stop lets requests in flight run this long, then cuts them"),
+               "a stop lets requests in flight run this long, then cuts them", zero=True,
+               none_means="wait for ever"),
         Option("idle_timeout", "seconds", DEFAULT_IDLE_TIMEOUT,
                "close a connection with no traffic for this long"),
         Option("read_timeout", "seconds", DEFAULT_READ_TIMEOUT,
@@ -92,9 +97,11 @@ OPTIONS: Final[dict[str, Option]] = {
         Option("handshake_timeout", "seconds", DEFAULT_HANDSHAKE_TIMEOUT,
                "the TLS handshake and the PROXY header must be done within this"),
         Option("max_packet_size", "count", None,
-               "the longest datagram taken; longer ones are dropped and logged", minimum=1),
+               "the longest datagram taken; longer ones are dropped and logged", minimum=1,
+               none_means="the server class's own, 8192"),
         Option("backlog", "count", None,
-               "listen backlog, if above the system's SOMAXCONN", minimum=1),
+               "listen backlog, if above the system's SOMAXCONN", minimum=1,
+               none_means="the system's SOMAXCONN"),
     )
 }  # fmt: skip
 
@@ -114,7 +121,7 @@ def check(name: str, value: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be {_what(option)}, not {value!r}")
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not option.zero):
         raise ValueError(f"{name} must be {_what(option)}, not {value}")
     return float(value)
 
@@ -136,9 +143,9 @@ def parse(name: str, text: str) -> Any:
 
 def _what(option: Option, *, cli: bool = False) -> str:
     if option.kind == "count":
-        what = "a whole number" if option.minimum <= 0 else f"a whole number >= {option.minimum}"
+        what = f"a whole number >= {option.minimum}"
     else:
-        what = "a number of seconds >= 0"
+        what = "a number of seconds " + (">= 0" if option.zero else "> 0")
     if not option.none:
         return what
-    return what + (" or 'none' (no limit)" if cli else " or None (no limit)")
+    return what + (" or 'none'" if cli else " or None") + f" ({option.none_means})"

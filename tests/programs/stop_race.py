@@ -1,7 +1,8 @@
 """Race a Ctrl-C against a connection being accepted, many times, in one process.
 
-Usage: stop_race.py MODEL ROUNDS. Each round serves make_server(MODEL) in the
-main thread, as examples/echo.py does; a client connects and sends a line
+Usage: stop_race.py MODEL ROUNDS [serve_forever|handle_request]. Each round
+serves make_server(MODEL) in the main thread, as examples/echo.py does (or in
+a loop of handle_request()); a client connects and sends a line
 while a SIGINT lands at a delay that sweeps across the accept, hand-off and
 thread start. After server_close() the round checks that the stop drained or
 cut every connection it accepted: the client got its echo or its connection
@@ -42,7 +43,7 @@ class Errors(logging.Handler):
             self.lines.append(record.getMessage())
 
 
-def one_round(model: str, delay: float, errors: Errors) -> str | None:
+def one_round(model: str, delay: float, errors: Errors, loop: str) -> str | None:
     server = servekit.make_server(
         "127.0.0.1:0", Echo, concurrency=model, shutdown_timeout=0.5, idle_timeout=60
     )
@@ -67,7 +68,11 @@ def one_round(model: str, delay: float, errors: Errors) -> str | None:
     talker = threading.Thread(target=client)
     try:
         talker.start()
-        server.serve_forever(poll_interval=60)
+        if loop == "handle_request":
+            while True:
+                server.handle_request()
+        else:
+            server.serve_forever(poll_interval=60)
     except KeyboardInterrupt:
         pass
     finally:
@@ -87,6 +92,7 @@ def one_round(model: str, delay: float, errors: Errors) -> str | None:
 
 def main() -> None:
     model, rounds = sys.argv[1], int(sys.argv[2])
+    loop = sys.argv[3] if len(sys.argv) > 3 else "serve_forever"
     errors = Errors()
     logging.getLogger("servekit").addHandler(errors)
     logging.getLogger("servekit").setLevel(logging.WARNING)
@@ -94,7 +100,7 @@ def main() -> None:
     for n in range(rounds):
         delay = (n % 50) * 20e-6  # 0 to 1 ms in 20 us steps
         try:
-            problem = one_round(model, delay, errors)
+            problem = one_round(model, delay, errors, loop)
         except KeyboardInterrupt:  # landed after the loop ended: not this test's race
             problem = None
         if problem is not None:
