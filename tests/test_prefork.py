@@ -222,8 +222,9 @@ def test_max_requests_restarts_a_worker(tmp_path: Path) -> None:
         (first,) = _worker_pids(log, 1)
         pids = [_ask(port)[1] for _ in range(5)]
         assert set(pids) == {first}
-        log.wait_for("served max_requests=5; restarting")
+        log.wait_for("served max_requests=5; asking for a replacement")
         replacement = _worker_pids(log, 2)[1]
+        log.wait_for(rf"\(pid {first}\) exited with status 0")  # once the new one serves
         assert _ask(port)[1] == replacement
 
 
@@ -337,30 +338,29 @@ BROKEN_APP = "import servekit\nclass Handler(servekit.StreamRequestHandler:  # a
 
 @pytest.mark.timeout(90)
 def test_sighup_with_code_that_does_not_import_keeps_the_old_workers(tmp_path: Path) -> None:
-    with prefork(tmp_path, "--workers", "2") as (proc, log, port), Load(port, 4) as load:
+    with prefork(tmp_path, "--workers", "2") as (proc, log, port):
         old = set(_worker_pids(log, 2))
-        assert load.served_at_least(2)
-        (tmp_path / "app.py").write_text(BROKEN_APP)
-        proc.send_signal(signal.SIGHUP)
-        log.wait_for(r"SIGHUP: a new worker cannot start the application \(cannot import 'app'")
-        # The old workers serve on, their clients and new ones alike; nothing was cut.
-        assert load.progressed(list(load.owner), dict(load.answered))
-        version, pid = _ask(port)
-        assert (version, pid in old) == ("v1", True)
-        assert proc.poll() is None
+        with Load(port, 4) as load:
+            assert load.served_at_least(2)
+            (tmp_path / "app.py").write_text(BROKEN_APP)
+            proc.send_signal(signal.SIGHUP)
+            log.wait_for(r"SIGHUP: a new worker cannot start the application \(cannot import 'app'")
+            # The old workers serve on, their clients and new ones alike; nothing was cut.
+            assert load.progressed(list(load.owner), dict(load.answered))
+            version, pid = _ask(port)
+            assert (version, pid in old) == ("v1", True)
+            assert proc.poll() is None
         assert load.errors == {}
-        # No retry until the next SIGHUP: no worker is started meanwhile.
         started = len(log.wait_for(r"worker \d+ started"))
-        # Fixed code rolls on the next SIGHUP.
+        # Fixed code rolls on the next SIGHUP (the load's connections are closed,
+        # so the old workers drain at once).
         (tmp_path / "app.py").write_text(APP.format(version="v2"))
         proc.send_signal(signal.SIGHUP)
         log.wait_for("SIGHUP: all workers replaced")
         for pid in old:  # the last old one stops accepting only as it exits
             log.wait_for(rf"\(pid {pid}\) exited with status 0")
-        assert len(log.wait_for(r"worker \d+ started")) == started + 2
+        assert len(log.wait_for(r"worker \d+ started")) == started + 2  # no retry before
         assert _ask(port)[0] == "v2"
-        load.stop.set()
-    assert load.errors == {}
     text = "".join(log.lines)
     assert text.count("cannot import 'app'") == 1  # logged once
     assert "Traceback" not in text
@@ -454,3 +454,25 @@ def test_the_supervisor_does_not_claim_to_serve(tmp_path: Path) -> None:
         (line,) = [m.string for m in log.wait_for(r"listening on tcp://")]
         assert "1 worker(s), pool" in line
         assert "TCPServer" not in line
+
+
+@pytest.mark.timeout(60)
+def test_max_requests_with_code_that_does_not_import_keeps_the_worker(tmp_path: Path) -> None:
+    """A worker that served max_requests is retired only once its replacement serves:
+    with a bad deploy on disk, it serves on rather than leave no worker."""
+    with prefork(tmp_path, "--workers", "1", "--max-requests", "3") as (proc, log, port):
+        (first,) = _worker_pids(log, 1)
+        (tmp_path / "app.py").write_text(BROKEN_APP)
+        for _ in range(3):
+            assert _ask(port) == ("v1", first)
+        log.wait_for("served max_requests=3; asking for a replacement")
+        log.wait_for(r"the replacement for worker 1 \(it served max_requests\) cannot start")
+        for _ in range(5):  # served on, by the same worker
+            assert _ask(port) == ("v1", first)
+        assert proc.poll() is None
+        # Fixed code: the next SIGHUP replaces it.
+        (tmp_path / "app.py").write_text(APP.format(version="v2"))
+        proc.send_signal(signal.SIGHUP)
+        log.wait_for("SIGHUP: all workers replaced")
+        log.wait_for(rf"\(pid {first}\) exited with status 0")
+        assert _ask(port)[0] == "v2"

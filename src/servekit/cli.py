@@ -490,14 +490,22 @@ def _beat_from_loop(
     server: BaseServer, channel: WorkerChannel, runner: Runner, max_requests: int | None
 ) -> None:
     """Send the heartbeat from the serving loop itself, so a stuck loop stops beating;
-    and stop the worker once it has served max_requests."""
+    and once the worker has served max_requests, ask the supervisor to replace it.
+    It serves on until its replacement does: a replacement that cannot start (a
+    bad deploy on disk) must not leave the service with fewer workers, or none."""
     own_actions = server.service_actions
+    asked = False
 
     def service_actions() -> None:
+        nonlocal asked
         own_actions()
         channel.beat()
-        if max_requests is not None and server.stats.requests >= max_requests:
-            logger.info("worker %d served max_requests=%d; restarting", os.getpid(), max_requests)
-            runner.stop()
+        if max_requests is not None and not asked and server.stats.requests >= max_requests:
+            asked = True
+            logger.info(
+                "worker %d served max_requests=%d; asking for a replacement",
+                os.getpid(), max_requests,
+            )  # fmt: skip
+            channel.replace_me()
 
     server.service_actions = service_actions  # type: ignore[method-assign]

@@ -83,6 +83,7 @@ _SUPERVISOR_SIGNALS = frozenset({
 
 _READY = b"R"
 _BEAT = b"."
+_REPLACE = b"M"  # max_requests served: start my replacement, then retire me
 _FAILED = b"E"  # then the error's text, to the end of what the pipe holds
 #: A failure's text is cut to this: a pipe write up to PIPE_BUF arrives whole.
 _FAILED_MAX = 4000
@@ -99,6 +100,10 @@ class WorkerChannel:
 
     def ready(self) -> None:
         self._send(_READY)
+
+    def replace_me(self) -> None:
+        """Ask to be replaced (max_requests): retired once a new worker serves."""
+        self._send(_REPLACE)
 
     def failed(self, message: str) -> None:
         """The application cannot start; ``message`` says why, in one line."""
@@ -129,6 +134,7 @@ class _Worker:
     retiring: bool = False
     killed_for: str = ""
     boot_error: str | None = None
+    replace_asked: bool = False
 
 
 @dataclass
@@ -168,6 +174,10 @@ class Supervisor:
         self._boot_failed = False
         self._killed_all = False
         self._ever_ready = False  # a worker has served: a failing one is a bad deploy
+        # Workers that served max_requests, to replace one at a time, and the
+        # replacement under way: (old pid, new pid).
+        self._replace_queue: deque[int] = deque()
+        self._replacing: tuple[int, int] | None = None
         self._life_w: int | None = None  # held by the supervisor only; see _watch_supervisor
         self._life_r: int | None = None
         #: Why the first worker could not start the application, when run() returns 2.
@@ -222,6 +232,7 @@ class Supervisor:
             else:
                 self._check_heartbeats()
                 self._advance_roll()
+                self._advance_replacement()
                 self._keep_count()
             self._wait(wake)
 
@@ -254,6 +265,9 @@ class Supervisor:
             if failed >= 0:
                 worker.boot_error = data[failed + 1 :].decode("utf-8", "replace")
                 data = data[:failed]
+            if _REPLACE in data and worker.ready and not worker.replace_asked:
+                worker.replace_asked = True
+                self._replace_queue.append(worker.pid)
             if _READY in data and not worker.ready:
                 worker.ready = True
                 self._ever_ready = True
@@ -315,7 +329,8 @@ class Supervisor:
             return  # the first worker starts alone: see "Starting and deploying"
         if len(serving) < self.target and time.monotonic() >= self._next_spawn:
             self._spawn()
-        elif len(serving) > self.target and self._roll is None:  # a roll runs one extra
+        elif len(serving) > self.target and self._roll is None and self._replacing is None:
+            # (a roll, and a replacement, run one extra)
             newest = max(serving, key=lambda w: w.started)
             self._retire(newest, "fewer workers asked for")
 
@@ -371,6 +386,15 @@ class Supervisor:
         if not self._ever_ready:
             self.boot_error = error
             self._boot_failed = True
+            return
+        if self._replacing is not None and self._replacing[1] == worker.pid:
+            old = self._workers.get(self._replacing[0])
+            self._replacing = None
+            logger.error(
+                "the replacement for worker %s (it served max_requests) cannot start the "
+                "application (%s); the worker serves on. Fix it and send SIGHUP.",
+                old.number if old is not None else "?", error,
+            )  # fmt: skip
             return
         roll = self._roll
         if roll is not None and roll.waiting_for == worker.pid:
@@ -428,6 +452,8 @@ class Supervisor:
             elif signum == signal.SIGHUP:
                 old = deque(w.pid for w in self._workers.values() if not w.retiring)
                 logger.info("SIGHUP: replacing %d worker(s) one by one", len(old))
+                self._replace_queue.clear()  # the roll replaces them all
+                self._replacing = None
                 self._roll = _Roll(old=old)
             elif signum == signal.SIGUSR1:
                 self._kill_all(signal.SIGUSR1)  # each worker logs its own statistics
@@ -438,6 +464,32 @@ class Supervisor:
                 self.target -= 1
                 logger.info("SIGTTOU: %d worker(s) now", self.target)
         return None
+
+    def _advance_replacement(self) -> None:
+        """Replace a worker that served max_requests: start a new one; once it
+        serves, retire the old one. If the new one cannot start, the old one
+        serves on (until the next SIGHUP)."""
+        if self._roll is not None:
+            return
+        if self._replacing is not None:
+            old_pid, new_pid = self._replacing
+            new = self._workers.get(new_pid)
+            if new is None:  # it died before it served: again, after the restart delay
+                self._replacing = None
+                self._replace_queue.appendleft(old_pid)
+                return
+            if not new.ready:
+                return
+            self._replacing = None
+            old = self._workers.get(old_pid)
+            if old is not None and not old.retiring:
+                self._retire(old, "served max_requests; replaced")
+            return
+        while self._replace_queue and time.monotonic() >= self._next_spawn:
+            old = self._workers.get(self._replace_queue.popleft())
+            if old is not None and not old.retiring:
+                self._replacing = (old.pid, self._spawn().pid)
+                return
 
     def _advance_roll(self) -> None:
         """One step of a SIGHUP: start a new worker; once it serves, retire an old one."""
