@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -119,7 +120,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.2)
     parser.add_argument("--servers", help="comma-separated parts of server names to keep")
     parser.add_argument("--workloads", help="comma-separated workload keys to keep")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS,
+        help="results file; any but the default leaves docs/benchmarks.md as it is",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 0.5, 0.2
@@ -166,11 +170,16 @@ def main() -> None:
     results = {"meta": _meta(args, time.monotonic() - started), "cells": cells}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    report.write(results)
+    if args.out.resolve() == RESULTS.resolve():
+        report.write(results)
+        where = "report in docs/benchmarks.md"
+    else:  # a trial run to a file of its own leaves the published report alone
+        where = f"report not written (python -m benchmarks.report --from {args.out})"
     logger.info(
-        "done in %.0f s; results in %s, report in docs/benchmarks.md (server log: %s)",
+        "done in %.0f s; results in %s, %s (server log: %s)",
         results["meta"]["seconds"],
         args.out,
+        where,
         log,
     )
 
@@ -196,6 +205,7 @@ def _meta(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu,
+        "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "runs": args.runs,
