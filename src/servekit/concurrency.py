@@ -267,35 +267,16 @@ class _Threads(list[threading.Thread]):
         """Join every thread; with a timeout, True if all ended in time."""
         if timeout is None:
             for thread in self.pop_all():
-                _join(thread, None)
+                thread.join()
             return True
         deadline = monotonic() + timeout
         for thread in list(self):
-            _join(thread, max(0.0, deadline - monotonic()))
+            thread.join(max(0.0, deadline - monotonic()))
         self.reap()
         return not self
 
     def reap(self) -> None:
         self[:] = (thread for thread in self if thread.is_alive())
-
-
-#: A thread whose start() a signal interrupted may still be on its way: this
-#: long to see it run, else it never started.
-THREAD_START_GRACE = 1.0
-
-
-def _join(thread: threading.Thread, timeout: float | None) -> None:
-    """thread.join(), also for a thread whose start() was interrupted (a Ctrl-C in
-    a handle_request() loop, which has no signal guard): join() refuses a thread
-    not started yet, and the process_request() that appended it did not know
-    whether it would start."""
-    try:
-        thread.join(timeout)
-    except RuntimeError:  # "cannot join thread before it is started"
-        started = getattr(thread, "_started", None)  # threading's own Event
-        grace = THREAD_START_GRACE if timeout is None else min(timeout, THREAD_START_GRACE)
-        if isinstance(started, threading.Event) and started.wait(grace):
-            thread.join(timeout)
 
 
 class _NoThreads:
