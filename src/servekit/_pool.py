@@ -9,8 +9,8 @@ only as jobs need them, it says when it is full (``has_room``), and it calls
 Up to ``max_workers`` threads stay once started (warm). When a job comes and
 every thread is taken, the pool starts an extra one rather than queue it, up
 to ``max_threads``: a job that waits on a slow client holds a thread, and a
-fixed pool of them is stalled by as many slow clients (1,000 clients sending
-a byte a second kept a pool of 64 from answering anyone). Extra threads leave
+fixed pool of them is stalled by as many slow clients (docs/performance.md
+has the measurement). Extra threads leave
 after ``EXTRA_IDLE`` seconds without a job, so the pool shrinks back to its
 warm workers once the crowd is gone. Jobs queue (``max_pending``) only when
 ``max_threads`` are all taken.
@@ -112,8 +112,8 @@ class WorkerPool:
         if self._coming:
             # Past the warm workers, a job waits for a thread that is busy with a
             # request of unknown length: it gets a thread of its own at once.
-            # Chained, each start waits for the GIL (up to its 5 ms switch
-            # interval): 1,000 slow clients' threads took seconds to come.
+            # Chained, each start waits for the GIL (up to its switch interval):
+            # a thousand slow clients' threads took seconds to come.
             if (
                 not self._idle
                 and len(self._jobs) > self._coming
