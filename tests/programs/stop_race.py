@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -49,6 +48,8 @@ def one_round(model: str, delay: float, errors: Errors, loop: str) -> str | None
     )
     address = server.server_address
     outcome: list[str] = []
+    main = threading.main_thread().ident
+    assert main is not None
 
     def client() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # for the main thread
@@ -57,7 +58,10 @@ def one_round(model: str, delay: float, errors: Errors, loop: str) -> str | None
             deadline = time.perf_counter() + delay
             while time.perf_counter() < deadline:
                 pass  # the sweep's offset: far below any sleep's resolution
-            os.kill(os.getpid(), signal.SIGINT)
+            # At the main thread, where Python runs handlers: sent to the process,
+            # a signal may go to a handler thread, and then the main thread sees
+            # it only when its wait ends (poll_interval), not where the race is.
+            signal.pthread_kill(main, signal.SIGINT)
             try:
                 outcome.append("echo" if sock.recv(100) else "closed")
             except TimeoutError:
