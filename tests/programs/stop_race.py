@@ -76,7 +76,10 @@ def one_round(model: str, delay: float, errors: Errors, loop: str) -> str | None
             while True:
                 server.handle_request()
         else:
-            server.serve_forever(poll_interval=60)
+            # The default poll_interval: on a loaded machine the main thread's
+            # poll() was, in some rounds, not woken by the SIGINT (with and without
+            # the signal guard); the loop then sees it at its next wake-up.
+            server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         pass
     finally:
