@@ -73,6 +73,7 @@ def one_round(model: str, delay: float, errors: Errors, loop: str) -> str | None
     try:
         talker.start()
         if loop == "handle_request":
+            server.timeout = 0.5  # as poll_interval below: a missed wake-up is seen then
             while True:
                 server.handle_request()
         else:
