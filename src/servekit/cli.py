@@ -30,7 +30,7 @@ import servekit
 from servekit import options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
-from servekit.factory import CONCURRENCY_MODELS, _build, make_server
+from servekit.factory import CONCURRENCY_MODELS, _build, _describe, make_server
 from servekit.handlers import BaseRequestHandler
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
 
@@ -423,7 +423,7 @@ def _prefork(args: argparse.Namespace) -> int:
     for listener in listeners:
         logger.info(
             "listening on %s (%d worker(s), %s)",
-            _described(listener), args.workers, args.concurrency,
+            _describe(listener), args.workers, args.concurrency,
         )  # fmt: skip
 
     def worker_main(channel: WorkerChannel) -> int:
@@ -441,12 +441,6 @@ def _prefork(args: argparse.Namespace) -> int:
     if supervisor.boot_error is not None:
         _usage_error(UsageError(supervisor.boot_error))
     return status
-
-
-def _described(server: BaseServer) -> str:
-    from servekit.factory import _describe
-
-    return _describe(server)
 
 
 def _bind(address: str, args: argparse.Namespace) -> BaseServer:
