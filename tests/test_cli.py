@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import signal
 import socket
 import subprocess
@@ -78,6 +80,12 @@ def test_version() -> None:
          "'0' is not a number of seconds > 0"),
         (["serve", "examples.echo:LineEcho", "--read-timeout", "0"], "'0' is not a number"),
         (["serve", "examples.echo:LineEcho", "--idle-timeout", "0"], "'0' is not a number"),
+        (["serve", "examples.echo:LineEcho", "--keyfile", "k.pem"],
+         "keyfile and cafile need certfile"),
+        (["serve", "examples.echo:LineEcho", "--proxy-protocol"],
+         "proxy_protocol needs trusted_proxies"),
+        (["serve", "examples.echo:LineEcho", "--workers", "2", "--proxy-protocol",
+          "--trusted-proxy", "10.0.0.1/8"], "trusted_proxies: bad trusted network '10.0.0.1/8'"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -89,7 +97,9 @@ def test_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     assert message in errors[0]
     assert "usage:" not in done.stderr
     assert "Traceback" not in done.stderr
-    if "--workers" not in args:  # the supervisor binds, and imports nothing of the app
+    if "--workers" not in args or "--proxy-protocol" in args:
+        # Under --workers the supervisor binds, and imports nothing of the app:
+        # it refuses only what the options themselves get wrong.
         assert "listening on" not in done.stderr  # refused before any socket was bound
 
 
@@ -203,3 +213,27 @@ def test_every_option_is_documented_with_its_default() -> None:
     for name in cli._cli_options():
         option = options.OPTIONS[name]
         assert documented[option.cli_flag] == cli._shown(option.default), option.cli_flag
+
+
+def test_make_server_and_server_config_take_the_same_options_each_documented() -> None:
+    """make_server's keywords against ServerConfig's fields, both ways, with the same
+    defaults; every option named in the docs, and every option of the table either on
+    the command line or left off it on purpose."""
+    from servekit import cli, options
+
+    fields = {field.name: field for field in dataclasses.fields(servekit.ServerConfig)}
+    keywords = {
+        name: parameter
+        for name, parameter in inspect.signature(servekit.make_server).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "config"
+    }
+    assert sorted(fields.keys() - keywords.keys()) == []  # every field is a keyword
+    assert sorted(keywords.keys() - fields.keys()) == []  # and every keyword a field
+    for name, parameter in keywords.items():
+        # help(make_server) shows the config's default: the keyword's repr is it.
+        assert repr(parameter.default) == repr(fields[name].default), name
+    assert sorted(options.OPTIONS.keys() - fields.keys()) == []
+    assert set(cli._cli_options()) | cli._NOT_ON_THE_COMMAND_LINE == set(options.OPTIONS)
+    docs = "".join((ROOT / "docs" / page).read_text() for page in ("guide.md", "production.md"))
+    undocumented = [name for name in fields if f"`{name}" not in docs and f"{name}=" not in docs]
+    assert undocumented == [], "name each option in docs/guide.md or docs/production.md"

@@ -13,6 +13,7 @@ OWN_NAMES = {
     "LineTooLong",
     "ListenAddress",
     "ReadTimeout",
+    "ServerConfig",
     "WriteBufferFull",
     "StatsSnapshot",
     "ThreadPoolMixIn",

@@ -10,7 +10,8 @@ standard library's socketserver (Python 3.11-3.13) is here with the same
 hooks and defaults, with its known faults fixed (``shutdown()`` wakes the
 loop at once, errors go to ``logging``, ``accept()`` backs off when out of
 descriptors, oversized datagrams are reported). ``make_server`` builds a
-server from a listen address with production defaults.
+server from a listen address with production defaults, its options checked
+in one ``ServerConfig``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from servekit.core import BaseServer
 from servekit.errors import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout, WriteBufferFull
 from servekit.factory import make_server, socket_type_of
 from servekit.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from servekit.options import ServerConfig
 from servekit.sockets import TCPServer, UDPServer
 from servekit.stats import StatsSnapshot
 
@@ -46,6 +48,7 @@ __all__ = [
     "LineTooLong",
     "ListenAddress",
     "ReadTimeout",
+    "ServerConfig",
     "StatsSnapshot",
     "StreamRequestHandler",
     "TCPServer",

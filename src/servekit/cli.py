@@ -24,14 +24,16 @@ import random
 import signal
 import sys
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
 from servekit import options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
-from servekit.factory import CONCURRENCY_MODELS, _build, _describe, make_server
+from servekit.factory import _build, _describe, make_server
 from servekit.handlers import BaseRequestHandler
+from servekit.options import CONCURRENCY_MODELS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
 
 if TYPE_CHECKING:
@@ -175,6 +177,14 @@ _UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "default"})()
 _NOT_ON_THE_COMMAND_LINE = frozenset({"backlog", "max_packet_size"})
 
 
+#: The supervisor's servers only hold the listening sockets, and serve nothing:
+#: every limit that may be off is off.
+_LIMITS_OFF: dict[str, Any] = {
+    option.name: None for option in options.OPTIONS.values() if option.none
+}
+_LISTENER = replace(ServerConfig(concurrency="sync"), **_LIMITS_OFF)
+
+
 def _cli_options() -> list[str]:
     return [name for name in options.OPTIONS if name not in _NOT_ON_THE_COMMAND_LINE]
 
@@ -218,6 +228,20 @@ def check_arguments(args: argparse.Namespace) -> None:
     for name, default in defaults.items():
         if getattr(args, name, None) is _UNSET:
             setattr(args, name, default)
+    args.config = server_config(args)
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """make_server's options from the arguments, checked; UsageError says what is wrong."""
+    try:
+        return ServerConfig(
+            concurrency=args.concurrency,
+            certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
+            proxy_protocol=args.proxy_protocol, trusted_proxies=args.trusted_proxy,
+            **{name: getattr(args, name) for name in _cli_options()},
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_target(spec: str) -> Any:
@@ -280,17 +304,8 @@ def _make(
 ) -> BaseServer:
     if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise UsageError("--loop uvloop, but uvloop is not installed: pip install 'servekit[fast]'")
-    limits = {
-        name: getattr(args, name)
-        for name in options.OPTIONS
-        if name not in _NOT_ON_THE_COMMAND_LINE
-    }
     try:
-        server = make_server(
-            address, handler, concurrency=args.concurrency, **limits,
-            certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
-            proxy_protocol=args.proxy_protocol, trusted_proxies=args.trusted_proxy,
-        )  # fmt: skip
+        server = make_server(address, handler, config=args.config)
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"cannot serve {shown or address}: {exc}") from exc
     if isinstance(server, AsyncServerMixIn):
@@ -435,7 +450,7 @@ def _prefork(args: argparse.Namespace) -> int:
 
     supervisor = Supervisor(
         worker_main, workers=args.workers, worker_timeout=args.worker_timeout,
-        shutdown_timeout=args.shutdown_timeout, on_exit=close_listeners,
+        shutdown_timeout=args.config.shutdown_timeout, on_exit=close_listeners,
     )  # fmt: skip
     status = supervisor.run()
     if supervisor.boot_error is not None:
@@ -445,9 +460,8 @@ def _prefork(args: argparse.Namespace) -> int:
 
 def _bind(address: str, args: argparse.Namespace) -> BaseServer:
     """A server that only holds the listening socket, for the workers to inherit."""
-    settings = dict.fromkeys(options.OPTIONS) | {"backlog": None}
     try:
-        return _build(address, BaseRequestHandler, "sync", options=settings)
+        return _build(address, BaseRequestHandler, _LISTENER)
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"cannot serve {address}: {exc}") from exc
 

@@ -14,11 +14,9 @@ made here gets what a production server wants instead:
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import ssl
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import fields, replace
+from typing import TYPE_CHECKING, Any, cast
 
 from servekit.activation import inherited_sockets
 from servekit.addresses import ListenAddress, format_address, parse_address
@@ -49,6 +47,7 @@ from servekit.concurrency import (
 )
 from servekit.handlers import DatagramRequestHandler, StreamRequestHandler
 from servekit.options import (
+    CONCURRENCY_MODELS,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -57,23 +56,23 @@ from servekit.options import (
     DEFAULT_MAX_WORKERS,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
-    check,
+    Concurrency,
+    ServerConfig,
+    StrPath,
 )
 from servekit.proxy import parse_networks
 from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
-from servekit.tls import StrPath, server_context
+from servekit.tls import server_context
 
 if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Iterable
+
     from servekit.core import RequestHandlerFactory
 
 __all__ = ["CONCURRENCY_MODELS", "check_handler_fits", "make_server", "socket_type_of"]
 
 logger = logging.getLogger(__name__)
-
-Concurrency = Literal["pool", "threads", "fork", "sync", "async"]
-
-#: The models make_server knows, by name (also the names of ``--concurrency``).
-CONCURRENCY_MODELS: tuple[str, ...] = ("pool", "threads", "fork", "sync", "async")
 
 # The production defaults and why each is what it is: servekit.options.
 __all__ += [
@@ -111,35 +110,60 @@ _CLASSES: dict[tuple[str, str], type[TCPServer]] = {
 }
 
 
+class _Default:
+    """A keyword of make_server not given: the config's value, or ServerConfig's default.
+
+    Told apart from a value given, even one equal to the default, so that a
+    keyword always overrides ``config=``; its repr is the default, for help().
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_DEFAULTS: dict[str, Any] = {field.name: _Default(field.default) for field in fields(ServerConfig)}
+
+
 def make_server(
     address: str,
     handler: RequestHandlerFactory,
     *,
-    concurrency: Concurrency = "pool",
-    backlog: int | None = None,
-    reuse_port: bool = False,
-    socket_file_mode: int | None = None,
-    max_packet_size: int | None = None,
-    max_workers: int = DEFAULT_MAX_WORKERS,
-    max_pending: int = DEFAULT_MAX_PENDING,
-    max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
-    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
-    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
-    ssl_context: ssl.SSLContext | None = None,
-    certfile: StrPath | None = None,
-    keyfile: StrPath | None = None,
-    cafile: StrPath | None = None,
-    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-    proxy_protocol: bool = False,
-    trusted_proxies: Iterable[str] = (),
+    config: ServerConfig | None = None,
+    concurrency: Concurrency = _DEFAULTS["concurrency"],
+    backlog: int | None = _DEFAULTS["backlog"],
+    reuse_port: bool = _DEFAULTS["reuse_port"],
+    socket_file_mode: int | None = _DEFAULTS["socket_file_mode"],
+    max_packet_size: int | None = _DEFAULTS["max_packet_size"],
+    max_workers: int = _DEFAULTS["max_workers"],
+    max_pending: int = _DEFAULTS["max_pending"],
+    max_connections: int | None = _DEFAULTS["max_connections"],
+    shutdown_timeout: float | None = _DEFAULTS["shutdown_timeout"],
+    idle_timeout: float | None = _DEFAULTS["idle_timeout"],
+    read_timeout: float | None = _DEFAULTS["read_timeout"],
+    max_line_length: int | None = _DEFAULTS["max_line_length"],
+    ssl_context: ssl.SSLContext | None = _DEFAULTS["ssl_context"],
+    certfile: StrPath | None = _DEFAULTS["certfile"],
+    keyfile: StrPath | None = _DEFAULTS["keyfile"],
+    cafile: StrPath | None = _DEFAULTS["cafile"],
+    handshake_timeout: float | None = _DEFAULTS["handshake_timeout"],
+    proxy_protocol: bool = _DEFAULTS["proxy_protocol"],
+    trusted_proxies: Iterable[str] = _DEFAULTS["trusted_proxies"],
 ) -> TCPServer:
     """Make a bound, listening server for ``address`` that runs ``handler``.
 
     ``address`` is any form of ``servekit.addresses`` (``"127.0.0.1:8000"``,
     ``"udp://[::]:5353"``, ``"unix:/run/app.sock"``, ``"fd://3"``,
     ``"systemd"``, ...).
+    The options are those of ``servekit.options.ServerConfig``: pass one as
+    ``config``, or the options as keywords, or both (a keyword given
+    overrides the config's value). ``server.config`` is the ServerConfig the
+    server was made from.
+
     ``concurrency`` picks how requests run: ``"pool"`` (a bounded pool of
     ``max_workers`` threads and ``max_pending`` queued requests), ``"threads"``
     (a thread per request), ``"fork"`` (a process per request) or ``"sync"``
@@ -149,7 +173,7 @@ def make_server(
     ``reuse_port`` sets SO_REUSEPORT; ``socket_file_mode`` sets the permission
     bits of a Unix socket file; ``max_packet_size`` bounds datagrams.
 
-    Limits (the DEFAULT_* constants of this module say why each default):
+    Limits (``help(ServerConfig)`` says why each default):
     ``max_connections`` open at once, ``shutdown_timeout`` for requests in
     flight at a stop, and per connection ``idle_timeout``, ``read_timeout``
     and ``max_line_length``. None turns a limit off.
@@ -165,91 +189,35 @@ def make_server(
     names a wrong type, a bad range, or a handler that does not fit the
     transport or the model; OSError says binding failed.
     """
-    if concurrency not in CONCURRENCY_MODELS:
-        raise ValueError(
-            f"unknown concurrency {concurrency!r}; choose one of {', '.join(CONCURRENCY_MODELS)}"
-        )
-    options = {
-        "max_workers": max_workers, "max_pending": max_pending,
-        "max_connections": max_connections, "shutdown_timeout": shutdown_timeout,
-        "idle_timeout": idle_timeout, "read_timeout": read_timeout,
-        "max_line_length": max_line_length, "handshake_timeout": handshake_timeout,
-        "max_packet_size": max_packet_size, "backlog": backlog,
-    }  # fmt: skip
-    for name, value in options.items():
-        check(name, value)
-    for name, flag in (("reuse_port", reuse_port), ("proxy_protocol", proxy_protocol)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, not {flag!r}")
-    if socket_file_mode is not None and (
-        isinstance(socket_file_mode, bool)
-        or not isinstance(socket_file_mode, int)
-        or not 0 <= socket_file_mode <= 0o7777
-    ):
-        raise ValueError(
-            f"socket_file_mode must be permission bits such as 0o660, not {socket_file_mode!r}"
-        )
-    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {ssl_context!r}")
-    for name, path in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
-        if path is not None and not isinstance(path, (str, bytes, os.PathLike)):
-            raise TypeError(f"{name} must be a path (str or os.PathLike), not {path!r}")
-    if isinstance(trusted_proxies, (str, bytes)):
-        raise TypeError(
-            f"trusted_proxies must be a list of addresses or networks, not the string "
-            f"{trusted_proxies!r} (write [{trusted_proxies!r}])"
-        )
-    if not isinstance(trusted_proxies, Iterable):
-        raise TypeError(
-            f"trusted_proxies must be a list of addresses, networks or 'unix', "
-            f"not {trusted_proxies!r}"
-        )
-    trusted_proxies = tuple(trusted_proxies)
-    for proxy in trusted_proxies:
-        if not isinstance(proxy, str):
-            raise TypeError(f"trusted_proxies holds {proxy!r}: each must be a str")
+    passed = locals()
+    given = {
+        field.name: passed[field.name]
+        for field in fields(ServerConfig)
+        if not isinstance(passed[field.name], _Default)
+    }
+    if config is None:
+        config = ServerConfig(**given)
+    elif not isinstance(config, ServerConfig):
+        raise TypeError(f"config must be a servekit.options.ServerConfig, not {config!r}")
+    elif given:
+        config = replace(config, **given)
     _check_callable(handler)
-    server = _build(
-        address, handler, concurrency,
-        reuse_port=reuse_port, socket_file_mode=socket_file_mode, ssl_context=ssl_context,
-        certfile=certfile, keyfile=keyfile, cafile=cafile, proxy_protocol=proxy_protocol,
-        trusted_proxies=trusted_proxies, options=options,
-    )  # fmt: skip
-    logger.info("listening on %s (%s, %s)", _describe(server), concurrency, type(server).__name__)
+    server = _build(address, handler, config)
+    logger.info(
+        "listening on %s (%s, %s)", _describe(server), config.concurrency, type(server).__name__
+    )
     return server
 
 
-def _build(
-    address: str,
-    handler: RequestHandlerFactory,
-    concurrency: str,
-    *,
-    reuse_port: bool = False,
-    socket_file_mode: int | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    certfile: StrPath | None = None,
-    keyfile: StrPath | None = None,
-    cafile: StrPath | None = None,
-    proxy_protocol: bool = False,
-    trusted_proxies: Iterable[str] = (),
-    options: dict[str, Any],
-) -> TCPServer:
-    """make_server without its checks of the options and its log line."""
-    backlog = options["backlog"]
-    max_packet_size = options["max_packet_size"]
+def _build(address: str, handler: RequestHandlerFactory, config: ServerConfig) -> TCPServer:
+    """make_server from a checked config, without its log line."""
     spec = parse_address(address)
-    if certfile is not None:
-        if ssl_context is not None:
-            raise ValueError("pass ssl_context or certfile, not both")
-        ssl_context = server_context(certfile, keyfile, cafile)
-    elif keyfile is not None or cafile is not None:
-        raise ValueError("keyfile and cafile need certfile (the server's certificate)")
-    trusted = parse_networks(trusted_proxies)
-    if proxy_protocol and not trusted:
-        raise ValueError(
-            "proxy_protocol needs trusted_proxies: the addresses of the proxies allowed to "
-            "say who the client is (for example ['127.0.0.1', '10.0.0.0/8'])"
-        )
+    # ServerConfig has checked that it is an ssl.SSLContext; its type names
+    # only the shape, since options.py imports no ssl.
+    ssl_context = cast("ssl.SSLContext | None", config.ssl_context)
+    if config.certfile is not None:
+        ssl_context = server_context(config.certfile, config.keyfile, config.cafile)
+    trusted = parse_networks(config.trusted_proxies)
     if spec.transport == "fd":
         try:
             sock = socket.socket(fileno=spec.address)
@@ -262,8 +230,11 @@ def _build(
     else:
         sock = None
         transport = spec.transport
+    concurrency = config.concurrency
     try:
-        if transport in ("udp", "unix-dgram") and (ssl_context is not None or proxy_protocol):
+        if transport in ("udp", "unix-dgram") and (
+            ssl_context is not None or config.proxy_protocol
+        ):
             raise ValueError(f"{address}: TLS and the PROXY protocol need a stream socket")
         check_handler_fits(handler, transport, concurrency, address)
     except BaseException:
@@ -272,24 +243,27 @@ def _build(
         raise
     server = _CLASSES[(transport, concurrency)](spec.address, handler, bind_and_activate=False)
     try:
-        _configure(server, spec, sock, backlog=backlog, reuse_port=reuse_port)
-        if socket_file_mode is not None:
-            server.socket_file_mode = socket_file_mode  # type: ignore[attr-defined]
-        if max_packet_size is not None:
-            server.max_packet_size = max_packet_size  # type: ignore[attr-defined]
+        _configure(server, spec, sock, backlog=config.backlog, reuse_port=config.reuse_port)
+        server.config = config  # type: ignore[attr-defined]
+        if config.socket_file_mode is not None:
+            server.socket_file_mode = config.socket_file_mode  # type: ignore[attr-defined]
+        if config.max_packet_size is not None:
+            server.max_packet_size = config.max_packet_size  # type: ignore[attr-defined]
         if concurrency == "pool":
-            server.max_workers = options["max_workers"]  # type: ignore[attr-defined]
-            server.max_pending = options["max_pending"]  # type: ignore[attr-defined]
-        server.shutdown_timeout = options["shutdown_timeout"]
+            server.max_workers = config.max_workers  # type: ignore[attr-defined]
+            server.max_pending = config.max_pending  # type: ignore[attr-defined]
+        # The engines read these attributes (set on the class by the stdlib
+        # names, on the instance here), not the config itself.
+        server.shutdown_timeout = config.shutdown_timeout
         if server.socket_type == socket.SOCK_STREAM:
             server.ssl_context = ssl_context
-            server.handshake_timeout = options["handshake_timeout"]
-            server.proxy_protocol = proxy_protocol
+            server.handshake_timeout = config.handshake_timeout
+            server.proxy_protocol = config.proxy_protocol
             server.trusted_proxies = trusted
-            server.max_connections = options["max_connections"]
-            server.idle_timeout = options["idle_timeout"]
-            server.read_timeout = options["read_timeout"]
-            server.max_line_length = options["max_line_length"]
+            server.max_connections = config.max_connections
+            server.idle_timeout = config.idle_timeout
+            server.read_timeout = config.read_timeout
+            server.max_line_length = config.max_line_length
         if sock is None:
             server.server_bind()
             server.server_activate()

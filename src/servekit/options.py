@@ -1,19 +1,31 @@
 """The server options: each declared once, with its type, range, default and why.
 
-``make_server`` checks every value against this table before it binds a
-socket, and ``servekit serve`` builds its options from it, so a wrong type or
-a bad range is one clear error at start, never a traceback at the first
-client. The defaults are production defaults; the stdlib classes keep the
-stdlib's own (no limits), because code written for them may rely on that.
+``ServerConfig`` holds every option of ``make_server``, frozen and checked
+when it is made; ``OPTIONS`` declares the numeric ones (counts and seconds)
+with their help, range and the reason for their default. ``make_server``
+builds a ServerConfig before it binds a socket, and ``servekit serve`` builds
+its limit options from OPTIONS and one ServerConfig from its arguments, so a
+wrong type or a bad range is one clear error at start, never a traceback at
+the first client. The defaults are production defaults; the stdlib classes
+keep the stdlib's own (no limits), because code written for them may rely on
+that.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
+import sys
+import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol, get_args
+
+from servekit.proxy import parse_networks
 
 __all__ = [
+    "CONCURRENCY_MODELS",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
@@ -23,42 +35,34 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "OPTIONS",
+    "Concurrency",
     "Option",
+    "ServerConfig",
+    "StrPath",
+    "TLSContext",
     "check",
     "parse",
 ]
 
-#: Threads of the pool kept warm: enough to keep two cores busy with handlers
-#: that wait on I/O most of the time, few enough that their stacks stay small.
-#: The pool grows past them, up to max_connections, while every one is taken.
-DEFAULT_MAX_WORKERS: Final = 64
-#: Requests accepted and queued for a full pool before the server stops
-#: accepting; beyond it, clients wait in the kernel backlog at no cost to us.
-DEFAULT_MAX_PENDING: Final = 256
-#: Open connections at once, in every model: each holds a descriptor and, in
-#: the thread models, a thread; 1,024 stays far below the usual open-file limit.
-DEFAULT_MAX_CONNECTIONS: Final = 1024
-#: What a stop lets requests in flight run before cutting them: under the 30 s
-#: Kubernetes and 90 s systemd give a service between SIGTERM and SIGKILL.
-DEFAULT_SHUTDOWN_TIMEOUT: Final = 25.0
-#: A connection with no traffic either way for this long is closed.
-DEFAULT_IDLE_TIMEOUT: Final = 300.0
-#: A request (a line, a read(n)) must be complete this long after its first byte.
-DEFAULT_READ_TIMEOUT: Final = 30.0
-#: The longest line StreamRequestHandler reads, newline included: http.server's own bound.
-DEFAULT_MAX_LINE_LENGTH: Final = 65536
-#: The TLS handshake and the PROXY header together: a real client needs a few
-#: round trips (milliseconds); 10 s covers a slow mobile link and no more.
-DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
+# The production defaults. Why each is what it is: the ``why`` of its entry in
+# OPTIONS below, shown with it in help(ServerConfig).
+DEFAULT_MAX_WORKERS: Final = 64  #: threads of the pool kept warm
+DEFAULT_MAX_PENDING: Final = 256  #: requests queued for a full pool
+DEFAULT_MAX_CONNECTIONS: Final = 1024  #: open connections at once, in every model
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 25.0  #: seconds a stop lets requests in flight run
+DEFAULT_IDLE_TIMEOUT: Final = 300.0  #: seconds a connection may carry no traffic either way
+DEFAULT_READ_TIMEOUT: Final = 30.0  #: seconds a request may take after its first byte
+DEFAULT_MAX_LINE_LENGTH: Final = 65536  #: the longest line StreamRequestHandler reads
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0  #: seconds for the TLS handshake and PROXY header
 
 Kind = Literal["count", "seconds"]
 
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One option of make_server (and of ``servekit serve``)."""
+    """One numeric option of make_server (and of ``servekit serve``)."""
 
-    name: str  #: make_server's keyword argument
+    name: str  #: make_server's keyword argument, and ServerConfig's field
     kind: Kind  #: "count": an int >= minimum; "seconds": a finite float >= 0
     default: int | float | None
     help: str
@@ -69,6 +73,8 @@ class Option:
     zero: bool = False
     #: What None means, where it is not "no limit".
     none_means: str = "no limit"
+    #: Why the default is what it is, where it is a choice worth explaining.
+    why: str = ""
 
     @property
     def cli_flag(self) -> str:
@@ -80,22 +86,33 @@ OPTIONS: Final[dict[str, Option]] = {
     for option in (
         Option("max_workers", "count", DEFAULT_MAX_WORKERS,
                "pool: threads kept warm (it grows past them while all are busy)",
-               minimum=1, none=False, flag="--threads"),
+               minimum=1, none=False, flag="--threads",
+               why="enough to keep two cores busy with handlers that wait on I/O most of "
+               "the time, few enough that their stacks stay small; the pool grows past "
+               "them, up to max_connections, while every one is taken"),
         Option("max_pending", "count", DEFAULT_MAX_PENDING,
-               "pool: requests queued for a thread before accepting pauses", none=False),
+               "pool: requests queued for a thread before accepting pauses", none=False,
+               why="beyond it, clients wait in the kernel backlog at no cost to the server"),
         Option("max_connections", "count", DEFAULT_MAX_CONNECTIONS,
-               "open connections at once; past it, clients wait in the backlog", minimum=1),
+               "open connections at once; past it, clients wait in the backlog", minimum=1,
+               why="each holds a descriptor and, in the thread models, a thread; 1,024 "
+               "stays far below the usual open-file limit"),
         Option("shutdown_timeout", "seconds", DEFAULT_SHUTDOWN_TIMEOUT,
                "a stop lets requests in flight run this long, then cuts them", zero=True,
-               none_means="wait for ever"),
+               none_means="wait for ever",
+               why="under the 30 s Kubernetes and 90 s systemd give a service between "
+               "SIGTERM and SIGKILL"),
         Option("idle_timeout", "seconds", DEFAULT_IDLE_TIMEOUT,
                "close a connection with no traffic for this long"),
         Option("read_timeout", "seconds", DEFAULT_READ_TIMEOUT,
                "a request must be complete this long after its first byte"),
         Option("max_line_length", "count", DEFAULT_MAX_LINE_LENGTH,
-               "the longest line a stream handler reads, newline included", minimum=1),
+               "the longest line a stream handler reads, newline included", minimum=1,
+               why="http.server's own bound"),
         Option("handshake_timeout", "seconds", DEFAULT_HANDSHAKE_TIMEOUT,
-               "the TLS handshake and the PROXY header must be done within this"),
+               "the TLS handshake and the PROXY header must be done within this",
+               why="a real client needs a few round trips (milliseconds); 10 s covers a "
+               "slow mobile link and no more"),
         Option("max_packet_size", "count", None,
                "the longest datagram taken; longer ones are dropped and logged", minimum=1,
                none_means="the server class's own, 8192"),
@@ -104,6 +121,153 @@ OPTIONS: Final[dict[str, Option]] = {
                none_means="the system's SOMAXCONN"),
     )
 }  # fmt: skip
+
+#: How requests run, by name (also the names of ``--concurrency``).
+Concurrency = Literal["pool", "threads", "fork", "sync", "async"]
+CONCURRENCY_MODELS: Final[tuple[Concurrency, ...]] = get_args(Concurrency)
+
+#: A file's path, as the ssl module takes it.
+StrPath = str | os.PathLike[str]
+
+
+class TLSContext(Protocol):
+    """The shape of an ``ssl.SSLContext``, for typing ServerConfig.ssl_context.
+
+    This module imports no ``ssl`` (it is sans-IO: docs/architecture.md), so
+    the field is typed by shape; ServerConfig still refuses, at run time,
+    anything that is not a real ``ssl.SSLContext``.
+    """
+
+    def wrap_socket(self, sock: Any, server_side: bool = ...) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Every option of ``make_server``, each checked when the config is made.
+
+    A wrong type or a bad range is a TypeError or ValueError naming the
+    option and saying what it takes, raised here, so before any socket is
+    bound. ``make_server(address, Handler, config=config)`` serves with it
+    (keywords given beside it override its values), and ``server.config`` is
+    the ServerConfig a server was made from. Change one with
+    ``dataclasses.replace(config, idle_timeout=60)``, which checks again.
+
+    The numeric options (counts and seconds) are declared in ``OPTIONS``,
+    with their range and the reason for their default; they are listed at
+    the end of this text. None turns off the ones marked so.
+    """
+
+    #: How requests run: "pool" (a bounded thread pool), "threads" (a thread
+    #: per request), "fork" (a process per request), "sync" (one at a time) or
+    #: "async" (asyncio tasks, for servekit.aio handlers).
+    concurrency: Concurrency = "pool"
+    #: The listen backlog, if above socket.SOMAXCONN.
+    backlog: int | None = None
+    #: Set SO_REUSEPORT, so that several processes may bind the same port.
+    reuse_port: bool = False
+    #: The permission bits of a Unix socket file (0o660), set before it listens.
+    socket_file_mode: int | None = None
+    #: The longest datagram taken (None: the server class's own, 8192).
+    max_packet_size: int | None = None
+    #: "pool": threads kept warm.
+    max_workers: int = DEFAULT_MAX_WORKERS
+    #: "pool": requests queued for a thread before accepting pauses.
+    max_pending: int = DEFAULT_MAX_PENDING
+    #: Open connections at once (streams).
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS
+    #: Seconds a stop lets requests in flight run before cutting them.
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT
+    #: Seconds a connection may carry no traffic either way.
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    #: Seconds a request may take after its first byte.
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT
+    #: The longest line a stream handler reads, newline included.
+    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
+    #: Serve TLS with this ssl.SSLContext (or give certfile instead).
+    ssl_context: TLSContext | None = None
+    #: Serve TLS with this certificate chain (PEM); the key is in it or in keyfile.
+    certfile: StrPath | None = None
+    #: The private key of certfile, if not in certfile itself.
+    keyfile: StrPath | None = None
+    #: With certfile: require client certificates signed by these authorities.
+    cafile: StrPath | None = None
+    #: Seconds for the TLS handshake and the PROXY header together.
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
+    #: Read a PROXY v1 or v2 header from peers in trusted_proxies, refuse others.
+    proxy_protocol: bool = False
+    #: The peers allowed to send a PROXY header: addresses ("127.0.0.1"),
+    #: networks ("10.0.0.0/8") or "unix". Any iterable of str; kept as a tuple.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.concurrency not in CONCURRENCY_MODELS:
+            error = ValueError if isinstance(self.concurrency, str) else TypeError
+            raise error(
+                f"unknown concurrency {self.concurrency!r}; "
+                f"choose one of {', '.join(CONCURRENCY_MODELS)}"
+            )
+        for name in OPTIONS:
+            # Frozen: normalising (5 seconds to 5.0) has to go around __setattr__.
+            object.__setattr__(self, name, check(name, getattr(self, name)))
+        for name in ("reuse_port", "proxy_protocol"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        self._check_socket_file_mode()
+        self._check_tls()
+        object.__setattr__(self, "trusted_proxies", _proxies(self.trusted_proxies))
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError(
+                "proxy_protocol needs trusted_proxies: the addresses of the proxies allowed to "
+                "say who the client is (for example ['127.0.0.1', '10.0.0.0/8'])"
+            )
+
+    def _check_socket_file_mode(self) -> None:
+        mode: object = self.socket_file_mode
+        if mode is None:
+            return
+        message = f"socket_file_mode must be permission bits such as 0o660, not {mode!r}"
+        if isinstance(mode, bool) or not isinstance(mode, int):
+            raise TypeError(message)
+        if not 0 <= mode <= 0o7777:
+            raise ValueError(message)
+
+    def _check_tls(self) -> None:
+        context: object = self.ssl_context
+        # An SSLContext exists only once ssl is imported, so looking the class
+        # up in sys.modules is exact, and keeps this module free of the import.
+        ssl = sys.modules.get("ssl")
+        if context is not None and (ssl is None or not isinstance(context, ssl.SSLContext)):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, not {context!r}")
+        for name in ("certfile", "keyfile", "cafile"):
+            path = getattr(self, name)
+            if path is not None and not isinstance(path, (str, bytes, os.PathLike)):
+                raise TypeError(f"{name} must be a path (str or os.PathLike), not {path!r}")
+        if self.certfile is not None and self.ssl_context is not None:
+            raise ValueError("pass ssl_context or certfile, not both")
+        if self.certfile is None and (self.keyfile is not None or self.cafile is not None):
+            raise ValueError("keyfile and cafile need certfile (the server's certificate)")
+
+
+def _proxies(value: object) -> tuple[str, ...]:
+    """trusted_proxies as a tuple of str, each a valid network; else an error naming it."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"trusted_proxies must be a list of addresses or networks, not the string "
+            f"{value!r} (write [{value!r}])"
+        )
+    if not isinstance(value, Iterable):
+        raise TypeError(
+            f"trusted_proxies must be a list of addresses, networks or 'unix', not {value!r}"
+        )
+    proxies = tuple(value)
+    for proxy in proxies:
+        if not isinstance(proxy, str):
+            raise TypeError(f"trusted_proxies holds {proxy!r}: each must be a str")
+    try:
+        parse_networks(proxies)
+    except ValueError as exc:
+        raise ValueError(f"trusted_proxies: {exc}") from None
+    return proxies
 
 
 def check(name: str, value: Any) -> Any:
@@ -149,3 +313,20 @@ def _what(option: Option, *, cli: bool = False) -> str:
     if not option.none:
         return what
     return what + (" or 'none'" if cli else " or None") + f" ({option.none_means})"
+
+
+def _option_lines() -> str:
+    lines = ["", "The numeric options:"]
+    for option in OPTIONS.values():
+        default = "None" if option.default is None else f"{option.default:g}"
+        text = f"{option.name} (default {default}): {option.help}; {_what(option)}."
+        if option.why:
+            text += f" Why {default}: {option.why}."
+        lines.append(textwrap.fill(text, 76, initial_indent="- ", subsequent_indent="  "))
+    return "\n".join(lines)
+
+
+# help(ServerConfig) shows each numeric option's range and why from OPTIONS,
+# instead of a second copy of them to keep in step.
+if ServerConfig.__doc__ is not None:  # None under python -OO
+    ServerConfig.__doc__ = inspect.cleandoc(ServerConfig.__doc__) + "\n" + _option_lines()
