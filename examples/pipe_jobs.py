@@ -5,16 +5,18 @@ source takes: a ``BaseServer`` subclass with ``fileno()`` (readable when a
 request waits) and ``get_request()`` (which raises ``BlockingIOError``, as a
 non-blocking socket would, when another process or thread took it first).
 Combined with a model's mixin it runs on that model, with its stats, its
-limits and its graceful stop, and nothing else written:
+limits and its graceful stop, and nothing else written, the async engine
+included (with an async handler):
 
     class Server(servekit.ThreadPoolMixIn, PipeJobs): ...
+    class AsyncServer(servekit.aio.AsyncServerMixIn, PipeJobs): ...
 
 Each job is one record of RECORD bytes (a line, padded with spaces): a write
 of up to PIPE_BUF bytes to a pipe is atomic, and so is a read of exactly that
 size, so any number of processes can put jobs in and any number of servers
 take them out without ever splitting one.
 
-    python examples/pipe_jobs.py /tmp/jobs --concurrency pool
+    python examples/pipe_jobs.py /tmp/jobs --concurrency pool    # or async, threads, ...
     printf '%-63s\\n' 'hello' > /tmp/jobs      # another terminal: logs "job 'hello' done"
 """
 
@@ -29,6 +31,7 @@ import stat
 from typing import Any
 
 import servekit
+from servekit.aio import AsyncBaseRequestHandler, AsyncServerMixIn
 from servekit.concurrency import ThreadingMixIn, ThreadPoolMixIn
 
 logger = logging.getLogger("pipe_jobs")
@@ -74,6 +77,13 @@ class Job(servekit.BaseRequestHandler):
         logger.info("job %r done", self.request.decode().strip())
 
 
+class AsyncJob(AsyncBaseRequestHandler):
+    """The same, for the async engine."""
+
+    async def handle(self) -> None:
+        logger.info("job %r done", self.request.decode().strip())
+
+
 def put(path: str, text: str) -> None:
     """Add a job to the pipe at ``path`` (from any process)."""
     data = text.encode().ljust(RECORD - 1)[: RECORD - 1] + b"\n"
@@ -92,10 +102,15 @@ class ThreadingPipeJobs(ThreadingMixIn, PipeJobs):
     pass
 
 
+class AsyncPipeJobs(AsyncServerMixIn, PipeJobs):
+    pass
+
+
 MODELS: dict[str, type[PipeJobs]] = {
     "sync": PipeJobs,
     "threads": ThreadingPipeJobs,
     "pool": ThreadPoolPipeJobs,
+    "async": AsyncPipeJobs,
 }
 if hasattr(os, "fork"):
     from servekit.concurrency import ForkingMixIn
@@ -112,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="pool", choices=sorted(MODELS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with MODELS[args.concurrency](args.path, Job) as server:
+    job = AsyncJob if args.concurrency == "async" else Job
+    with MODELS[args.concurrency](args.path, job) as server:
         server.shutdown_timeout = 5.0
         logger.info("taking jobs from %s (%s)", args.path, args.concurrency)
         try:

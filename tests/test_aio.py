@@ -344,22 +344,22 @@ def test_a_datagram_flood_is_bounded(servekit_log: LogWatcher) -> None:
             self.send(b"done " + self.packet)
 
     server = servekit.aio.AsyncUDPServer(LOCAL, Slow)
-    server.max_datagrams_in_flight = 4
+    server.max_in_flight = 4
     with serving(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(WAIT)
         for i in range(20):
             client.sendto(b"%d" % i, server.server_address)
         # Past the first drop the lines go to DEBUG: they say when all 16 were seen.
-        assert servekit_log.wait_for("max_datagrams_in_flight", count=16)
+        assert servekit_log.wait_for("max_in_flight", count=16)
         gate.set()
         # The first four were in their handlers when the rest came: only they are served.
         assert sorted(client.recv(100) for _ in range(4)) == [b"done %d" % i for i in range(4)]
         client.sendto(b"after", server.server_address)  # room again
         assert client.recv(100) == b"done after"
-    assert server.stats.limits == {"max_datagrams_in_flight": 16}
+    assert server.stats.limits == {"max_in_flight": 16}
     drops = [
         r.getMessage() for r in servekit_log.records
-        if r.levelno >= logging.WARNING and "max_datagrams_in_flight" in r.getMessage()
+        if r.levelno >= logging.WARNING and "max_in_flight" in r.getMessage()
     ]  # fmt: skip
     assert len(drops) == 1, drops  # one line for the flood, not sixteen
     assert "4 datagrams already in their handlers" in drops[0]

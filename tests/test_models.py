@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import select
 import socket
 import ssl
 import threading
@@ -169,6 +171,43 @@ def _errors(log: LogWatcher) -> list[logging.LogRecord]:
 
 
 # -- serving -----------------------------------------------------------------------------
+
+
+def test_overridden_hooks_run_on_every_model(model: Model) -> None:
+    """The one contract: process_request, finish_request, shutdown_request and
+    close_request, overridden (here on the instance, calling the originals), run for
+    each connection on every model; a forked child reports through a pipe."""
+    server = model.make()
+    read_fd, write_fd = os.pipe()
+
+    def recording(name: str) -> Any:
+        original = getattr(server, name)
+
+        def hook(*args: Any) -> Any:
+            os.write(write_fd, name.encode() + b"\n")
+            return original(*args)
+
+        return hook
+
+    for name in ("process_request", "finish_request", "shutdown_request", "close_request"):
+        setattr(server, name, recording(name))
+    try:
+        with serving(server):
+            for _ in range(2):
+                with _connect(server) as client:
+                    assert _talk(client, b"hi\n") == b"hi\n"
+            seen = b""
+            while seen.count(b"close_request") < 2:
+                ready, _, _ = select.select([read_fd], [], [], WAIT)
+                assert ready, f"only {seen!r}"
+                seen += os.read(read_fd, 4096)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    calls = seen.decode().split()
+    for name in ("process_request", "finish_request", "shutdown_request"):
+        assert calls.count(name) == 2, calls
+    assert calls[0] == "process_request"
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])

@@ -1,9 +1,10 @@
-"""A request source that is not a socket (examples/pipe_jobs.py) on every sync model:
-nothing but a BaseServer subclass and a handler, and it gets the loop, stats, errors,
-limits and a graceful stop from the model it is combined with."""
+"""A request source that is not a socket (examples/pipe_jobs.py) on every model, the
+async engine included: nothing but a BaseServer subclass and a handler, and it gets the
+loop, stats, errors, limits and a graceful stop from the model it is combined with."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import sys
@@ -40,7 +41,10 @@ class Pipe:
         os.close(self.write_fd)
 
 
-def handler(done: Pipe, gate: Pipe) -> type[servekit.BaseRequestHandler]:
+def handler(done: Pipe, gate: Pipe, model: str = "sync") -> Any:
+    if model == "async":
+        return async_handler(done, gate)
+
     class Job(servekit.BaseRequestHandler):
         def handle(self) -> None:
             job = self.request.decode().strip()
@@ -53,6 +57,21 @@ def handler(done: Pipe, gate: Pipe) -> type[servekit.BaseRequestHandler]:
             os.write(done.write_fd, f"done {job}\n".encode())
 
     return Job
+
+
+def async_handler(done: Pipe, gate: Pipe) -> type[servekit.aio.AsyncBaseRequestHandler]:
+    class AsyncJob(servekit.aio.AsyncBaseRequestHandler):
+        async def handle(self) -> None:
+            job = self.request.decode().strip()
+            if job == "boom":
+                os.write(done.write_fd, b"failing boom\n")
+                raise RuntimeError("a job that fails")
+            if job.startswith("slow"):
+                os.write(done.write_fd, f"started {job}\n".encode())
+                await asyncio.to_thread(select.select, [gate.read_fd], [], [], WAIT)
+            os.write(done.write_fd, f"done {job}\n".encode())
+
+    return AsyncJob
 
 
 @pytest.fixture(params=sorted(pipe_jobs.MODELS))
@@ -79,7 +98,7 @@ def test_jobs_are_served_counted_and_errors_handled(
 ) -> None:
     done, gate = pipes
     path = str(tmp_path / "jobs")
-    server = pipe_jobs.MODELS[model](path, handler(done, gate))
+    server = pipe_jobs.MODELS[model](path, handler(done, gate, model))
     loop = _serve(server)
     try:
         for n in range(20):
@@ -97,24 +116,29 @@ def test_jobs_are_served_counted_and_errors_handled(
     assert server.stats.errors == 1
 
 
-@pytest.mark.parametrize("stop_model", ["threads", "pool", "fork"])
+def _stop(server: Any) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("stop_model", ["threads", "pool", "fork", "async"])
 def test_a_stop_lets_the_jobs_in_flight_finish(
     tmp_path: Path, stop_model: str, pipes: tuple[Pipe, Pipe]
 ) -> None:
     done, gate = pipes
     path = str(tmp_path / "jobs")
-    server = pipe_jobs.MODELS[stop_model](path, handler(done, gate))
+    server = pipe_jobs.MODELS[stop_model](path, handler(done, gate, stop_model))
     server.shutdown_timeout = WAIT
     loop = _serve(server)
     pipe_jobs.put(path, "slow 1")
     pipe_jobs.put(path, "slow 2")
     assert done.lines(2) == ["started slow 1", "started slow 2"]
-    server.shutdown()
-    loop.join(WAIT)
-    closing = threading.Thread(target=server.server_close)
+    # The sync loops drain in server_close(), the async loop before shutdown() returns.
+    closing = threading.Thread(target=_stop, args=(server,))
     closing.start()  # waits for the two in flight ...
     os.write(gate.write_fd, b"go\n")  # ... which finish once let go
     closing.join(WAIT)
+    loop.join(WAIT)
     assert not closing.is_alive()
     assert done.lines(2) == ["done slow 1", "done slow 2"]
 
@@ -145,3 +169,32 @@ def test_the_pool_limits_apply(
         server.shutdown()
         server.server_close()
         loop.join(WAIT)
+
+
+def test_async_max_in_flight_leaves_jobs_in_the_source(
+    tmp_path: Path, pipes: tuple[Pipe, Pipe], servekit_log: LogWatcher
+) -> None:
+    """The async engine's bound for a source that is not a socket: past max_in_flight the
+    loop stops calling get_request(), so the next job waits in the pipe, not in a task."""
+    done, gate = pipes
+
+    class OneAtATime(pipe_jobs.AsyncPipeJobs):
+        max_in_flight = 1
+
+    server = OneAtATime(str(tmp_path / "jobs"), handler(done, gate, "async"))
+    loop = _serve(server)
+    try:
+        pipe_jobs.put(server.server_address, "slow 1")
+        pipe_jobs.put(server.server_address, "slow 2")
+        assert done.lines(1) == ["started slow 1"]
+        assert servekit_log.wait_for("max_in_flight=1 requests in their handlers")
+        assert server.stats.limits.get("max_in_flight") == 1
+        assert server.stats.requests == 1  # the second is still in the pipe
+        os.write(gate.write_fd, b"go\n")
+        assert done.lines(3) == ["done slow 1", "done slow 2", "started slow 2"]
+        assert servekit_log.wait_for("below max_in_flight=1 again")
+    finally:
+        server.shutdown()
+        server.server_close()
+        loop.join(WAIT)
+    assert server.stats.requests == 2

@@ -4,6 +4,11 @@ First the PROXY header, if the server expects one (it says who the real
 client is), then the TLS handshake, if the server speaks TLS. Both read from
 a client that may be slow or hostile, so both run in the worker, never in the
 serving loop, and both share one deadline: ``handshake_timeout``.
+
+One policy for both engines: who may send a header, the deadline, what each
+failure is called and which limit it counts under are decided here; each
+engine only drives the reads (blocking, or on its loop) and the handshake
+(an ``ssl.SSLSocket``, or an asyncio transport).
 """
 
 from __future__ import annotations
@@ -21,14 +26,21 @@ from servekit.proxy import (
     V2_FIXED_LENGTH,
     ProxyHeaderError,
     ProxyParser,
+    TrustedNetwork,
+    is_trusted,
 )
 
 __all__ = [
     "PrefaceFailed",
+    "check_proxy_peer",
     "handshake",
+    "handshake_timed_out",
+    "preface_deadline",
     "read_proxy_header",
     "read_proxy_header_async",
+    "remaining",
     "start_tls",
+    "tls_failed",
 ]
 
 # The shortest valid headers are "PROXY UNKNOWN\r\n" (15 bytes) and a v2
@@ -45,13 +57,38 @@ class PrefaceFailed(LimitExceeded):
         self.limit = limit
 
 
-def _remaining(deadline: float | None, what: str) -> float | None:
+def preface_deadline(handshake_timeout: float | None) -> float | None:
+    """When the preface of a connection taken now must be done (monotonic), or None."""
+    return None if handshake_timeout is None else monotonic() + handshake_timeout
+
+
+def remaining(deadline: float | None, what: str) -> float | None:
+    """Seconds left before ``deadline`` for ``what``; PrefaceFailed if none are."""
     if deadline is None:
         return None
-    remaining = deadline - monotonic()
-    if remaining <= 0:
-        raise PrefaceFailed(f"{what} not complete within handshake_timeout", "handshake_timeout")
-    return remaining
+    left = deadline - monotonic()
+    if left <= 0:
+        raise handshake_timed_out(what)
+    return left
+
+
+def handshake_timed_out(what: str) -> PrefaceFailed:
+    """``what`` (the PROXY header, the TLS handshake) ran past handshake_timeout."""
+    return PrefaceFailed(f"{what} not complete within handshake_timeout", "handshake_timeout")
+
+
+def tls_failed(exc: BaseException) -> PrefaceFailed:
+    """The TLS handshake failed with ``exc`` (a bad client, a reset)."""
+    return PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake")
+
+
+def check_proxy_peer(address: Any, trusted: tuple[TrustedNetwork, ...]) -> None:
+    """PrefaceFailed unless ``address`` may send a PROXY header (it is in ``trusted``)."""
+    if not is_trusted(address, trusted):
+        raise PrefaceFailed(
+            "not a trusted proxy: PROXY headers are taken from trusted_proxies only",
+            "proxy_protocol",
+        )
 
 
 def read_proxy_header(sock: socket.socket, deadline: float | None) -> Any:
@@ -87,12 +124,10 @@ async def read_proxy_header_async(sock: socket.socket, deadline: float | None) -
     want = _FIRST_READ
     while True:
         try:
-            async with asyncio.timeout(_remaining(deadline, "PROXY header")):
+            async with asyncio.timeout(remaining(deadline, "PROXY header")):
                 data = await loop.sock_recv(sock, want)
         except TimeoutError:
-            raise PrefaceFailed(
-                "PROXY header not complete within handshake_timeout", "handshake_timeout"
-            ) from None
+            raise handshake_timed_out("PROXY header") from None
         done, address = _feed(parser, received, data)
         if done:
             return address
@@ -113,13 +148,11 @@ def _feed(parser: ProxyParser, received: bytearray, data: bytes) -> tuple[bool, 
 
 
 def _recv(sock: socket.socket, size: int, deadline: float | None, flags: int = 0) -> bytes:
-    sock.settimeout(_remaining(deadline, "PROXY header"))
+    sock.settimeout(remaining(deadline, "PROXY header"))
     try:
         return sock.recv(size, flags)
     except TimeoutError:
-        raise PrefaceFailed(
-            "PROXY header not complete within handshake_timeout", "handshake_timeout"
-        ) from None
+        raise handshake_timed_out("PROXY header") from None
 
 
 def _recv_v1_part(sock: socket.socket, deadline: float | None) -> bytes:
@@ -147,7 +180,7 @@ def start_tls(sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
     try:
         return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     except (ssl.SSLError, OSError) as exc:
-        raise PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake") from None
+        raise tls_failed(exc) from None
 
 
 def handshake(tls: ssl.SSLSocket, deadline: float | None) -> None:
@@ -156,12 +189,10 @@ def handshake(tls: ssl.SSLSocket, deadline: float | None) -> None:
     Raises PrefaceFailed if it fails or runs out of time, and leaves ``tls``
     open: closing it, and forgetting it, is the caller's.
     """
-    tls.settimeout(_remaining(deadline, "TLS handshake"))  # a PROXY header may have used it up
+    tls.settimeout(remaining(deadline, "TLS handshake"))  # a PROXY header may have used it up
     try:
         tls.do_handshake()
     except TimeoutError:
-        raise PrefaceFailed(
-            "TLS handshake not complete within handshake_timeout", "handshake_timeout"
-        ) from None
+        raise handshake_timed_out("TLS handshake") from None
     except (ssl.SSLError, OSError) as exc:
-        raise PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake") from None
+        raise tls_failed(exc) from None

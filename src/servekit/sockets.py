@@ -25,13 +25,18 @@ import stat
 import struct
 import threading
 from functools import cached_property
-from time import monotonic
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from servekit._preface import PrefaceFailed, handshake, read_proxy_header, start_tls
+from servekit._preface import (
+    PrefaceFailed,
+    check_proxy_peer,
+    handshake,
+    preface_deadline,
+    read_proxy_header,
+    start_tls,
+)
 from servekit.core import BaseServer
-from servekit.limits import IdleSocket, drop_datagram, kernel_timeouts, too_long_datagram
-from servekit.proxy import is_trusted
+from servekit.limits import IdleSocket, drop_datagram, kernel_timeouts, report, too_long_datagram
 
 if TYPE_CHECKING:
     from servekit.core import RequestHandlerFactory
@@ -296,16 +301,11 @@ class TCPServer(BaseServer):
 
     def _open_preface(self, request: Any, client_address: Any) -> tuple[Any, Any]:
         """The PROXY header, then the TLS handshake: (connection, real client address)."""
-        timeout = self.handshake_timeout
-        deadline = None if timeout is None else monotonic() + timeout
+        deadline = preface_deadline(self.handshake_timeout)
         address, conn = client_address, request
         try:
             if self.proxy_protocol:
-                if not is_trusted(client_address, self.trusted_proxies):
-                    raise PrefaceFailed(
-                        "not a trusted proxy: PROXY headers are taken from trusted_proxies only",
-                        "proxy_protocol",
-                    )
+                check_proxy_peer(client_address, self.trusted_proxies)
                 real = read_proxy_header(request, deadline)
                 if real is not None:
                     address = real
@@ -320,8 +320,7 @@ class TCPServer(BaseServer):
                 self._connections.replace(request, conn)
                 handshake(conn, deadline)
         except PrefaceFailed as exc:
-            self._counters.limit(exc.limit)
-            logger.warning("%s: closing connection from %s: %s", self, client_address, exc)
+            report(self, client_address, exc)
             if conn is not request:  # the caller closes the plain socket; the wrapped one is ours
                 self._forget_failed_handshake(conn)
                 conn.close()

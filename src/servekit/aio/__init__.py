@@ -22,6 +22,7 @@ from servekit.aio.server import (
     AsyncUnixStreamServer,
     run,
 )
+from servekit.aio.stream import Stream
 
 __all__ = [
     "AsyncBaseRequestHandler",
@@ -32,5 +33,6 @@ __all__ = [
     "AsyncUDPServer",
     "AsyncUnixDatagramServer",
     "AsyncUnixStreamServer",
+    "Stream",
     "run",
 ]

@@ -74,8 +74,9 @@ class AsyncBaseRequestHandler:
 class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
     """A stream connection, read and written with asyncio's stream method names.
 
-    ``self.transport`` is the connection's asyncio transport
-    (``get_extra_info("peercert")`` and the like); ``close()`` closes it.
+    ``self.request`` is the connection's ``Stream``; ``self.transport`` its
+    asyncio transport (``get_extra_info("peercert")`` and the like);
+    ``close()`` closes it.
     """
 
     #: Bytes written and not yet sent that write() accepts before it raises.
@@ -85,7 +86,7 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
     _stream: Stream
 
     def _attach(self, stream: Stream) -> None:
-        """Serve the connection ``stream`` is the protocol of (the server calls this)."""
+        """Serve the connection ``stream`` is the protocol of."""
         self._stream = stream
         self.transport = stream.transport
         stream.expired = self._expired
@@ -95,10 +96,13 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
         self._idle: float | None = getattr(server, "idle_timeout", None)
         self._read: float | None = getattr(server, "read_timeout", None)
         self._max_line: int | None = getattr(server, "max_line_length", None)
-        if not hasattr(self, "_stream"):  # not built by an async server: open the stream here
+        request = self.request
+        if isinstance(request, Stream):  # an async server's connection
+            self._attach(request)
+        else:  # a socket, from elsewhere: open its stream here
             loop = asyncio.get_running_loop()
-            stream = Stream(loop, self._idle)
-            await loop.connect_accepted_socket(lambda: stream, self.request)
+            stream = Stream(loop, self._idle, sock=request)
+            await loop.connect_accepted_socket(lambda: stream, request)
             self._attach(stream)
         self._buffer = self._stream.buffer
 

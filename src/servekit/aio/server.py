@@ -27,15 +27,21 @@ import signal
 import socket
 import ssl
 import threading
-from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
-from servekit._preface import PrefaceFailed, read_proxy_header_async
+from servekit._preface import (
+    PrefaceFailed,
+    check_proxy_peer,
+    handshake_timed_out,
+    preface_deadline,
+    read_proxy_header_async,
+    remaining,
+    tls_failed,
+)
 from servekit.aio.accept import Acceptor
-from servekit.aio.handlers import AsyncBaseRequestHandler, AsyncStreamRequestHandler
+from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.stream import Stream, Watchdog
 from servekit.limits import drop_datagram, report, too_long_datagram
-from servekit.proxy import is_trusted
 from servekit.sockets import (
     TCPServer,
     UDPServer,
@@ -44,7 +50,7 @@ from servekit.sockets import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from servekit.core import RequestHandlerFactory
 
@@ -102,16 +108,31 @@ def _call_in(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) ->
 
 
 class AsyncServerMixIn(_Base):
-    """Serve a stream socket's connections as asyncio tasks; put it before the server class."""
+    """Serve a source's requests as asyncio tasks; put it before the server class.
+
+    The source is any request source (see ``servekit.core``): a socket server
+    class, or a ``BaseServer`` subclass with ``fileno()`` and a non-blocking
+    ``get_request()``. The loop drives the same hooks as the sync loop:
+    get_request(), process_request() (here: start the request's task), then
+    in the task verify_request(), finish_request() and shutdown_request() (and
+    so close_request()); each may be overridden, and any but get_request() and
+    process_request() may be a coroutine function, which the task awaits.
+
+    A stream connection reaches verify_request(), finish_request() and the
+    handler (``self.request``) as its ``servekit.aio.Stream``, after its PROXY
+    header and TLS handshake: ``request.transport``, ``request.get_extra_info()``.
+    """
 
     #: Which event loop serve_forever() starts: "auto" (uvloop if installed), "asyncio", "uvloop".
     loop: LoopChoice = "auto"
 
-    #: Datagram servers: the most datagrams in their handlers at once. Past it, a
-    #: datagram is dropped (counted in stats.limits, logged) as a full socket
-    #: buffer would drop it, where an unbounded server would queue tasks, and
+    #: The most requests in their handlers at once, for a source whose requests
+    #: are not connections (max_connections bounds those): datagrams, jobs, rows.
+    #: Past it a datagram is dropped (counted in stats.limits, logged) as a full
+    #: socket buffer would drop it, and another source's requests wait in the
+    #: source until one finishes; an unbounded server would queue tasks, and
     #: memory, for as long as a flood lasts.
-    max_datagrams_in_flight: int = 1024
+    max_in_flight: int = 1024
 
     _aio_loop: asyncio.AbstractEventLoop | None = None
     _aio_stop: asyncio.Event | None = None
@@ -121,12 +142,16 @@ class AsyncServerMixIn(_Base):
     _aio_hurry: asyncio.Event | None = None
     #: Ctrl-Cs during this serve_forever() (the blocking one, in the main thread).
     _aio_interrupts = 0
+    #: True while serving a source whose requests max_in_flight bounds.
+    _aio_bounds_tasks = False
+    _aio_full = False
 
     def __init__(
         self,
         server_address: Any,
         RequestHandlerClass: RequestHandlerFactory,
-        bind_and_activate: bool = True,
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
         if isinstance(RequestHandlerClass, type) and not issubclass(
             RequestHandlerClass, AsyncBaseRequestHandler
@@ -140,7 +165,7 @@ class AsyncServerMixIn(_Base):
         self._aio_stopped = threading.Event()
         self._aio_stopped.set()
         self._aio_tasks: set[asyncio.Task[None]] = set()
-        super().__init__(server_address, RequestHandlerClass, bind_and_activate)
+        super().__init__(server_address, RequestHandlerClass, *args, **kwargs)
 
     # -- running and stopping -------------------------------------------------
 
@@ -215,12 +240,17 @@ class AsyncServerMixIn(_Base):
                 takes_sigint = True
             self._aio_watchdog = Watchdog(loop)
             logger.info("%s: serving on the %s event loop", self, _loop_name(loop))
-            self.socket.setblocking(False)
             datagrams = None
-            if self.socket_type == socket.SOCK_DGRAM:
+            listener = getattr(self, "socket", None)  # a source need not be a socket
+            if isinstance(listener, socket.socket):
+                listener.setblocking(False)
+            self._aio_bounds_tasks = not (
+                listener is not None and self.socket_type == socket.SOCK_STREAM
+            )
+            if listener is not None and self.socket_type == socket.SOCK_DGRAM:
                 datagrams = await self._open_datagrams(loop)
             else:
-                self._aio_acceptor = Acceptor(loop, self, self._take_connection)
+                self._aio_acceptor = Acceptor(loop, self, self._arrived)
                 self._aio_acceptor.start()
             service = loop.create_task(self._service_loop(poll_interval))
             try:
@@ -297,17 +327,184 @@ class AsyncServerMixIn(_Base):
             await asyncio.sleep(poll_interval)
             self.service_actions()
 
-    # -- accepting ------------------------------------------------------------
+    # -- the request contract, driven by this loop ------------------------------
 
-    def _take_connection(self, conn: socket.socket, address: Any) -> None:
-        """The Acceptor took ``conn``: serve it in a task of its own."""
-        conn.setblocking(False)  # the loop's sock_recv() reads a PROXY header from it
-        self._request_accepted(conn, address)
+    def _arrived(self, request: Any, client_address: Any) -> None:
+        """The source gave a request (a connection, a datagram, a job): account for
+        it and hand it to process_request(), in the loop's thread, as the sync loop does."""
+        self._request_accepted(request, client_address)
+        try:
+            outcome = self.process_request(request, client_address)
+            if inspect.isawaitable(outcome):  # an override written as a coroutine
+                self._start(self._awaited(outcome, request, client_address))
+        except Exception:
+            self._report_error(request, client_address)
+            self._close_now(request)
+
+    def process_request(self, request: Any, client_address: Any) -> Any:
+        """Serve the request in a task of its own: the async engine's hand-off, as a
+        new thread is ThreadingMixIn's. The task opens the request (a connection's
+        PROXY header and TLS handshake), awaits verify_request(), finish_request()
+        and shutdown_request(); any of them may be a coroutine function.
+
+        An override may call this, or be a coroutine function itself (the engine
+        then runs it as the request's task)."""
+        self._start(self._request_task(request, client_address))
+
+    # A coroutine function where the sync servers have a function: the
+    # contract lets the async engine await any hook but the loop's own.
+    async def finish_request(self, request: Any, client_address: Any) -> None:  # type: ignore[override]
+        """Build the handler for the request and await its run(): setup(),
+        handle(), finish()."""
+        await self._async_handler(request, client_address).run()
+
+    def shutdown_request(self, request: Any) -> Any:  # an override may be a coroutine function
+        """End the request; for a connection, what was written still goes out first."""
+        if isinstance(request, Stream):
+            self.close_request(request)  # the transport sends what it holds, then closes
+        else:
+            super().shutdown_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Clean up after the request; for a connection, close its transport."""
+        if isinstance(request, Stream):
+            self._forget_request(request.sock)  # its TCP_INFO first: the transport closes it
+            request.transport.close()
+        else:
+            super().close_request(request)
+
+    def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a request's coroutine as a task; the coroutine leaves _aio_tasks
+        itself, when it ends (a done callback would cost every held connection
+        another 136 bytes)."""
         loop = self._aio_loop
         assert loop is not None
-        # The task leaves _aio_tasks itself (at the end of _connection): a
-        # done callback would cost every held connection another 136 bytes.
-        self._aio_tasks.add(loop.create_task(self._connection(conn, address)))
+        self._aio_tasks.add(loop.create_task(coroutine))
+
+    async def _awaited(self, outcome: Awaitable[Any], request: Any, client_address: Any) -> None:
+        """A process_request() override's coroutine, as a request task."""
+        try:
+            await outcome
+        except Exception:
+            self._report_error(request, client_address)
+        finally:
+            self._task_done()
+
+    async def _request_task(self, request: Any, client_address: Any) -> None:
+        try:
+            request, client_address = await self._open_request(request, client_address)
+            allowed = self.verify_request(request, client_address)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if not allowed:
+                return
+            self._counters.request()
+            finish = self.finish_request
+            if getattr(finish, "__func__", None) is not AsyncServerMixIn.finish_request:
+                outcome = finish(request, client_address)  # overridden, maybe not async
+                if inspect.isawaitable(outcome):
+                    await outcome
+                return
+            # finish_request()'s steps, and run()'s, here: their frames would be
+            # held as long as the connection is, 208 bytes each per idle one
+            # (and, for a datagram, made and unmade for each).
+            handler = self._async_handler(request, client_address)
+            if type(handler).run is not AsyncBaseRequestHandler.run:
+                await handler.run()
+                return
+            await handler.setup()
+            try:
+                await handler.handle()
+            finally:
+                await handler.finish()
+        except Exception:
+            self._report_error(request, client_address)
+        finally:
+            # A connection whose preface failed is still the socket: closed as one.
+            try:
+                closing: Any = self.shutdown_request(request)  # an override may be async
+                if inspect.isawaitable(closing):
+                    await closing
+            except Exception:
+                self._report_error(request, client_address)
+            self._task_done()
+
+    def _task_done(self) -> None:
+        """The last step of a request's task: it leaves _aio_tasks (see _start)."""
+        self._aio_tasks.discard(asyncio.current_task())
+        if self._aio_full:
+            self._room_in_flight()
+
+    def _close_now(self, request: Any) -> None:
+        """shutdown_request() for a request no task took (process_request() failed)."""
+        closing: Any = self.shutdown_request(request)  # an override may be async
+        if inspect.isawaitable(closing):
+            self._start(self._awaited(closing, request, None))
+
+    def _async_handler(self, request: Any, client_address: Any) -> AsyncBaseRequestHandler:
+        """The handler for a request. A handler class is checked when the server
+        is made; a factory that is not a class only now, by what it returns."""
+        handler = self.RequestHandlerClass(request, client_address, self)
+        if not isinstance(handler, AsyncBaseRequestHandler):
+            raise TypeError(
+                f"the handler factory returned an instance of {type(handler).__qualname__}, "
+                "not an async handler: the async engine runs servekit.aio.AsyncBaseRequestHandler "
+                "subclasses (async def handle). Serve a sync handler with "
+                "concurrency='pool' or 'threads' instead."
+            )
+        return handler
+
+    # -- connections and datagrams -------------------------------------------------
+
+    async def _open_request(self, request: Any, client_address: Any) -> tuple[Any, Any]:
+        """The request as finish_request() gets it: a connected socket becomes its
+        ``Stream`` (after the PROXY header and the TLS handshake, if the server
+        expects them), with the real client's address; anything else stays as it is."""
+        if not isinstance(request, socket.socket):
+            return request, client_address
+        request.setblocking(False)  # the loop's sock_recv() reads a PROXY header from it
+        deadline = preface_deadline(self.handshake_timeout)
+        try:
+            client_address = await self._proxy_preface(request, client_address, deadline)
+            stream = Stream(
+                asyncio.get_running_loop(), self.idle_timeout, self._aio_watchdog, request
+            )
+            await self._open(request, stream, deadline)
+        except PrefaceFailed as exc:
+            raise report(self, client_address, exc) from None
+        return stream, client_address
+
+    async def _proxy_preface(
+        self, conn: socket.socket, address: Any, deadline: float | None
+    ) -> Any:
+        """The real client's address from a PROXY header, when the server expects one."""
+        if not self.proxy_protocol:
+            return address
+        check_proxy_peer(address, self.trusted_proxies)
+        real = await read_proxy_header_async(conn, deadline)
+        return address if real is None else real
+
+    async def _open(self, conn: socket.socket, stream: Stream, deadline: float | None) -> None:
+        """Make ``stream`` the protocol of ``conn``, after the TLS handshake if the
+        server speaks TLS, within handshake_timeout."""
+        loop = asyncio.get_running_loop()
+        context = self.ssl_context
+        if context is None:
+            await loop.connect_accepted_socket(lambda: stream, conn)
+            return
+        try:
+            async with asyncio.timeout(remaining(deadline, "TLS handshake")):
+                await loop.connect_accepted_socket(lambda: stream, conn, ssl=context)
+        except TimeoutError:
+            failure = handshake_timed_out("TLS handshake")
+        except (ssl.SSLError, OSError) as exc:
+            failure = tls_failed(exc)
+        else:
+            return
+        # Its bytes are not counted, as on the other models: after a TLS error the
+        # transport has closed the socket already, after a timeout not yet.
+        self._forget_failed_handshake(conn)
+        raise failure
 
     async def _open_datagrams(self, loop: asyncio.AbstractEventLoop) -> _Receiver:
         """The protocol (and its transport) that hands each datagram to a task. The
@@ -330,161 +527,49 @@ class AsyncServerMixIn(_Base):
         if len(data) > max_size:
             drop_datagram(self, address, "max_packet_size", too_long_datagram(max_size))
             return
-        if len(self._aio_tasks) >= self.max_datagrams_in_flight:
+        if len(self._aio_tasks) >= self.max_in_flight:
             drop_datagram(
-                self, address, "max_datagrams_in_flight",
-                f"{self.max_datagrams_in_flight} datagrams already in their handlers; "
-                "raise max_datagrams_in_flight, or make the handlers faster",
+                self, address, "max_in_flight",
+                f"{self.max_in_flight} datagrams already in their handlers; "
+                "raise max_in_flight, or make the handlers faster",
             )  # fmt: skip
             return
-        self._counters.datagram(len(data))
-        loop = self._aio_loop
-        assert loop is not None
         # As for connections, the task leaves _aio_tasks itself, in the step that
         # sent its reply: a done callback would run later, and a datagram that
-        # came between would find max_datagrams_in_flight still taken.
-        self._aio_tasks.add(loop.create_task(self._datagram_request((data, transport), address)))
-
-    async def _datagram_request(self, request: Any, address: Any) -> None:
-        try:
-            allowed = self.verify_request(request, address)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
-            if allowed:
-                self._counters.request()
-                handler = self._async_handler(request, address)
-                if type(handler).run is AsyncBaseRequestHandler.run:  # as in _connection()
-                    await handler.setup()
-                    try:
-                        await handler.handle()
-                    finally:
-                        await handler.finish()
-                else:
-                    await handler.run()
-        except Exception:
-            self._report_error(request, address)
-        finally:
-            self._aio_tasks.discard(asyncio.current_task())
-
-    def _async_handler(self, request: Any, address: Any) -> AsyncBaseRequestHandler:
-        """The handler for a request. A handler class is checked when the server
-        is made; a factory that is not a class only now, by what it returns."""
-        handler = self.RequestHandlerClass(request, address, self)
-        if not isinstance(handler, AsyncBaseRequestHandler):
-            raise TypeError(
-                f"the handler factory returned an instance of {type(handler).__qualname__}, "
-                "not an async handler: the async engine runs servekit.aio.AsyncBaseRequestHandler "
-                "subclasses (async def handle). Serve a sync handler with "
-                "concurrency='pool' or 'threads' instead."
-            )
-        return handler
+        # came between would find max_in_flight still taken.
+        self._arrived((data, transport), address)
 
     def _limit_idle(self, request: Any) -> None:
         """Nothing to do: the connection's Stream keeps idle_timeout, and the socket
         must stay non-blocking (with a timeout, the loop's sock_recv() would block
         the whole loop inside recv while a PROXY header trickles in)."""
 
+    def _ready_for_request(self) -> bool:
+        if self._aio_bounds_tasks and len(self._aio_tasks) >= self.max_in_flight:
+            if not self._aio_full:
+                self._aio_full = True
+                self._counters.limit("max_in_flight")
+                logger.warning(
+                    "%s: max_in_flight=%d requests in their handlers; taking no more "
+                    "until one finishes",
+                    self, self.max_in_flight,
+                )  # fmt: skip
+            return False
+        return super()._ready_for_request()
+
+    def _room_in_flight(self) -> None:
+        """A request ended while max_in_flight were running: take requests again."""
+        if len(self._aio_tasks) < self.max_in_flight:
+            self._aio_full = False
+            logger.info(
+                "%s: below max_in_flight=%d again; taking requests", self, self.max_in_flight
+            )
+            self._wake_loop()
+
     def _wake_loop(self) -> None:
         acceptor, loop = self._aio_acceptor, self._aio_loop
         if acceptor is not None and loop is not None:
             _call_in(loop, acceptor.room)
-
-    async def _connection(self, conn: socket.socket, address: Any) -> None:
-        transport: asyncio.BaseTransport | None = None
-        try:
-            deadline = None
-            if self.handshake_timeout is not None:
-                deadline = monotonic() + self.handshake_timeout
-            address = await self._proxy_preface(conn, address, deadline)
-            stream = Stream(asyncio.get_running_loop(), self.idle_timeout, self._aio_watchdog)
-            transport = await self._open(conn, stream, address, deadline)
-            # Under TLS, verify_request sees the TLS object: getpeercert() works.
-            request = transport.get_extra_info("ssl_object") or conn
-            allowed = self.verify_request(request, address)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
-            if allowed:
-                self._counters.request()
-                handler = self._async_handler(conn, address)
-                if isinstance(handler, AsyncStreamRequestHandler):
-                    handler._attach(stream)
-                if type(handler).run is AsyncBaseRequestHandler.run:
-                    # run()'s steps here: its frame would be held as long as the
-                    # connection is, 208 bytes of each idle one (and, for a
-                    # datagram, made and unmade for each).
-                    await handler.setup()
-                    try:
-                        await handler.handle()
-                    finally:
-                        await handler.finish()
-                else:
-                    await handler.run()
-        except Exception:
-            self._report_error(conn, address)
-        finally:
-            self._forget_request(conn)
-            if transport is not None:
-                transport.close()  # the transport owns the socket now
-            else:
-                conn.close()
-            self._aio_tasks.discard(asyncio.current_task())
-
-    async def _proxy_preface(
-        self, conn: socket.socket, address: Any, deadline: float | None
-    ) -> Any:
-        """The real client's address from a PROXY header, when the server expects one."""
-        if not self.proxy_protocol:
-            return address
-        try:
-            if not is_trusted(address, self.trusted_proxies):
-                raise PrefaceFailed(
-                    "not a trusted proxy: PROXY headers are taken from trusted_proxies only",
-                    "proxy_protocol",
-                )
-            real = await read_proxy_header_async(conn, deadline)
-        except PrefaceFailed as exc:
-            raise report(self, address, exc) from None
-        return address if real is None else real
-
-    async def _open(
-        self, conn: socket.socket, stream: Stream, address: Any, deadline: float | None
-    ) -> asyncio.BaseTransport:
-        """The transport under ``stream``, after the TLS handshake if the server speaks TLS."""
-        loop = asyncio.get_running_loop()
-        context = self.ssl_context
-        if context is None:
-            transport, _ = await loop.connect_accepted_socket(lambda: stream, conn)
-            return transport
-        return await self._handshake(loop, stream, conn, address, context, deadline)
-
-    async def _handshake(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        protocol: Stream,
-        conn: socket.socket,
-        address: Any,
-        context: ssl.SSLContext,
-        deadline: float | None,
-    ) -> asyncio.BaseTransport:
-        """The TLS handshake, in this connection's task, within handshake_timeout."""
-        timeout = None if deadline is None else max(deadline - monotonic(), 0.001)
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, conn, ssl=context
-                )
-        except TimeoutError:
-            failure = PrefaceFailed(
-                "TLS handshake not complete within handshake_timeout", "handshake_timeout"
-            )
-        except (ssl.SSLError, OSError) as exc:
-            failure = PrefaceFailed(f"TLS handshake failed: {exc}", "tls_handshake")
-        else:
-            return transport
-        # Its bytes are not counted, as on the other models: after a TLS error the
-        # transport has closed the socket already, after a timeout not yet.
-        self._forget_failed_handshake(conn)
-        raise report(self, address, failure) from None
 
 
 class _Receiver(asyncio.DatagramProtocol):

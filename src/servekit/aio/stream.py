@@ -90,12 +90,16 @@ class Stream(asyncio.Protocol):
     to arrive. A wait past either fails with what ``expired(kind)`` returns,
     kind being "idle" (no data came), "drain" (ours was not taken) or "read".
     The ``watchdog`` (the server's, shared by its connections) looks for them.
+
+    On an async server it is also the connection as the hooks see it (the
+    ``request`` of verify_request(), finish_request(), shutdown_request() and
+    of the handler): ``transport``, ``get_extra_info()``.
     """
 
     __slots__ = (
         "_closed", "_drain_waiter", "_eof_ok", "_lost", "_read_waiter", "_reading_paused",
         "_want", "_watchdog", "buffer",
-        "deadline", "eof", "expired", "idle", "loop", "paused", "since", "transport",
+        "deadline", "eof", "expired", "idle", "loop", "paused", "since", "sock", "transport",
     )  # fmt: skip
 
     def __init__(
@@ -103,8 +107,12 @@ class Stream(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         idle: float | None,
         watchdog: Watchdog | None = None,
+        sock: Any = None,
     ) -> None:
         self.loop = loop
+        #: The accepted socket, which the transport owns: the server forgets it
+        #: (reading its TCP counters) before closing the transport.
+        self.sock = sock
         self.idle = idle
         self.buffer = bytearray()
         self.eof = False
@@ -121,6 +129,10 @@ class Stream(asyncio.Protocol):
         self._closed: asyncio.Future[None] | None = None  # made when someone waits for it
         self._eof_ok = True
         self._reading_paused = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The transport's ``get_extra_info``: "peername", "peercert", "ssl_object", ..."""
+        return self.transport.get_extra_info(name, default)
 
     # -- called by the transport ---------------------------------------------------------
 
