@@ -493,12 +493,6 @@ def test_bytes_after_an_expired_read_stay_buffered(loop: FakeLoop) -> None:
     assert stream.buffer == b"late"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a read cancelled by the handler (asyncio.wait_for) stays the stream's "
-    "_read_waiter, so the watchdog still counts it as waiting and calls expired('idle') "
-    "(which logs and counts an idle_timeout) for a connection nobody waits on",
-)
 def test_a_cancelled_read_does_not_expire(loop: FakeLoop) -> None:
     stream, _, kinds = _stream(loop, idle=10)
     future = stream.read_some(10)
@@ -640,13 +634,6 @@ def test_a_stream_makes_its_own_watchdog_when_given_none(loop: FakeLoop) -> None
     assert _failed_with(future, "idle")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (cost): a read that starts waiting shortly before its deadline is watched "
-    "with the time left (deadline - now), which shortens the loop's sweep interval to 10 ms "
-    "for the rest of the loop's life, for every connection on it, although no configured "
-    "timeout is that short",
-)
 def test_a_read_near_its_deadline_does_not_make_the_watchdog_sweep_fast_for_ever(
     loop: FakeLoop,
 ) -> None:

@@ -98,7 +98,7 @@ class Stream(asyncio.Protocol):
 
     __slots__ = (
         "_closed", "_drain_waiter", "_eof_ok", "_lost", "_read_waiter", "_reading_paused",
-        "_want", "_watchdog", "buffer",
+        "_want", "_watchdog", "_watched_deadline", "buffer",
         "deadline", "eof", "expired", "idle", "loop", "paused", "since", "sock", "transport",
     )  # fmt: skip
 
@@ -129,6 +129,7 @@ class Stream(asyncio.Protocol):
         self._closed: asyncio.Future[None] | None = None  # made when someone waits for it
         self._eof_ok = True
         self._reading_paused = False
+        self._watched_deadline: float | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """The transport's ``get_extra_info``: "peername", "peercert", "ssl_object", ..."""
@@ -218,8 +219,13 @@ class Stream(asyncio.Protocol):
         waiter = self.loop.create_future()
         self._read_waiter = waiter
         self.since = now = self.loop.time()
-        if self.deadline is not None:  # the watchdog has us if idle is on; a deadline too
-            self._watchdog.watch(self, self.deadline - now)
+        deadline = self.deadline
+        if deadline is not None and deadline != self._watched_deadline:
+            # The watchdog has us if idle is on; a deadline too, and its span may
+            # shorten the sweep interval. Told once per deadline, at its first
+            # wait: a later wait's time left would shorten it for good.
+            self._watched_deadline = deadline
+            self._watchdog.watch(self, deadline - now)
         return waiter
 
     def drain(self) -> Awaitable[None]:
@@ -247,13 +253,18 @@ class Stream(asyncio.Protocol):
 
     def watch(self, now: float) -> None:
         """Fail a wait that has gone on too long (the watchdog calls this)."""
-        waiting = self._read_waiter or self._drain_waiter
+        read, drain = self._read_waiter, self._drain_waiter
+        if read is not None and read.done():  # cancelled: the handler stopped waiting
+            self._read_waiter = read = None
+        if drain is not None and drain.done():
+            self._drain_waiter = drain = None
+        waiting = read or drain
         if waiting is None:
             return
-        if self.deadline is not None and waiting is self._read_waiter and now >= self.deadline:
+        if self.deadline is not None and waiting is read and now >= self.deadline:
             self._fail("read")
         elif self.idle is not None and now - self.since >= self.idle:
-            self._fail("idle" if waiting is self._read_waiter else "drain")
+            self._fail("idle" if waiting is read else "drain")
 
     def _fail(self, kind: str) -> None:
         error = self.expired(kind)
