@@ -29,14 +29,13 @@ from functools import cached_property
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from servekit._drain import drain as _drain
 from servekit._pool import WorkerPool
 from servekit.errors import LimitExceeded
 from servekit.limits import ThrottledLog
 from servekit.sockets import TCPServer, UDPServer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from servekit.core import BaseServer
 
     _MixinBase = BaseServer
@@ -53,26 +52,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: After shutdown_timeout, connections are cut; handlers then get this long to
-#: notice (a read returns EOF, a write fails) and return.
-CUT_GRACE = 5.0
-
-
-def _drain(server: Any, wait: Callable[[float | None], bool]) -> None:
-    """Wait for requests in flight up to ``server.shutdown_timeout``, then cut the rest.
-
-    ``wait(timeout)`` blocks until every request has finished or ``timeout``
-    passes, and says which.
-    """
-    timeout = server.shutdown_timeout
-    if wait(timeout):
-        return
-    server._cut_late_requests()
-    if not wait(CUT_GRACE):
-        logger.error("%s: requests still running %ss after their connections were cut",
-                     server, CUT_GRACE)  # fmt: skip
-
 
 if hasattr(os, "fork"):
 

@@ -29,6 +29,7 @@ import ssl
 import threading
 from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
+from servekit._drain import plan
 from servekit._preface import (
     PrefaceFailed,
     check_proxy_peer,
@@ -67,10 +68,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: After shutdown_timeout, connections are cut; their handlers get this long
-#: to see it before their tasks are cancelled.
-CUT_GRACE = 5.0
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 
@@ -293,30 +290,28 @@ class AsyncServerMixIn(_Base):
             hurry.set()
 
     async def _drain(self) -> None:
-        """Let the connections finish within shutdown_timeout, then cut them; a
-        second Ctrl-C cuts them at once."""
+        """Let the requests finish within shutdown_timeout, then cut them (the
+        policy of servekit._drain, which every model follows); a second Ctrl-C
+        cuts them at once. Tasks still running after the grace are cancelled."""
         tasks = set(self._aio_tasks)
         if not tasks:
             return
         hurry = self._aio_hurry
         assert hurry is not None  # _serve made it
-        everything = asyncio.ensure_future(asyncio.wait(tasks))
-        hurried = asyncio.ensure_future(hurry.wait())
+
+        def cut() -> None:
+            if not hurry.is_set():  # else a second Ctrl-C has cut them already
+                self._cut_late_requests()
+
+        steps = plan(self, cut=cut)
+        timeout = next(steps)
         try:
-            await asyncio.wait(
-                (everything, hurried),
-                timeout=self.shutdown_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            everything.cancel()  # the waits, not the tasks they wait for
-            hurried.cancel()
-        pending = {task for task in tasks if not task.done()}
-        if not pending:
-            return
-        if not hurry.is_set():  # else a second Ctrl-C has cut them already
-            self._cut_late_requests()
-        _, pending = await asyncio.wait(pending, timeout=CUT_GRACE)
+            while True:
+                timeout = steps.send(await _all_done(tasks, timeout, hurry))
+        except StopIteration as done:
+            if done.value:
+                return
+        pending = [task for task in tasks if not task.done()]
         for task in pending:
             task.cancel()
         if pending:
@@ -570,6 +565,23 @@ class AsyncServerMixIn(_Base):
         acceptor, loop = self._aio_acceptor, self._aio_loop
         if acceptor is not None and loop is not None:
             _call_in(loop, acceptor.room)
+
+
+async def _all_done(
+    tasks: set[asyncio.Task[None]], seconds: float | None, hurry: asyncio.Event
+) -> bool:
+    """Wait until every task is done (True), or ``seconds`` pass, or ``hurry`` is
+    set (a second Ctrl-C), unless it was set already (False)."""
+    everything = asyncio.ensure_future(asyncio.wait(tasks))
+    waits: set[asyncio.Future[Any]] = {everything}
+    if not hurry.is_set():
+        waits.add(asyncio.ensure_future(hurry.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()  # the waits, not the tasks they wait for
+    return all(task.done() for task in tasks)
 
 
 class _Receiver(asyncio.DatagramProtocol):

@@ -1,0 +1,53 @@
+"""Draining at a stop: let the requests in flight finish, then cut them.
+
+One policy for every model: wait up to ``shutdown_timeout`` for the requests
+in flight, cut what is still running (``server._cut_late_requests()``, which
+closes their connections and logs how many), give the handlers ``CUT_GRACE``
+to notice, and then say what is left. It is written as a generator, in the
+manner of a sans-IO protocol: it yields how long to wait, and is sent whether
+everything finished in that time; each engine drives it with its own way of
+waiting (joining threads, reaping children, awaiting tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from typing import Any
+
+__all__ = ["CUT_GRACE", "Plan", "drain", "plan"]
+
+logger = logging.getLogger(__name__)
+
+#: After shutdown_timeout, connections are cut; their handlers then get this
+#: long to notice (a read returns EOF, a write fails) and return.
+CUT_GRACE = 5.0
+
+#: Yields the seconds to wait (None: for ever); is sent True when all finished.
+Plan = Generator[float | None, bool, bool]
+
+
+def plan(server: Any, *, cut: Callable[[], object] | None = None) -> Plan:
+    """The steps of draining ``server``; returns (as StopIteration's value) whether
+    every request ended. ``cut`` replaces ``server._cut_late_requests`` (the async
+    engine's, after a second Ctrl-C has cut them already)."""
+    if (yield server.shutdown_timeout):
+        return True
+    (cut or server._cut_late_requests)()
+    if (yield CUT_GRACE):
+        return True
+    logger.error("%s: requests still running %ss after their connections were cut",
+                 server, CUT_GRACE)  # fmt: skip
+    return False
+
+
+def drain(server: Any, wait: Callable[[float | None], bool]) -> bool:
+    """Drive plan() with a blocking ``wait(timeout)``, which returns True once every
+    request has finished, False if ``timeout`` passed first."""
+    steps = plan(server)
+    timeout = next(steps)
+    try:
+        while True:
+            timeout = steps.send(wait(timeout))
+    except StopIteration as done:
+        return bool(done.value)
