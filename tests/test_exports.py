@@ -22,8 +22,10 @@ OWN_NAMES = {
     "ThreadPoolUnixDatagramServer",
     "ThreadPoolUnixStreamServer",
     "make_server",
+    "make_source_server",
     "parse_address",
     "socket_type_of",
+    "with_model",
 }
 #: Added to socketserver in Python 3.12; servekit has them on 3.11 too.
 NEWER_STDLIB_NAMES = {"ForkingUnixStreamServer", "ForkingUnixDatagramServer"}

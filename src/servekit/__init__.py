@@ -31,7 +31,7 @@ from servekit.concurrency import (
 )
 from servekit.core import BaseServer
 from servekit.errors import IdleTimeout, LimitExceeded, LineTooLong, ReadTimeout, WriteBufferFull
-from servekit.factory import make_server, socket_type_of
+from servekit.factory import make_server, make_source_server, socket_type_of, with_model
 from servekit.handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from servekit.options import ServerConfig
 from servekit.sockets import TCPServer, UDPServer
@@ -61,8 +61,10 @@ __all__ = [
     "UDPServer",
     "WriteBufferFull",
     "make_server",
+    "make_source_server",
     "parse_address",
     "socket_type_of",
+    "with_model",
 ]
 
 if hasattr(os, "fork"):

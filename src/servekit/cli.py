@@ -2,11 +2,13 @@
 
 ``ATTR`` is a request handler class, served on every ``--listen`` address
 with make_server's options, or a function that takes no arguments and
-returns a ready server. One process serves every address, each on its own
-thread. SIGTERM and SIGINT stop gracefully (stop accepting, let requests in
-flight finish within ``--shutdown-timeout``); a second one stops at once.
-SIGUSR1 logs every server's statistics; they are also logged every
-``--status-interval`` seconds.
+returns a ready server. With ``--source MODULE:ATTR`` (a request source
+class that is not a socket), each ``--listen`` address is the source's.
+One process serves every address, each on its own thread. SIGTERM and
+SIGINT stop gracefully (stop accepting, let requests in flight finish
+within ``--shutdown-timeout``); a second one stops at once. SIGUSR1 logs
+every server's statistics; they are also logged every ``--status-interval``
+seconds.
 
 Errors in the arguments or in importing the target print one line and exit
 with status 2.
@@ -22,8 +24,11 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 import threading
+import time
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -31,7 +36,7 @@ import servekit
 from servekit import options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
-from servekit.factory import _build, _describe, make_server
+from servekit.factory import _build, _describe, make_server, make_source_server
 from servekit.handlers import BaseRequestHandler
 from servekit.options import CONCURRENCY_MODELS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
@@ -123,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", action="append", metavar="ADDRESS",
         help="listen address, repeatable (default 127.0.0.1:8000); see docs/addresses.md",
+    )  # fmt: skip
+    serve.add_argument(
+        "--source", metavar="MODULE:ATTR",
+        help="a request source class that is not a socket (a servekit.BaseServer subclass "
+        "taking (address, handler)); each --listen ADDRESS is given to it as it is",
     )  # fmt: skip
     serve.add_argument("--concurrency", choices=CONCURRENCY_MODELS, default="pool",
                        help="how requests run (default: pool)")  # fmt: skip
@@ -220,6 +230,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     for flag, (name, applies, what) in needs.items():
         if given[name] and getattr(args, name) != [] and not applies:
             raise UsageError(f"{flag} does nothing without {what}")
+    if args.source is not None:
+        _check_source_arguments(args, given)
     defaults: dict[str, Any] = {option.name: option.default for option in options.OPTIONS.values()}
     defaults.update(
         loop="auto", worker_timeout=DEFAULT_WORKER_TIMEOUT, max_requests=None,
@@ -229,6 +241,39 @@ def check_arguments(args: argparse.Namespace) -> None:
         if getattr(args, name, None) is _UNSET:
             setattr(args, name, default)
     args.config = server_config(args)
+
+
+#: The flags that apply to any request source; the rest are about sockets.
+_SOURCE_FLAGS = frozenset({"shutdown_timeout", "max_workers", "max_pending"})
+
+
+def _check_source_arguments(args: argparse.Namespace, given: dict[str, bool]) -> None:
+    """--source: its addresses are the source's, and socket options do not apply."""
+    _split_target(args.source)
+    if not args.listen:
+        raise UsageError("--source needs --listen ADDRESS: what the source reads from")
+    socket_flags = [
+        options.OPTIONS[name].cli_flag
+        for name in _cli_options()
+        if given[name] and name not in _SOURCE_FLAGS
+    ]
+    socket_flags += [
+        flag
+        for flag, value in (
+            ("--certfile", args.certfile), ("--keyfile", args.keyfile),
+            ("--cafile", args.cafile), ("--proxy-protocol", args.proxy_protocol),
+        )
+        if value
+    ]  # fmt: skip
+    if socket_flags:
+        raise UsageError(
+            f"{', '.join(socket_flags)}: socket options do nothing for --source "
+            f"{args.source}, a request source that is not a socket"
+        )
+    # Its defaults are a socket's limits: for a source, leave them out of the config.
+    for name in _cli_options():
+        if name not in _SOURCE_FLAGS:
+            setattr(args, name, options.OPTIONS[name].default)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -279,6 +324,8 @@ def _add_working_directory() -> None:
 
 def make_servers(target: Any, args: argparse.Namespace) -> list[BaseServer]:
     """The servers ``target`` asks for: one per --listen, or the one a factory returns."""
+    if args.source is not None:
+        return _make_from_source(target, args)
     if _is_handler_class(target):
         return [_make(address, target, args) for address in args.listen or ["127.0.0.1:8000"]]
     if isinstance(target, type) or not callable(target):
@@ -291,6 +338,23 @@ def make_servers(target: Any, args: argparse.Namespace) -> list[BaseServer]:
     if not isinstance(server, servekit.BaseServer):
         raise UsageError(f"{args.target}() returned {type(server).__name__}, not a server")
     return [server]
+
+
+def _make_from_source(handler: Any, args: argparse.Namespace) -> list[BaseServer]:
+    """--source: one server per --listen address, each the source's own."""
+    if not _is_handler_class(handler):
+        raise UsageError(f"--source needs a request handler class; {args.target} is not one")
+    source = load_target(args.source)
+    servers = []
+    for address in args.listen:
+        try:
+            servers.append(make_source_server(source, address, handler, config=args.config))
+        except (ValueError, TypeError, OSError) as exc:
+            raise UsageError(f"cannot serve {address} from {args.source}: {exc}") from exc
+    for server in servers:
+        if isinstance(server, AsyncServerMixIn):
+            server.loop = args.loop
+    return servers
 
 
 def _is_handler_class(target: Any) -> bool:
@@ -317,7 +381,13 @@ _RUNNER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
 
 
 class Runner:
-    """Serve until a signal: one thread per server, the main thread minds signals."""
+    """Serve until a signal: one thread per server, the main thread minds signals.
+
+    The signal handlers only note the signal and wake the main thread, which
+    then acts (logs, stops, cuts): a handler that logged itself could run while
+    the main thread was inside a write to the same stream, and the logging
+    module's stream is not reentrant (RuntimeError, and the stop was lost).
+    """
 
     def __init__(
         self, servers: list[BaseServer], status_interval: float | None, *, escalate: bool = True
@@ -329,28 +399,39 @@ class Runner:
         # forwards its own; stopping at once is the supervisor's call (SIGKILL).
         self.escalate = escalate
         self._stop = threading.Event()
-        self._signals = 0
+        self._wake = threading.Event()
+        self._pending: deque[int] = deque()
+        self._stop_signals = 0
 
     def stop(self) -> None:
         """Stop gracefully, as on a first SIGTERM; from any thread."""
         self._stop.set()
+        self._wake.set()
 
-    def _on_stop_signal(self, signum: int, frame: object) -> None:
-        self._signals += 1
-        if self._signals == 1 or not self.escalate:
-            if self._stop.is_set():
-                return
-            again = " (again to stop at once)" if self.escalate else ""
-            logger.info("%s: stopping gracefully%s", signal.strsignal(signum), again)
-            self._stop.set()
-            return
-        logger.warning("%s again: stopping at once", signal.strsignal(signum))
-        for server in self.servers:
-            server._cut_requests()
-        os._exit(1)
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._pending.append(signum)
+        self._wake.set()
 
-    def _on_usr1(self, signum: int, frame: object) -> None:
-        self.log_status()
+    def _handle_signals(self) -> None:
+        """Act on the signals noted since the last look (in the main thread)."""
+        while self._pending:
+            signum = self._pending.popleft()
+            if signum == signal.SIGUSR1:
+                self.log_status()
+                continue
+            self._stop_signals += 1
+            name = signal.strsignal(signum)
+            if self._stop_signals == 1 or not self.escalate:
+                if not self._stop.is_set():
+                    again = " (again to stop at once)" if self.escalate else ""
+                    logger.info("%s: stopping gracefully%s", name, again)
+                    self._stop.set()
+                continue
+            logger.warning("%s again: stopping at once", name)
+            for server in self.servers:
+                server._cut_requests()
+            logging.shutdown()
+            os._exit(1)
 
     def log_status(self) -> None:
         for server in self.servers:
@@ -358,14 +439,7 @@ class Runner:
 
     def run(self, started: Callable[[], None] | None = None) -> int:
         """Serve until stopped; ``started()`` is called once every loop runs."""
-        previous = {
-            sig: signal.signal(sig, handler)
-            for sig, handler in (
-                (signal.SIGTERM, self._on_stop_signal),
-                (signal.SIGINT, self._on_stop_signal),
-                (signal.SIGUSR1, self._on_usr1),
-            )
-        }
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _RUNNER_SIGNALS}
         loops = [
             threading.Thread(target=server.serve_forever, name=f"serve {server}", daemon=True)
             for server in self.servers
@@ -382,23 +456,48 @@ class Runner:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _RUNNER_SIGNALS)
             if started is not None:
                 started()
-            while not self._stop.wait(self.status_interval):
-                self.log_status()
+            self._serve_until_stopped()
             self._close(loops)  # our handlers stay: a second signal must still stop at once
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
 
+    def _serve_until_stopped(self) -> None:
+        interval = self.status_interval
+        next_status = None if interval is None else time.monotonic() + interval
+        while not self._stop.is_set():
+            timeout = None if next_status is None else max(0.0, next_status - time.monotonic())
+            if self._wake.wait(timeout):
+                self._wake.clear()
+                self._handle_signals()
+            if interval is not None and next_status is not None and time.monotonic() >= next_status:
+                self.log_status()
+                next_status = time.monotonic() + interval
+
     def _close(self, loops: list[threading.Thread]) -> None:
+        """Stop every server, each in a thread of its own, and wait for them and their
+        loops, minding signals meanwhile: a second one stops at once."""
         closers = [
             threading.Thread(target=lambda s=server: (s.shutdown(), s.server_close()))
             for server in self.servers
         ]
-        for closer in closers:
-            closer.start()
-        for closer in closers + loops:
-            closer.join()
+
+        done = threading.Event()
+
+        def close_all() -> None:
+            for closer in closers:
+                closer.start()
+            for thread in closers + loops:
+                thread.join()
+            done.set()  # before the wake-up: a wake-up cleared unseen is no lost stop
+            self._wake.set()
+
+        threading.Thread(target=close_all, name="servekit stop").start()
+        while not done.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            self._handle_signals()
         logger.info("stopped")
 
 
@@ -434,7 +533,9 @@ def _prefork(args: argparse.Namespace) -> int:
     """
     _split_target(args.target)
     _add_working_directory()
-    listeners = [_bind(address, args) for address in args.listen or ["127.0.0.1:8000"]]
+    listeners = []
+    if args.source is None:  # a source that is not a socket: each worker opens its own
+        listeners = [_bind(address, args) for address in args.listen or ["127.0.0.1:8000"]]
     for listener in listeners:
         logger.info(
             "listening on %s (%d worker(s), %s)",
@@ -473,18 +574,22 @@ def _serve_in_worker(
         target = load_target(args.target)
         if not _is_handler_class(target):
             raise UsageError(f"--workers needs a request handler class; {args.target} is not one")
-        addresses = args.listen or ["127.0.0.1:8000"]
-        servers = [
-            _make(f"fd://{lis.fileno()}", target, args, shown=address)
-            for lis, address in zip(listeners, addresses, strict=True)
-        ]
+        if args.source is not None:
+            servers = _make_from_source(target, args)
+        else:
+            addresses = args.listen or ["127.0.0.1:8000"]
+            servers = [
+                _make(f"fd://{lis.fileno()}", target, args, shown=address)
+                for lis, address in zip(listeners, addresses, strict=True)
+            ]
     except UsageError as exc:
         channel.failed(str(exc))
         return WORKER_BOOT_FAILED
     for server in servers:
         # Every worker waits on the same socket and all wake for one client;
         # the losers must get EAGAIN from accept(), not block in it.
-        server.socket.setblocking(False)  # type: ignore[attr-defined]
+        if isinstance(getattr(server, "socket", None), socket.socket):
+            server.socket.setblocking(False)  # type: ignore[attr-defined]
     runner = Runner(servers, args.status_interval, escalate=False)
     limit = None
     if args.max_requests is not None:

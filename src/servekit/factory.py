@@ -26,25 +26,30 @@ from servekit.aio.handlers import (
     AsyncStreamRequestHandler,
 )
 from servekit.aio.server import (
+    AsyncServerMixIn,
     AsyncTCPServer,
     AsyncUDPServer,
     AsyncUnixDatagramServer,
     AsyncUnixStreamServer,
 )
 from servekit.concurrency import (
+    ForkingMixIn,
     ForkingTCPServer,
     ForkingUDPServer,
     ForkingUnixDatagramServer,
     ForkingUnixStreamServer,
+    ThreadingMixIn,
     ThreadingTCPServer,
     ThreadingUDPServer,
     ThreadingUnixDatagramServer,
     ThreadingUnixStreamServer,
+    ThreadPoolMixIn,
     ThreadPoolTCPServer,
     ThreadPoolUDPServer,
     ThreadPoolUnixDatagramServer,
     ThreadPoolUnixStreamServer,
 )
+from servekit.core import BaseServer
 from servekit.handlers import DatagramRequestHandler, StreamRequestHandler
 from servekit.options import (
     CONCURRENCY_MODELS,
@@ -70,7 +75,14 @@ if TYPE_CHECKING:
 
     from servekit.core import RequestHandlerFactory
 
-__all__ = ["CONCURRENCY_MODELS", "check_handler_fits", "make_server", "socket_type_of"]
+__all__ = [
+    "CONCURRENCY_MODELS",
+    "check_handler_fits",
+    "make_server",
+    "make_source_server",
+    "socket_type_of",
+    "with_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +221,95 @@ def make_server(
     return server
 
 
+#: Each model's mixin ("sync" needs none): what with_model() puts before a source.
+_MIXINS: dict[str, type[Any] | None] = {
+    "sync": None,
+    "threads": ThreadingMixIn,
+    "pool": ThreadPoolMixIn,
+    "fork": ForkingMixIn,
+    "async": AsyncServerMixIn,
+}
+
+
+def with_model(source: type[BaseServer], concurrency: str) -> type[BaseServer]:
+    """``source`` (a request source class) run the ``concurrency`` way: the class
+    ``class ThreadPoolSource(ThreadPoolMixIn, Source)`` would be, made once."""
+    if concurrency not in _MIXINS:
+        raise ValueError(
+            f"unknown concurrency {concurrency!r}; choose one of {', '.join(CONCURRENCY_MODELS)}"
+        )
+    mixin = _MIXINS[concurrency]
+    if mixin is None or issubclass(source, mixin):
+        return source
+    return _combined(mixin, source)
+
+
+def _combined(mixin: type[Any], source: type[BaseServer]) -> type[BaseServer]:
+    made = _COMBINED.get((mixin, source))
+    if made is None:
+        name = mixin.__name__.removesuffix("MixIn").removesuffix("Server") + source.__name__
+        made = type(name, (mixin, source), {"__module__": source.__module__})
+        _COMBINED[(mixin, source)] = made
+    return made
+
+
+_COMBINED: dict[tuple[type[Any], type[Any]], type[BaseServer]] = {}
+
+
+def make_source_server(
+    source: type[BaseServer],
+    address: Any,
+    handler: RequestHandlerFactory,
+    *,
+    config: ServerConfig | None = None,
+) -> BaseServer:
+    """A server for a request source that is not a socket: ``source(address,
+    handler)``, combined with the model ``config.concurrency`` names.
+
+    ``source`` is a ``servekit.BaseServer`` subclass with ``fileno()`` and a
+    non-blocking ``get_request()`` (see docs/architecture.md); ``address`` is
+    given to it as it is. Of the config, what applies to any source applies:
+    ``concurrency``, ``shutdown_timeout``, and for the pool ``max_workers`` and
+    ``max_pending``; the socket options must stay at their defaults (TypeError
+    or ValueError otherwise, before the source is made).
+    """
+    if config is None:
+        config = ServerConfig()
+    elif not isinstance(config, ServerConfig):
+        raise TypeError(f"config must be a servekit.options.ServerConfig, not {config!r}")
+    if not (isinstance(source, type) and issubclass(source, BaseServer)):
+        raise TypeError(
+            f"source must be a request source class (a servekit.BaseServer subclass), "
+            f"not {source!r}"
+        )
+    _refuse_socket_options(config, source)
+    check_handler_fits(handler, None, config.concurrency, source.__name__)
+    server = with_model(source, config.concurrency)(address, handler)
+    server.config = config  # type: ignore[attr-defined]
+    server.shutdown_timeout = config.shutdown_timeout
+    if config.concurrency == "pool":
+        server.max_workers = config.max_workers  # type: ignore[attr-defined]
+        server.max_pending = config.max_pending  # type: ignore[attr-defined]
+    logger.info("serving %s from %s (%s, %s)", address, source.__name__, config.concurrency,
+                type(server).__name__)  # fmt: skip
+    return server
+
+
+#: What applies to a source whose requests are not connections.
+_SOURCE_OPTIONS = frozenset({"concurrency", "shutdown_timeout", "max_workers", "max_pending"})
+
+
+def _refuse_socket_options(config: ServerConfig, source: type[BaseServer]) -> None:
+    default = ServerConfig()
+    for field in fields(ServerConfig):
+        name = field.name
+        if name not in _SOURCE_OPTIONS and getattr(config, name) != getattr(default, name):
+            raise ValueError(
+                f"{name} applies to sockets; {source.__name__} is a request source that is "
+                "not one: leave it at its default"
+            )
+
+
 def _build(address: str, handler: RequestHandlerFactory, config: ServerConfig) -> TCPServer:
     """make_server from a checked config, without its log line."""
     spec = parse_address(address)
@@ -285,12 +386,12 @@ def _check_callable(handler: Any) -> None:
         )
 
 
-def check_handler_fits(handler: Any, transport: str, concurrency: str, address: str) -> None:
+def check_handler_fits(handler: Any, transport: str | None, concurrency: str, address: str) -> None:
     """TypeError, naming the mismatch and the fix, if ``handler`` cannot serve here.
 
-    A handler class is checked against the transport (stream or datagram) and
-    the model (async or not); a factory that is not a class is checked at each
-    request, since only what it makes can tell.
+    A handler class is checked against the transport (stream or datagram; None
+    for a source that is not a socket) and the model (async or not); a factory
+    that is not a class is checked at each request, since only what it makes can tell.
     """
     _check_callable(handler)
     if not isinstance(handler, type):
@@ -308,6 +409,8 @@ def check_handler_fits(handler: Any, transport: str, concurrency: str, address: 
             "servekit.aio.AsyncStreamRequestHandler subclasses (async def handle). Serve a "
             "sync handler with concurrency='pool' or 'threads' instead."
         )
+    if transport is None:
+        return
     datagram = transport in ("udp", "unix-dgram")
     if datagram and issubclass(handler, (StreamRequestHandler, AsyncStreamRequestHandler)):
         raise TypeError(
