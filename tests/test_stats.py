@@ -103,7 +103,7 @@ def test_a_connection_read_open_then_closed_is_counted_once(
     with serving(_server(concurrency)) as server:
         with connect(server.server_address) as first:
             _echo(first)
-            assert _until(lambda: server._open_requests() == 1)
+            assert _until(lambda: server.open_requests() == 1)
             assert (server.stats.bytes_in, server.stats.bytes_out) == (SIZE, SIZE)  # cached
             first.shutdown(socket.SHUT_RDWR)
         assert _until(lambda: server.stats.connections_open == 0)
@@ -136,7 +136,7 @@ def test_open_connections_are_read_at_most_once_a_second(
         try:
             for client in clients:
                 _echo(client, 1)
-            assert _until(lambda: server._open_requests() == len(clients))
+            assert _until(lambda: server.open_requests() == len(clients))
             monkeypatch.setattr(servekit.sockets, "_tcp_bytes", counted)
             started = monotonic()
             for _ in range(1000):

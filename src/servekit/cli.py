@@ -429,7 +429,7 @@ class Runner:
                 continue
             logger.warning("%s again: stopping at once", name)
             for server in self.servers:
-                server._cut_requests()
+                server.cut_requests()
             logging.shutdown()
             os._exit(1)
 

@@ -117,21 +117,21 @@ if hasattr(os, "fork"):
             if os.waitstatus_to_exitcode(status) != 0:
                 self._counters.error()  # the child's handle_error ran there
             if len(self.active_children or ()) == self.max_children - 1:
-                self._wake_loop()
+                self.wake_loop()
 
-        def _open_requests(self) -> int:
-            return super()._open_requests() + len(self.active_children or ())
+        def open_requests(self) -> int:
+            return super().open_requests() + len(self.active_children or ())
 
-        def _ready_for_request(self) -> bool:
+        def ready_for_request(self) -> bool:
             # At max_children, the stdlib blocks the loop in waitpid(); here the
             # loop waits for a child without blocking, so shutdown() still works.
             if len(self.active_children or ()) >= self.max_children:
                 self._reap_exited()
                 if len(self.active_children or ()) >= self.max_children:
                     return False
-            return super()._ready_for_request()
+            return super().ready_for_request()
 
-        def _cut_requests(self) -> int:
+        def cut_requests(self) -> int:
             children = list(self.active_children or ())
             for pid in children:
                 try:
@@ -377,7 +377,7 @@ class ThreadPoolMixIn(_RequestThreads):
         """Queue the request for the next free worker thread."""
         self._worker_pool().submit(request, client_address)
 
-    def _ready_for_request(self) -> bool:
+    def ready_for_request(self) -> bool:
         pool = self._pool
         # Raise the flag before looking: a worker finishing in between then
         # sees it and wakes the loop, so no wake-up is lost.
@@ -392,7 +392,7 @@ class ThreadPoolMixIn(_RequestThreads):
                 )  # fmt: skip
             return False
         self._pool_full = False
-        return super()._ready_for_request()
+        return super().ready_for_request()
 
     @cached_property
     def _pool_full_log(self) -> ThrottledLog:
@@ -403,7 +403,7 @@ class ThreadPoolMixIn(_RequestThreads):
     def _pool_has_room(self) -> None:
         if self._pool_full:
             self._pool_full = False
-            self._wake_loop()
+            self.wake_loop()
 
     def server_close(self) -> None:
         super().server_close()

@@ -111,6 +111,21 @@ class BaseServer:
 
     - finish_request(request, client_address)
 
+    servekit's hooks for request sources (what a source overrides to get
+    stats, limits and a graceful stop on every model; see docs/architecture.md):
+
+    - request_accepted(request, client_address)  # count or track what get_request() gave
+    - open_requests() -> int   # requests taken and not yet closed: stats.open
+    - ready_for_request() -> bool   # False while a limit is reached
+    - cut_requests() -> int    # a stop ran out of time: end what still runs
+    - get_request_failed(exc)  # get_request() raised OSError: skip, or pause_requests()
+
+    and methods a source calls:
+
+    - wake_loop()              # room again after ready_for_request() said False
+    - pause_requests(seconds)  # ask get_request() nothing for a while
+    - get_request_recovered()  # (extended) the first success after a pause
+
     Class variables that may be overridden by derived classes or instances:
 
     - timeout
@@ -221,9 +236,9 @@ class BaseServer:
             if paused > 0:
                 waker.wait(paused if timeout_ms is None else min(paused, timeout_ms / 1000))
                 return False
-        if not self._ready_for_request():
+        if not self.ready_for_request():
             waker.wait(None if timeout_ms is None else timeout_ms / 1000)
-            return False  # _wake_loop() says when there is room again
+            return False  # wake_loop() says when there is room again
         ready = False
         for fd, _ in wait(timeout_ms):
             if fd == waker.fd:
@@ -362,11 +377,11 @@ class BaseServer:
         try:
             request, client_address = self.get_request()
         except OSError as exc:
-            self._get_request_failed(exc)
+            self.get_request_failed(exc)
             return
         if self._requests_resume_at:
-            self._get_request_recovered()
-        self._request_accepted(request, client_address)
+            self.get_request_recovered()
+        self.request_accepted(request, client_address)
         if guard is not None and not self._hands_off_requests:
             try:
                 guard.release()
@@ -395,7 +410,11 @@ class BaseServer:
         if guard is not None:
             guard.abandon()
 
-    # -- accounting and limits, for the request sources and models -----------
+    # -- the hooks of a request source: stats, limits, a graceful stop --------
+    #
+    # Every model drives them (the sync loop, the threads, the pool, fork and
+    # the async engine); a source that overrides them gets the same behaviour
+    # on each. The defaults suit a source whose requests need no closing.
 
     @cached_property
     def _counters(self) -> Stats:
@@ -404,10 +423,11 @@ class BaseServer:
     @property
     def stats(self) -> StatsSnapshot:
         """A consistent copy of this server's counters (see StatsSnapshot)."""
-        return self._counters.snapshot(self._open_requests())
+        return self._counters.snapshot(self.open_requests())
 
-    def _request_accepted(self, request: Any, client_address: Any) -> None:
-        """Called for each request get_request() returned, before verify_request()."""
+    def request_accepted(self, request: Any, client_address: Any) -> None:
+        """Called for each request get_request() returned, before verify_request(),
+        in the loop's thread. Override to count or track it (see open_requests())."""
 
     @property
     def _verify_in_worker(self) -> bool:
@@ -415,17 +435,22 @@ class BaseServer:
         (a PROXY header, a TLS handshake): see sockets.TCPServer."""
         return False
 
-    def _open_requests(self) -> int:
-        """How many accepted requests are not closed yet (for stats and limits)."""
+    def open_requests(self) -> int:
+        """How many requests were taken and are not closed yet: ``stats.open``.
+
+        Override in a source whose requests stay open (connections, claimed
+        rows), together with request_accepted() and close_request()."""
         return 0
 
-    def _ready_for_request(self) -> bool:
+    def ready_for_request(self) -> bool:
         """False while a limit is reached: the loop stops calling get_request()
-        (clients wait in the kernel's backlog) until ``_wake_loop()``."""
+        (requests wait in the source: a socket's backlog, a table) until
+        ``wake_loop()``. Extend it (call super()) in a source or model with a limit."""
         return True
 
-    def _wake_loop(self) -> None:
-        """Make serve_forever look again at once (room freed, state changed)."""
+    def wake_loop(self) -> None:
+        """Make the serving loop look again at once (room freed, state changed);
+        from any thread. The async engine overrides it to wake its loop."""
         waker = self.__waker
         if waker is not None:
             waker.wake()
@@ -443,30 +468,33 @@ class BaseServer:
 
     def _cut_late_requests(self) -> None:
         """shutdown_timeout ran out: cut what is still running, and say so."""
-        cut = self._cut_requests()
+        cut = self.cut_requests()
         logger.warning(
             "%s: cut %d connection(s) still open after shutdown_timeout=%ss",
             self, cut, self.shutdown_timeout,
         )  # fmt: skip
 
-    def _cut_requests(self) -> int:
+    def cut_requests(self) -> int:
         """Force requests still running to end (close their connections);
-        return how many were cut. Called when shutdown_timeout runs out."""
+        return how many were cut. Called when shutdown_timeout runs out, and on
+        a second Ctrl-C or SIGTERM; from any thread."""
         return 0
 
-    def _get_request_failed(self, exc: OSError) -> None:
-        """Called when get_request() raises OSError. The stdlib ignores it.
+    def get_request_failed(self, exc: OSError) -> None:
+        """Called when get_request() raises OSError (BlockingIOError excepted on
+        the async engine: nothing waits). The stdlib ignores it, and so does this.
 
-        Request sources that can run out of resources override this to log
-        and call ``_pause_requests``.
+        A source that can run out of resources, or lose its backend, overrides
+        this to log and call ``pause_requests()``.
         """
 
-    def _pause_requests(self, seconds: float) -> None:
+    def pause_requests(self, seconds: float) -> None:
         """Stop calling get_request() for ``seconds``; shutdown() still wakes the loop."""
         self._requests_resume_at = monotonic() + seconds
 
-    def _get_request_recovered(self) -> None:
-        """Called on the first successful get_request() after a pause."""
+    def get_request_recovered(self) -> None:
+        """Called on the first successful get_request() after a pause; extend it
+        (call super()) to log the recovery."""
         self._requests_resume_at = 0.0
 
     def handle_timeout(self) -> None:

@@ -352,7 +352,7 @@ class TCPServer(BaseServer):
     def _connections(self) -> _Connections:
         return _Connections()
 
-    def _request_accepted(self, request: Any, client_address: Any) -> None:
+    def request_accepted(self, request: Any, client_address: Any) -> None:
         self._counters.connection()
         self._connections.add(request)
         if self.idle_timeout is not None:
@@ -386,16 +386,16 @@ class TCPServer(BaseServer):
         if self.address_family in _TCP_FAMILIES:
             self._counters.transferred(*_tcp_bytes(request))
         if self._at_max_connections:
-            self._wake_loop()
+            self.wake_loop()
 
     def _forget_failed_handshake(self, conn: Any) -> None:
         """Forget ``conn``, whose TLS handshake failed, without counting its bytes:
         the async engine cannot (its transport has closed the socket by the time it
         hears of the failure), and every model counts alike."""
         if self._connections.remove(conn) and self._at_max_connections:
-            self._wake_loop()
+            self.wake_loop()
 
-    def _open_requests(self) -> int:
+    def open_requests(self) -> int:
         return len(self._connections)
 
     @property
@@ -404,7 +404,7 @@ class TCPServer(BaseServer):
         bytes include those of TCP connections still open, at most a second old."""
         if self.address_family not in _TCP_FAMILIES:
             return super().stats  # Unix sockets have no TCP_INFO to ask
-        return self._counters.snapshot(self._open_requests(), self._open_bytes)
+        return self._counters.snapshot(self.open_requests(), self._open_bytes)
 
     def _open_bytes(self) -> tuple[int, int]:
         """(received, sent) by the connections open now, so far (see Stats.snapshot)."""
@@ -415,15 +415,15 @@ class TCPServer(BaseServer):
             sent += conn_sent
         return received, sent
 
-    def _ready_for_request(self) -> bool:
+    def ready_for_request(self) -> bool:
         limit = self.max_connections
         if limit is not None:
             # Raise the flag before counting: a connection closing in between
             # then sees it and wakes the loop, so no wake-up is lost.
             was_full, self._at_max_connections = self._at_max_connections, True
-            if self._open_requests() >= limit:
+            if self.open_requests() >= limit:
                 self._connections.prune()
-            if self._open_requests() >= limit:
+            if self.open_requests() >= limit:
                 if not was_full:
                     self._counters.limit("max_connections")
                     logger.warning(
@@ -435,9 +435,9 @@ class TCPServer(BaseServer):
             self._at_max_connections = False
             if was_full:
                 logger.info("%s: below max_connections=%d again; accepting", self, limit)
-        return super()._ready_for_request()
+        return super().ready_for_request()
 
-    def _cut_requests(self) -> int:
+    def cut_requests(self) -> int:
         open_now = self._connections.snapshot()
         for conn in open_now:
             try:
@@ -446,12 +446,12 @@ class TCPServer(BaseServer):
                 pass  # already closed, or not a socket
         return len(open_now)
 
-    def _get_request_failed(self, exc: OSError) -> None:
+    def get_request_failed(self, exc: OSError) -> None:
         if exc.errno is None or exc.errno in _SKIP_ERRNOS:
             return  # one request lost, not the source: serve the next one
         self._request_failures += 1
         delay = min(ACCEPT_BACKOFF_FIRST * 2 ** (self._request_failures - 1), ACCEPT_BACKOFF_MAX)
-        self._pause_requests(delay)
+        self.pause_requests(delay)
         name = errno.errorcode.get(exc.errno, str(exc.errno))
         if exc.errno in ACCEPT_CAPACITY_ERRNOS:
             level = logging.WARNING if self._request_failures == 1 else logging.DEBUG
@@ -467,8 +467,8 @@ class TCPServer(BaseServer):
                 self, name, exc.strerror, delay, self._request_failures,
             )  # fmt: skip
 
-    def _get_request_recovered(self) -> None:
-        super()._get_request_recovered()
+    def get_request_recovered(self) -> None:
+        super().get_request_recovered()
         if self._request_failures:
             logger.info("%s: taking requests again after %d failures", self, self._request_failures)
             self._request_failures = 0
@@ -515,12 +515,12 @@ class UDPServer(TCPServer):
         # No need to call listen() for UDP.
         pass
 
-    def _request_accepted(self, request: Any, client_address: Any) -> None:
+    def request_accepted(self, request: Any, client_address: Any) -> None:
         self._counters.bytes_in += len(request[0])  # Stats.datagram(), a call less each
 
     # The connection limits are a stream's: a datagram opens nothing that
     # max_connections would count, and nothing idles.
-    _ready_for_request = BaseServer._ready_for_request
+    ready_for_request = BaseServer.ready_for_request
     stats = BaseServer.stats  # no connection to read bytes from: a datagram's count when it comes
 
     def _run_request(self, request: Any, client_address: Any) -> None:

@@ -90,7 +90,7 @@ class Acceptor:
     def _readable(self) -> None:
         server = self._server
         for _ in range(ACCEPT_BATCH):
-            if not server._ready_for_request():
+            if not server.ready_for_request():
                 self._pause()  # room() puts the reader back
                 return
             try:
@@ -98,7 +98,7 @@ class Acceptor:
             except (BlockingIOError, InterruptedError):
                 return  # none waiting (or another process sharing the socket took it)
             except OSError as exc:
-                server._get_request_failed(exc)
+                server.get_request_failed(exc)
                 paused = server._requests_resume_at - monotonic()
                 if paused > 0:
                     self._pause_for(paused)
@@ -114,5 +114,5 @@ class Acceptor:
                 self._pause_for(ACCEPT_BACKOFF_MAX)
                 return
             if server._requests_resume_at:
-                server._get_request_recovered()
+                server.get_request_recovered()
             self._take(conn, address)

@@ -286,7 +286,7 @@ class AsyncServerMixIn(_Base):
             return
         if not hurry.is_set():
             logger.warning("%s: interrupted again: cut %d connection(s) still open",
-                           self, self._cut_requests())  # fmt: skip
+                           self, self.cut_requests())  # fmt: skip
             hurry.set()
 
     async def _drain(self) -> None:
@@ -327,7 +327,7 @@ class AsyncServerMixIn(_Base):
     def _arrived(self, request: Any, client_address: Any) -> None:
         """The source gave a request (a connection, a datagram, a job): account for
         it and hand it to process_request(), in the loop's thread, as the sync loop does."""
-        self._request_accepted(request, client_address)
+        self.request_accepted(request, client_address)
         try:
             outcome = self.process_request(request, client_address)
             if inspect.isawaitable(outcome):  # an override written as a coroutine
@@ -539,7 +539,7 @@ class AsyncServerMixIn(_Base):
         must stay non-blocking (with a timeout, the loop's sock_recv() would block
         the whole loop inside recv while a PROXY header trickles in)."""
 
-    def _ready_for_request(self) -> bool:
+    def ready_for_request(self) -> bool:
         if self._aio_bounds_tasks and len(self._aio_tasks) >= self.max_in_flight:
             if not self._aio_full:
                 self._aio_full = True
@@ -550,7 +550,7 @@ class AsyncServerMixIn(_Base):
                     self, self.max_in_flight,
                 )  # fmt: skip
             return False
-        return super()._ready_for_request()
+        return super().ready_for_request()
 
     def _room_in_flight(self) -> None:
         """A request ended while max_in_flight were running: take requests again."""
@@ -559,9 +559,9 @@ class AsyncServerMixIn(_Base):
             logger.info(
                 "%s: below max_in_flight=%d again; taking requests", self, self.max_in_flight
             )
-            self._wake_loop()
+            self.wake_loop()
 
-    def _wake_loop(self) -> None:
+    def wake_loop(self) -> None:
         acceptor, loop = self._aio_acceptor, self._aio_loop
         if acceptor is not None and loop is not None:
             _call_in(loop, acceptor.room)
