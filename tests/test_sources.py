@@ -198,3 +198,21 @@ def test_async_max_in_flight_leaves_jobs_in_the_source(
         server.server_close()
         loop.join(WAIT)
     assert server.stats.requests == 2
+
+
+@pytest.mark.parametrize("concurrency", ["sync", "threads", "pool", "fork", "async"])
+def test_with_model_gives_the_named_class_or_makes_one_once(concurrency: str) -> None:
+    """make_server's classes come from with_model(): the stdlib's names for the socket
+    sources (no table beside them to forget), a class made once for any other source."""
+    prefix = {"sync": "", "threads": "Threading", "pool": "ThreadPool", "fork": "Forking",
+              "async": "Async"}[concurrency]  # fmt: skip
+    for source in (servekit.TCPServer, servekit.UDPServer):
+        made = servekit.with_model(source, concurrency)
+        assert made.__name__ == prefix + source.__name__
+        assert made.__module__ != "servekit.factory"  # the named class, not a made one
+    made = servekit.with_model(pipe_jobs.PipeJobs, concurrency)
+    assert made is servekit.with_model(pipe_jobs.PipeJobs, concurrency)
+    assert issubclass(made, pipe_jobs.PipeJobs)
+    assert made.__name__ == prefix + "PipeJobs"
+    with pytest.raises(ValueError, match="unknown concurrency 'greenlets'"):
+        servekit.with_model(pipe_jobs.PipeJobs, "greenlets")

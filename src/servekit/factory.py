@@ -18,8 +18,10 @@ import socket
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from servekit import concurrency as concurrency_module
 from servekit.activation import inherited_sockets
 from servekit.addresses import ListenAddress, format_address, parse_address
+from servekit.aio import server as aio_server_module
 from servekit.aio.handlers import (
     AsyncBaseRequestHandler,
     AsyncDatagramRequestHandler,
@@ -27,27 +29,11 @@ from servekit.aio.handlers import (
 )
 from servekit.aio.server import (
     AsyncServerMixIn,
-    AsyncTCPServer,
-    AsyncUDPServer,
-    AsyncUnixDatagramServer,
-    AsyncUnixStreamServer,
 )
 from servekit.concurrency import (
     ForkingMixIn,
-    ForkingTCPServer,
-    ForkingUDPServer,
-    ForkingUnixDatagramServer,
-    ForkingUnixStreamServer,
     ThreadingMixIn,
-    ThreadingTCPServer,
-    ThreadingUDPServer,
-    ThreadingUnixDatagramServer,
-    ThreadingUnixStreamServer,
     ThreadPoolMixIn,
-    ThreadPoolTCPServer,
-    ThreadPoolUDPServer,
-    ThreadPoolUnixDatagramServer,
-    ThreadPoolUnixStreamServer,
 )
 from servekit.core import BaseServer
 from servekit.handlers import DatagramRequestHandler, StreamRequestHandler
@@ -98,27 +84,13 @@ __all__ += [
     "DEFAULT_SHUTDOWN_TIMEOUT",
 ]
 
-_CLASSES: dict[tuple[str, str], type[TCPServer]] = {
-    ("tcp", "pool"): ThreadPoolTCPServer,
-    ("udp", "pool"): ThreadPoolUDPServer,
-    ("unix", "pool"): ThreadPoolUnixStreamServer,
-    ("unix-dgram", "pool"): ThreadPoolUnixDatagramServer,
-    ("tcp", "async"): AsyncTCPServer,
-    ("unix", "async"): AsyncUnixStreamServer,
-    ("udp", "async"): AsyncUDPServer,
-    ("unix-dgram", "async"): AsyncUnixDatagramServer,
-    ("tcp", "sync"): TCPServer,
-    ("tcp", "threads"): ThreadingTCPServer,
-    ("tcp", "fork"): ForkingTCPServer,
-    ("udp", "sync"): UDPServer,
-    ("udp", "threads"): ThreadingUDPServer,
-    ("udp", "fork"): ForkingUDPServer,
-    ("unix", "sync"): UnixStreamServer,
-    ("unix", "threads"): ThreadingUnixStreamServer,
-    ("unix", "fork"): ForkingUnixStreamServer,
-    ("unix-dgram", "sync"): UnixDatagramServer,
-    ("unix-dgram", "threads"): ThreadingUnixDatagramServer,
-    ("unix-dgram", "fork"): ForkingUnixDatagramServer,
+#: The socket source of each transport make_server knows; with_model() gives
+#: the class of each model for it (the named class, such as ThreadPoolTCPServer).
+_SOURCES: dict[str, type[TCPServer]] = {
+    "tcp": TCPServer,
+    "udp": UDPServer,
+    "unix": UnixStreamServer,
+    "unix-dgram": UnixDatagramServer,
 }
 
 
@@ -253,7 +225,23 @@ def _combined(mixin: type[Any], source: type[BaseServer]) -> type[BaseServer]:
     return made
 
 
-_COMBINED: dict[tuple[type[Any], type[Any]], type[BaseServer]] = {}
+def _named_combinations(*modules: Any) -> dict[tuple[type[Any], type[Any]], type[BaseServer]]:
+    """The classes ``modules`` define as ``class X(SomeMixIn, Source): pass``, by
+    (mixin, source): what with_model() gives for those pairs, so that
+    make_server("tcp...", concurrency="pool") is a ThreadPoolTCPServer, as a user
+    of the stdlib's names would expect, with no table to keep beside them."""
+    mixins = {mixin for mixin in _MIXINS.values() if mixin is not None}
+    found: dict[tuple[type[Any], type[Any]], type[BaseServer]] = {}
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, type) and len(value.__bases__) == 2:
+                mixin, source = value.__bases__
+                if mixin in mixins and issubclass(source, BaseServer):
+                    found[(mixin, source)] = value
+    return found
+
+
+_COMBINED = _named_combinations(concurrency_module, aio_server_module)
 
 
 def make_source_server(
@@ -342,7 +330,8 @@ def _build(address: str, handler: RequestHandlerFactory, config: ServerConfig) -
         if sock is not None:
             sock.detach()  # an inherited descriptor is not ours to close
         raise
-    server = _CLASSES[(transport, concurrency)](spec.address, handler, bind_and_activate=False)
+    server_class = cast("type[TCPServer]", with_model(_SOURCES[transport], concurrency))
+    server = server_class(spec.address, handler, bind_and_activate=False)
     try:
         _configure(server, spec, sock, backlog=config.backlog, reuse_port=config.reuse_port)
         server.config = config  # type: ignore[attr-defined]
