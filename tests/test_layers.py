@@ -23,7 +23,10 @@ CORE_MAY_IMPORT = frozenset({
 #: Modules that do I/O or run an engine: core and the sans-IO modules import none.
 IO_MODULES = frozenset({"socket", "ssl", "select", "selectors", "asyncio"})
 #: The sans-IO protocol cores: pure code over bytes.
-SANS_IO = ("proxy.py", "errors.py", "options.py", "rpc/xdr.py", "rpc/message.py", "rpc/record.py")
+SANS_IO = (
+    "proxy.py", "errors.py", "options.py", "rpc/xdr.py", "rpc/_declare.py", "rpc/message.py",
+    "rpc/record.py",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
