@@ -50,8 +50,20 @@ def imports(path: Path) -> list[Import]:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 module = ".".join([*base, module] if module else base)
             names = tuple(alias.name for alias in node.names)
-            found.append(Import(module, names, node.lineno))
+            # "from servekit.rpc import xdr" imports the submodule xdr: judge that.
+            submodules = [name for name in names if _is_module(f"{module}.{name}")]
+            found += [Import(f"{module}.{name}", (), node.lineno) for name in submodules]
+            if len(submodules) < len(names):
+                found.append(Import(module, names, node.lineno))
     return found
+
+
+def _is_module(dotted: str) -> bool:
+    """True if ``dotted`` names a module file of servekit (not a name inside one)."""
+    if not dotted.startswith("servekit."):
+        return False
+    relative = Path(*dotted.split(".")[1:])
+    return (PACKAGE / relative).with_suffix(".py").exists() or (PACKAGE / relative).is_dir()
 
 
 def _where(path: Path, imp: Import) -> str:
@@ -105,3 +117,5 @@ def test_the_rules_see_the_imports_they_judge() -> None:
     assert any(imp.module == "threading" for imp in found)
     aio = imports(PACKAGE / "aio" / "server.py")
     assert any(imp.module == "servekit.core" for imp in aio)  # under TYPE_CHECKING
+    rpc = imports(PACKAGE / "rpc" / "message.py")
+    assert any(imp.module == "servekit.rpc.xdr" for imp in rpc)  # "from servekit.rpc import xdr"
