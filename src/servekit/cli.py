@@ -40,6 +40,7 @@ from servekit.factory import _build, _describe, make_server, make_source_server
 from servekit.handlers import BaseRequestHandler
 from servekit.options import CONCURRENCY_MODELS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
+from servekit.rpc.program import Program
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -358,8 +359,10 @@ def _make_from_source(handler: Any, args: argparse.Namespace) -> list[BaseServer
 
 
 def _is_handler_class(target: Any) -> bool:
-    return isinstance(target, type) and issubclass(
-        target, (BaseRequestHandler, AsyncBaseRequestHandler)
+    """A handler class, or what make_server serves as one (an RPC program)."""
+    return isinstance(target, Program) or (
+        isinstance(target, type)
+        and issubclass(target, (BaseRequestHandler, AsyncBaseRequestHandler))
     )
 
 

@@ -52,6 +52,8 @@ from servekit.options import (
     StrPath,
 )
 from servekit.proxy import parse_networks
+from servekit.rpc.program import Program
+from servekit.rpc.server import handler_class as rpc_handler_class
 from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 from servekit.tls import server_context
 
@@ -270,6 +272,11 @@ def make_source_server(
             f"source must be a request source class (a servekit.BaseServer subclass), "
             f"not {source!r}"
         )
+    if isinstance(handler, Program):
+        raise TypeError(
+            f"{handler!r} is an RPC program: it is served on sockets (make_server), "
+            "not from a request source"
+        )
     _refuse_socket_options(config, source)
     check_handler_fits(handler, None, config.concurrency, source.__name__)
     server = with_model(source, config.concurrency)(address, handler)
@@ -325,6 +332,8 @@ def _build(address: str, handler: RequestHandlerFactory, config: ServerConfig) -
             ssl_context is not None or config.proxy_protocol
         ):
             raise ValueError(f"{address}: TLS and the PROXY protocol need a stream socket")
+        if isinstance(handler, Program):
+            handler = rpc_handler_class(handler, transport, concurrency)
         check_handler_fits(handler, transport, concurrency, address)
     except BaseException:
         if sock is not None:
@@ -368,6 +377,8 @@ def _build(address: str, handler: RequestHandlerFactory, config: ServerConfig) -
 
 
 def _check_callable(handler: Any) -> None:
+    if isinstance(handler, Program):
+        return  # served by the RPC handlers (see servekit.rpc.server)
     if isinstance(handler, (str, bytes)) or not callable(handler):
         raise TypeError(
             f"handler must be a request handler class (or a callable that makes one), "

@@ -202,6 +202,19 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
         stream.deadline = None
         return stream.read_some(n)
 
+    def read_deadline(self) -> float | None:
+        """When a request that begins now must be complete (``read_timeout`` from now,
+        in loop time), for ``read_within()``; None without a read_timeout."""
+        return self._deadline()
+
+    async def read_within(self, n: int, deadline: float | None) -> bytes:
+        """Up to ``n`` bytes as soon as some are there (b"" at EOF), for a handler that
+        frames requests itself: a wait past ``deadline`` (from ``read_deadline()``,
+        taken when the request's first byte came) fails with ReadTimeout."""
+        if not self._buffer and not await self._fill(deadline):
+            return b""
+        return self._stream.take(n)
+
     async def _read_to_eof(self) -> bytes:
         while await self._fill(None):
             pass

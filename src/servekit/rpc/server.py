@@ -1,0 +1,212 @@
+"""Serving an RPC program: the handlers that carry calls and replies on each transport.
+
+An ``rpc.Program`` is served like any handler (``make_server(address, PROGRAM)``,
+``servekit serve module:PROGRAM``): make_server asks ``program.handler_for(...)`` for
+the handler class of the transport and the model, one of these:
+
+- ``RpcStreamHandler``: a TCP or Unix stream connection, records (RFC 5531 section
+  11) in and out, calls answered in turn. The stream limits hold: ``idle_timeout``
+  between records, ``read_timeout`` for a record once it has begun, and the record
+  limits of ``rpc.record`` (``rpc_max_record_size`` on the server, 1 MiB by default).
+- ``RpcDatagramHandler``: one call per datagram, one reply.
+- ``AsyncRpcStreamHandler``, ``AsyncRpcDatagramHandler``: the same on the async
+  engine, where procedures may be ``async def``; a connection's calls run as they
+  come, up to ``max_calls_in_flight`` at once, each answered when it finishes
+  (matched by xid, as RFC 5531 allows).
+
+Every call, on every transport, is answered by ``Program.answer`` (see program.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from servekit.aio.handlers import AsyncDatagramRequestHandler, AsyncStreamRequestHandler
+from servekit.errors import LimitExceeded
+from servekit.handlers import BaseRequestHandler, StreamRequestHandler
+from servekit.limits import report
+from servekit.rpc.record import (
+    CLOSED,
+    DEFAULT_MAX_RECORD_SIZE,
+    NEED_DATA,
+    RecordError,
+    RecordReader,
+    encode_record,
+    record_pieces,
+)
+
+if TYPE_CHECKING:
+    from servekit.rpc.program import Program
+
+__all__ = [
+    "AsyncRpcDatagramHandler",
+    "AsyncRpcStreamHandler",
+    "RecordLimitExceeded",
+    "RpcDatagramHandler",
+    "RpcStreamHandler",
+    "handler_class",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How much a stream handler asks the socket for at a time.
+_CHUNK = 65536
+
+
+class RecordLimitExceeded(LimitExceeded):
+    """A record went past a limit of rpc.record (max_record_size, max_fragments)."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def _max_record_size(server: Any) -> int:
+    return int(getattr(server, "rpc_max_record_size", DEFAULT_MAX_RECORD_SIZE))
+
+
+def _record_failed(handler: Any, error: RecordError) -> None:
+    """The stream broke the record marking: log (and count, for a limit), then close."""
+    if error.limit is not None:
+        exceeded = RecordLimitExceeded(str(error), error.limit)
+        raise report(handler.server, handler.client_address, exceeded)
+    logger.info("%s: closing connection from %s: %s", handler.server, handler.client_address, error)
+
+
+class RpcStreamHandler(StreamRequestHandler):
+    """Calls on a stream connection, one record each, answered in turn."""
+
+    program: ClassVar[Program]
+    # Every read takes what is there (read1): the record reader does the framing.
+    rbufsize = _CHUNK
+
+    def handle(self) -> None:
+        reader = RecordReader(max_record_size=_max_record_size(self.server))
+        limits = getattr(self.rfile, "_limits", None)  # read_timeout, on a servekit server
+        read_timeout = None if limits is None else limits.read
+        answer = self.program.answer
+        while True:
+            try:
+                while (record := reader.next_record()) is not NEED_DATA:
+                    if record is CLOSED:
+                        return
+                    reply = answer(record, self.client_address, self.server)
+                    if reply is not None:
+                        self.wfile.write(encode_record(reply))
+            except RecordError as exc:
+                _record_failed(self, exc)
+                return
+            if limits is not None:
+                # A record begun must be whole within read_timeout of its first byte.
+                if reader.buffered and limits.deadline is None and read_timeout is not None:
+                    limits.deadline = monotonic() + read_timeout
+                elif not reader.buffered:
+                    limits.deadline = None
+            data = self.rfile.read1(_CHUNK)  # type: ignore[attr-defined]
+            reader.receive_data(data)
+
+
+class RpcDatagramHandler(BaseRequestHandler):
+    """One call in a datagram, one reply in a datagram."""
+
+    program: ClassVar[Program]
+
+    def handle(self) -> None:
+        data, sock = self.request
+        reply = self.program.answer(data, self.client_address, self.server)
+        if reply is not None:
+            sent = sock.sendto(reply, self.client_address)
+            self.server._counters.sent(sent)
+
+
+class AsyncRpcStreamHandler(AsyncStreamRequestHandler):
+    """Calls on a stream connection on the async engine, answered as they finish."""
+
+    program: ClassVar[Program]
+    #: Calls of one connection running at once; past it, the connection's next
+    #: record waits until one finishes.
+    max_calls_in_flight = 16
+
+    async def handle(self) -> None:
+        reader = RecordReader(max_record_size=_max_record_size(self.server))
+        answer = self.program.answer
+        running: set[asyncio.Task[None]] = set()
+        deadline: float | None = None
+        try:
+            while True:
+                try:
+                    record = reader.next_record()
+                except RecordError as exc:
+                    _record_failed(self, exc)
+                    return
+                if record is CLOSED:
+                    return
+                if record is NEED_DATA:
+                    # A record begun must be whole within read_timeout of its first byte.
+                    if not reader.buffered:
+                        deadline = None
+                    elif deadline is None:
+                        deadline = self.read_deadline()
+                    reader.receive_data(await self.read_within(_CHUNK, deadline))
+                    continue
+                reply = answer(record, self.client_address, self.server)
+                if isinstance(reply, bytes):
+                    self._send(reply)
+                    await self.drain()
+                elif reply is not None:
+                    if len(running) >= self.max_calls_in_flight:
+                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    task = asyncio.ensure_future(self._answer_later(reply))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+        finally:
+            if running:
+                await asyncio.wait(running)
+
+    async def _answer_later(self, reply: Any) -> None:
+        data = await reply
+        if not self.transport.is_closing():
+            self._send(data)
+
+    def _send(self, reply: bytes) -> None:
+        for piece in record_pieces(reply):
+            self.write(piece)
+
+
+class AsyncRpcDatagramHandler(AsyncDatagramRequestHandler):
+    """One call in a datagram on the async engine."""
+
+    program: ClassVar[Program]
+
+    async def handle(self) -> None:
+        reply = self.program.answer(self.packet, self.client_address, self.server)
+        if reply is not None and not isinstance(reply, bytes):
+            reply = await reply
+        if reply is not None:
+            self.send(reply)
+
+
+def handler_class(program: Program, transport: str, concurrency: str) -> type[Any]:
+    """The handler class that serves ``program`` on ``transport`` ("tcp", "udp",
+    "unix", "unix-dgram") under ``concurrency``; TypeError if it cannot."""
+    stream = transport in ("tcp", "unix")
+    base: type[Any]
+    if concurrency == "async":
+        base = AsyncRpcStreamHandler if stream else AsyncRpcDatagramHandler
+    else:
+        asynchronous = [
+            f"{version.__name__}.{proc.name}"
+            for version in program.versions.values()
+            for proc in version.procedures().values()
+            if proc.is_async
+        ]
+        if asynchronous:
+            raise TypeError(
+                f"{program.name} has async def procedures ({', '.join(asynchronous)}): "
+                "serve it with concurrency='async' (--concurrency async)"
+            )
+        base = RpcStreamHandler if stream else RpcDatagramHandler
+    return type(f"{program.name}{base.__name__}", (base,), {"program": program})
