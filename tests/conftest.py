@@ -22,6 +22,14 @@ import pytest
 #: Upper bound on any single wait in a test; generous, because CI machines stall.
 WAIT = 10.0
 
+# An RPC program's server registers itself with the host's rpcbind: in the tests
+# (and the servers they start as processes), with none, unless a test points it at
+# one of its own. A developer's rpcbind is not the tests' to change.
+os.environ["SERVEKIT_RPCBIND_SOCKET"] = "unix:" + os.path.join(
+    tempfile.gettempdir(), "servekit-tests-no-rpcbind.sock"
+)
+os.environ["SERVEKIT_RPCBIND_PORTMAP"] = "tcp://127.0.0.1:1"
+
 
 def _has_ipv6() -> bool:
     if not socket.has_ipv6:

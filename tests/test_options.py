@@ -29,6 +29,7 @@ REFUSED: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"backlog": "128"}, TypeError, "backlog must be a whole number"),
     ({"backlog": 0}, ValueError, "backlog must be a whole number >= 1"),
     ({"reuse_port": 1}, TypeError, "reuse_port must be True or False"),
+    ({"rpcbind": "yes"}, TypeError, "rpcbind must be True or False"),
     ({"socket_file_mode": "0o660"}, TypeError, "socket_file_mode must be permission bits"),
     ({"socket_file_mode": 0o10000}, ValueError, "socket_file_mode must be permission bits"),
     ({"socket_file_mode": -1}, ValueError, "socket_file_mode must be permission bits"),

@@ -40,6 +40,7 @@ from servekit.factory import _build, _describe, make_server, make_source_server
 from servekit.handlers import BaseRequestHandler
 from servekit.options import CONCURRENCY_MODELS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
+from servekit.rpc import rpcbind
 from servekit.rpc.program import Program
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read a PROXY v1/v2 header from trusted proxies")  # fmt: skip
     serve.add_argument("--trusted-proxy", action="append", default=[], metavar="NETWORK",
                        help="address, network or 'unix' allowed to send PROXY headers")  # fmt: skip
+    serve.add_argument("--no-rpcbind", action="store_true",
+                       help="an RPC program: leave the host's rpcbind alone")  # fmt: skip
     serve.add_argument("--workers", type=_whole("workers", 1), default=None,
                        help="prefork: this many worker processes under a supervisor "
                        "(default: one process, no supervisor)")  # fmt: skip
@@ -177,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
                        default=DEFAULT_STATUS_INTERVAL,
                        help="seconds between status lines; 'none' for none "
                        f"(default: {DEFAULT_STATUS_INTERVAL:g})")  # fmt: skip
+    rpcbind_command = commands.add_parser(
+        "rpcbind",
+        help="a small rpcbind and portmapper (versions 2, 3 and 4)",
+        description="Serve rpcbind (program 100000, versions 2, 3 and 4): by default where "
+        "rpcbind does (port 111 over TCP and UDP, and unix:/run/rpcbind.sock). SET and UNSET "
+        "are taken from loopback and the local socket only.",
+    )
+    rpcbind_command.add_argument(
+        "--listen", action="append", metavar="ADDRESS",
+        help="repeatable (default: tcp://0.0.0.0:111, udp://0.0.0.0:111, "
+        "unix:/run/rpcbind.sock)",
+    )  # fmt: skip
+    rpcbind_command.add_argument("--log-level", default="INFO",
+                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])  # fmt: skip
     return parser
 
 
@@ -284,6 +301,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             concurrency=args.concurrency,
             certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
             proxy_protocol=args.proxy_protocol, trusted_proxies=args.trusted_proxy,
+            rpcbind=not args.no_rpcbind,
             **{name: getattr(args, name) for name in _cli_options()},
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
@@ -510,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "rpcbind":
+        sys.exit(_rpcbind(args))
     try:
         check_arguments(args)
         if args.workers is not None:
@@ -518,6 +538,28 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except UsageError as exc:
         _usage_error(exc)
     sys.exit(Runner(servers, args.status_interval).run())
+
+
+#: Where ``servekit rpcbind`` serves by default: where rpcbind does.
+RPCBIND_ADDRESSES = ("tcp://0.0.0.0:111", "udp://0.0.0.0:111", "unix:/run/rpcbind.sock")
+
+
+def _rpcbind(args: argparse.Namespace) -> int:
+    """``servekit rpcbind``: every address serves one shared registry."""
+
+    registry = rpcbind.Registry()
+    program = rpcbind.rpcbind_program()
+    servers: list[BaseServer] = []
+    try:
+        for address in args.listen or RPCBIND_ADDRESSES:
+            server = make_server(address, program, rpcbind=False, socket_file_mode=0o666)
+            server.rpcbind_registry = registry  # type: ignore[attr-defined]
+            servers.append(server)
+    except (OSError, ValueError, TypeError) as exc:
+        for made in servers:
+            made.server_close()
+        _usage_error(UsageError(f"cannot serve rpcbind: {exc}"))
+    return Runner(servers, None).run()
 
 
 def _usage_error(exc: UsageError) -> NoReturn:

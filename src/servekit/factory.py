@@ -54,6 +54,7 @@ from servekit.options import (
 from servekit.proxy import parse_networks
 from servekit.rpc.program import Program
 from servekit.rpc.server import handler_class as rpc_handler_class
+from servekit.rpc.server import server_class as rpc_server_class
 from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 from servekit.tls import server_context
 
@@ -117,12 +118,13 @@ _DEFAULTS: dict[str, Any] = {field.name: _Default(field.default) for field in fi
 
 def make_server(
     address: str,
-    handler: RequestHandlerFactory,
+    handler: RequestHandlerFactory | Program,
     *,
     config: ServerConfig | None = None,
     concurrency: Concurrency = _DEFAULTS["concurrency"],
     backlog: int | None = _DEFAULTS["backlog"],
     reuse_port: bool = _DEFAULTS["reuse_port"],
+    rpcbind: bool = _DEFAULTS["rpcbind"],
     socket_file_mode: int | None = _DEFAULTS["socket_file_mode"],
     max_packet_size: int | None = _DEFAULTS["max_packet_size"],
     max_workers: int = _DEFAULTS["max_workers"],
@@ -156,6 +158,7 @@ def make_server(
     (one at a time), or ``"async"`` (asyncio tasks; the handler is a
     ``servekit.aio.AsyncStreamRequestHandler``).
     ``backlog`` raises the listen backlog above ``socket.SOMAXCONN``;
+    ``rpcbind`` (for an ``rpc.Program``) registers it with the host's rpcbind;
     ``reuse_port`` sets SO_REUSEPORT; ``socket_file_mode`` sets the permission
     bits of a Unix socket file; ``max_packet_size`` bounds datagrams.
 
@@ -305,7 +308,9 @@ def _refuse_socket_options(config: ServerConfig, source: type[BaseServer]) -> No
             )
 
 
-def _build(address: str, handler: RequestHandlerFactory, config: ServerConfig) -> TCPServer:
+def _build(
+    address: str, handler: RequestHandlerFactory | Program, config: ServerConfig
+) -> TCPServer:
     """make_server from a checked config, without its log line."""
     spec = parse_address(address)
     # ServerConfig has checked that it is an ssl.SSLContext; its type names
@@ -332,15 +337,25 @@ def _build(address: str, handler: RequestHandlerFactory, config: ServerConfig) -
             ssl_context is not None or config.proxy_protocol
         ):
             raise ValueError(f"{address}: TLS and the PROXY protocol need a stream socket")
+        program = handler if isinstance(handler, Program) else None
+        serves: RequestHandlerFactory
         if isinstance(handler, Program):
-            handler = rpc_handler_class(handler, transport, concurrency)
-        check_handler_fits(handler, transport, concurrency, address)
+            serves = rpc_handler_class(handler, transport, concurrency)
+        else:
+            serves = handler
+        check_handler_fits(serves, transport, concurrency, address)
     except BaseException:
         if sock is not None:
             sock.detach()  # an inherited descriptor is not ours to close
         raise
     server_class = cast("type[TCPServer]", with_model(_SOURCES[transport], concurrency))
-    server = server_class(spec.address, handler, bind_and_activate=False)
+    if program is not None:
+        # Registers the program with rpcbind when it listens (see rpc.server).
+        server_class = rpc_server_class(server_class)
+    server = server_class(spec.address, serves, bind_and_activate=False)
+    if program is not None:
+        server.program = program  # type: ignore[attr-defined]
+        server.rpc_register = config.rpcbind  # type: ignore[attr-defined]
     try:
         _configure(server, spec, sock, backlog=config.backlog, reuse_port=config.reuse_port)
         server.config = config  # type: ignore[attr-defined]

@@ -198,6 +198,9 @@ class ServerConfig:
     #: The peers allowed to send a PROXY header: addresses ("127.0.0.1"),
     #: networks ("10.0.0.0/8") or "unix". Any iterable of str; kept as a tuple.
     trusted_proxies: tuple[str, ...] = ()
+    #: An rpc.Program's server registers its versions with the host's rpcbind
+    #: when it starts listening, and unregisters them when it closes.
+    rpcbind: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency not in CONCURRENCY_MODELS:
@@ -209,7 +212,7 @@ class ServerConfig:
         for name in OPTIONS:
             # Frozen: normalising (5 seconds to 5.0) has to go around __setattr__.
             object.__setattr__(self, name, check(name, getattr(self, name)))
-        for name in ("reuse_port", "proxy_protocol"):
+        for name in ("reuse_port", "proxy_protocol", "rpcbind"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
         self._check_socket_file_mode()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +29,7 @@ from servekit.aio.handlers import AsyncDatagramRequestHandler, AsyncStreamReques
 from servekit.errors import LimitExceeded
 from servekit.handlers import BaseRequestHandler, StreamRequestHandler
 from servekit.limits import report
+from servekit.rpc import rpcbind
 from servekit.rpc.record import (
     CLOSED,
     DEFAULT_MAX_RECORD_SIZE,
@@ -46,8 +48,10 @@ __all__ = [
     "AsyncRpcStreamHandler",
     "RecordLimitExceeded",
     "RpcDatagramHandler",
+    "RpcRegistration",
     "RpcStreamHandler",
     "handler_class",
+    "server_class",
 ]
 
 logger = logging.getLogger(__name__)
@@ -210,3 +214,70 @@ def handler_class(program: Program, transport: str, concurrency: str) -> type[An
             )
         base = RpcStreamHandler if stream else RpcDatagramHandler
     return type(f"{program.name}{base.__name__}", (base,), {"program": program})
+
+
+class RpcRegistration:
+    """Put before a socket server class: it registers ``program``'s versions with the
+    host's rpcbind when it starts listening, and unregisters them when it closes
+    (in the process that registered them). ``rpc_register = False`` turns it off.
+
+    rpcbind is asked at ``SERVEKIT_RPCBIND_SOCKET`` (default unix:/run/rpcbind.sock,
+    versions 4 and 3) and then ``SERVEKIT_RPCBIND_PORTMAP`` (default
+    tcp://127.0.0.1:111, the portmapper); without one, a warning, and the server
+    serves on.
+    """
+
+    program: Program
+    rpc_register = True
+    _registered: tuple[int, list[tuple[int, int, str]]] | None = None
+
+    def server_activate(self) -> None:
+        super().server_activate()  # type: ignore[misc]
+        if self.rpc_register:
+            self._register()
+
+    def server_close(self) -> None:
+        registered, self._registered = self._registered, None
+        if registered is not None and registered[0] == os.getpid():
+            local, portmap = _rpcbind_places()
+            for prog, vers, netid in registered[1]:
+                rpcbind.unregister(prog, vers, netid, local=local, portmap=portmap)
+        super().server_close()  # type: ignore[misc]
+
+    def _register(self) -> None:
+        sock = self.socket  # type: ignore[attr-defined]
+        netid = rpcbind.netid_of(sock.family, sock.type)
+        uaddr = rpcbind.universal_address(sock.family, sock.getsockname())
+        local, portmap = _rpcbind_places()
+        done = []
+        for vers in sorted(self.program.versions):
+            if rpcbind.register(
+                self.program.number, vers, netid, uaddr, local=local, portmap=portmap
+            ):
+                done.append((self.program.number, vers, netid))
+        if done:
+            logger.info(
+                "%s: registered program %d version(s) %s over %s at %s with rpcbind",
+                self, self.program.number, ", ".join(str(v) for _, v, _ in done), netid, uaddr,
+            )  # fmt: skip
+        self._registered = (os.getpid(), done)
+
+
+def _rpcbind_places() -> tuple[str, str]:
+    """Where rpcbind is: its local socket, and the portmapper."""
+    return (
+        os.environ.get("SERVEKIT_RPCBIND_SOCKET", rpcbind.DEFAULT_SOCKET),
+        os.environ.get("SERVEKIT_RPCBIND_PORTMAP", rpcbind.DEFAULT_PORTMAP),
+    )
+
+
+_SERVER_CLASSES: dict[type[Any], type[Any]] = {}
+
+
+def server_class(base: type[Any]) -> type[Any]:
+    """``base`` (a socket server class of some model) with RpcRegistration before it."""
+    made = _SERVER_CLASSES.get(base)
+    if made is None:
+        made = type("Rpc" + base.__name__, (RpcRegistration, base), {"__module__": __name__})
+        _SERVER_CLASSES[base] = made
+    return made
