@@ -260,3 +260,34 @@ def test_servekit_serve_runs_the_demo_as_the_docs_print_it() -> None:
             client.close()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(WAIT) == 0
+
+
+class Counter(rpc.Version, program=PROG + 3, version=1):
+    """Not idempotent: each call that runs adds one."""
+
+    runs = 0
+
+    @rpc.procedure(1)
+    def INCREMENT(self) -> xdr.Int:
+        type(self).runs += 1
+        return type(self).runs
+
+
+@pytest.mark.parametrize("concurrency", ["sync", "threads", "pool", "async"])
+def test_a_retransmitted_udp_call_is_answered_again_not_run_again(concurrency: str) -> None:
+    Counter.runs = 0
+    server = servekit.make_server(
+        "udp://127.0.0.1:0", rpc.Program(Counter), concurrency=concurrency
+    )
+    with serving(server):
+        client = Client(server.server_address, datagram=True, prog=PROG + 3)
+        call = message.encode_call(4242, PROG + 3, 1, 1)
+        replies = []
+        for _ in range(3):  # the first send, and two retransmissions of it
+            client.sock.send(call)
+            replies.append(client.sock.recv(65536))
+        other = client.call(1, 1)  # another xid: a new call
+        client.close()
+    assert replies[0] == replies[1] == replies[2] == message.success(4242, _ints(1))
+    assert xdr.decode(xdr.int32, other.results) == 2
+    assert Counter.runs == 2

@@ -41,6 +41,7 @@ from servekit.rpc import message, xdr
 
 if typing.TYPE_CHECKING:
     from servekit.rpc.message import Call, Credential
+from servekit.rpc.replycache import IN_PROGRESS, ReplyCache
 
 __all__ = ["Procedure", "Program", "Version", "procedure"]
 
@@ -196,12 +197,15 @@ class Program:
     def __repr__(self) -> str:
         return f"<rpc.Program {self.name} {self.number} v{self.low}-{self.high}>"
 
-    def answer(self, record: bytes, client_address: Any, server: Any) -> Any:
+    def answer(
+        self, record: bytes, client_address: Any, server: Any, cache: ReplyCache | None = None
+    ) -> Any:
         """The reply to the call in ``record``: its bytes, None (drop the message), or
         an awaitable of the bytes when the procedure is a coroutine function.
 
         A procedure that raises is logged through ``server.handle_error`` (with its
-        traceback) and answered with SYSTEM_ERR.
+        traceback) and answered with SYSTEM_ERR. With a ``cache`` (datagrams), a call
+        seen before is answered from it, or dropped while its first copy runs.
         """
         try:
             call = message.parse_call(record)
@@ -211,6 +215,31 @@ class Program:
         except message.CallRejected as exc:
             logger.info("%s: refused a call from %s: %s", server, client_address, exc)
             return exc.reply
+        if cache is None:
+            return self._answer(call, client_address, server)
+        key = (call.xid, call.prog, call.vers, call.proc, client_address)
+        seen = cache.begin(key)
+        if seen is IN_PROGRESS:
+            logger.debug(
+                "%s: xid %d from %s again, still running", server, call.xid, client_address
+            )
+            return None
+        if isinstance(seen, bytes):
+            logger.debug(
+                "%s: xid %d from %s again: the same reply", server, call.xid, client_address
+            )
+            return seen
+        try:
+            reply = self._answer(call, client_address, server)
+        except BaseException:
+            cache.finish(key, None)
+            raise
+        if inspect.isawaitable(reply):
+            return _cached_later(reply, cache, key)
+        cache.finish(key, reply)
+        return reply
+
+    def _answer(self, call: Call, client_address: Any, server: Any) -> Any:
         found = self._find(call)
         if isinstance(found, bytes):
             return found
@@ -240,6 +269,16 @@ class Program:
         if proc is None:
             return message.proc_unavail(call.xid)
         return version, proc
+
+
+async def _cached_later(reply: Awaitable[bytes], cache: ReplyCache, key: Any) -> bytes:
+    try:
+        data = await reply
+    except BaseException:
+        cache.finish(key, None)
+        raise
+    cache.finish(key, data)
+    return data
 
 
 def _decode_args(proc: Procedure, data: bytes) -> list[Any]:

@@ -8,7 +8,10 @@ the handler class of the transport and the model, one of these:
   11) in and out, calls answered in turn. The stream limits hold: ``idle_timeout``
   between records, ``read_timeout`` for a record once it has begun, and the record
   limits of ``rpc.record`` (``rpc_max_record_size`` on the server, 1 MiB by default).
-- ``RpcDatagramHandler``: one call per datagram, one reply.
+- ``RpcDatagramHandler``: one call per datagram, one reply; a retransmitted call
+  is answered from the server's duplicate-request cache, not run again
+  (``rpc_reply_cache`` replies on the server, 1,024 by default; 0 turns it off;
+  see replycache.py).
 - ``AsyncRpcStreamHandler``, ``AsyncRpcDatagramHandler``: the same on the async
   engine, where procedures may be ``async def``; a connection's calls run as they
   come, up to ``max_calls_in_flight`` at once, each answered when it finishes
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -39,6 +43,7 @@ from servekit.rpc.record import (
     encode_record,
     record_pieces,
 )
+from servekit.rpc.replycache import DEFAULT_SIZE, ReplyCache
 
 if TYPE_CHECKING:
     from servekit.rpc.program import Program
@@ -78,6 +83,25 @@ def _record_failed(handler: Any, error: RecordError) -> None:
         exceeded = RecordLimitExceeded(str(error), error.limit)
         raise report(handler.server, handler.client_address, exceeded)
     logger.info("%s: closing connection from %s: %s", handler.server, handler.client_address, error)
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+def _cache(server: Any) -> ReplyCache | None:
+    """The server's duplicate-request cache (made when first needed), or None with
+    ``rpc_reply_cache = 0`` on the server."""
+    cache: ReplyCache | None = getattr(server, "_rpc_reply_cache", None)
+    if cache is None:
+        size = getattr(server, "rpc_reply_cache", DEFAULT_SIZE)
+        if not size:
+            return None
+        with _CACHE_LOCK:
+            cache = getattr(server, "_rpc_reply_cache", None)
+            if cache is None:
+                cache = ReplyCache(size)
+                server._rpc_reply_cache = cache
+    return cache
 
 
 class RpcStreamHandler(StreamRequestHandler):
@@ -120,7 +144,7 @@ class RpcDatagramHandler(BaseRequestHandler):
 
     def handle(self) -> None:
         data, sock = self.request
-        reply = self.program.answer(data, self.client_address, self.server)
+        reply = self.program.answer(data, self.client_address, self.server, _cache(self.server))
         if reply is not None:
             sent = sock.sendto(reply, self.client_address)
             self.server._counters.sent(sent)
@@ -186,7 +210,8 @@ class AsyncRpcDatagramHandler(AsyncDatagramRequestHandler):
     program: ClassVar[Program]
 
     async def handle(self) -> None:
-        reply = self.program.answer(self.packet, self.client_address, self.server)
+        cache = _cache(self.server)
+        reply = self.program.answer(self.packet, self.client_address, self.server, cache)
         if reply is not None and not isinstance(reply, bytes):
             reply = await reply
         if reply is not None:
