@@ -41,7 +41,6 @@ from servekit.rpc.record import (
     RecordError,
     RecordReader,
     encode_record,
-    record_pieces,
 )
 from servekit.rpc.replycache import DEFAULT_SIZE, ReplyCache
 
@@ -200,8 +199,9 @@ class AsyncRpcStreamHandler(AsyncStreamRequestHandler):
             self._send(data)
 
     def _send(self, reply: bytes) -> None:
-        for piece in record_pieces(reply):
-            self.write(piece)
+        # One write: a write per piece would be a send per piece (a header alone
+        # in a segment), where joining them is one copy of the reply.
+        self.write(encode_record(reply))
 
 
 class AsyncRpcDatagramHandler(AsyncDatagramRequestHandler):
