@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +124,37 @@ def test_servekit_rpcbind_command(tmp_path: Path) -> None:
         assert rpcbind.dump(places["portmap"]) == []
         proc.terminate()
         assert proc.wait(WAIT) == 0
+
+
+@pytest.mark.timeout(90)
+def test_workers_register_and_the_supervisor_unregisters_at_the_end(tmp_path: Path) -> None:
+    """Under --workers each worker registers (the sockets are shared), none unregisters
+    when it goes (a SIGHUP replaces them all, the others serving on), and the supervisor
+    takes the sockets' registrations out when the service stops."""
+    root = Path(__file__).parent.parent
+    binary = str(Path(sys.executable).parent / "servekit")
+    local = f"unix:{tmp_path}/rpcbind.sock"
+    rpcbind_command = [binary, "rpcbind", "--listen", "tcp://127.0.0.1:0", "--listen", local]
+    with running(rpcbind_command, start_new_session=True) as (rpcbind_proc, _, port):
+        env = os.environ | {
+            "SERVEKIT_RPCBIND_SOCKET": local,
+            "SERVEKIT_RPCBIND_PORTMAP": f"tcp://127.0.0.1:{port}",
+        }
+        command = [
+            binary, "serve", "examples.rpc.demo:DEMO_PROG", "--workers", "2",
+            "--listen", "tcp://127.0.0.1:0", "--listen", "udp://127.0.0.1:0",
+            "--status-interval", "none",
+        ]  # fmt: skip
+        with running(command, cwd=root, env=env, start_new_session=True) as (proc, log, _):
+            log.wait_for(r"worker \d+ \(pid \d+\) is serving", count=2)
+            registered = {(e.r_prog, e.r_vers, e.r_netid) for e in rpcbind.dump(local)}
+            assert registered == {(PROG, v, n) for v in (1, 2) for n in ("tcp", "udp")}
+            proc.send_signal(signal.SIGHUP)
+            log.wait_for(r"worker \d+ \(pid \d+\) is serving", count=4)
+            log.wait_for(r"worker \d+ \(pid \d+\) exited", count=2)
+            assert {(e.r_prog, e.r_vers, e.r_netid) for e in rpcbind.dump(local)} == registered
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(WAIT) == 0
+        assert rpcbind.dump(local) == []
+        rpcbind_proc.terminate()
+        assert rpcbind_proc.wait(WAIT) == 0

@@ -41,6 +41,7 @@ from servekit.handlers import BaseRequestHandler
 from servekit.options import CONCURRENCY_MODELS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
 from servekit.rpc import rpcbind
+from servekit.rpc import server as rpc_server
 from servekit.rpc.program import Program
 
 if TYPE_CHECKING:
@@ -592,6 +593,8 @@ def _prefork(args: argparse.Namespace) -> int:
 
     def close_listeners() -> None:
         for listener in listeners:
+            if not args.no_rpcbind:
+                _unregister_rpc(listener)
             listener.server_close()
 
     supervisor = Supervisor(
@@ -602,6 +605,20 @@ def _prefork(args: argparse.Namespace) -> int:
     if supervisor.boot_error is not None:
         _usage_error(UsageError(supervisor.boot_error))
     return status
+
+
+def _unregister_rpc(listener: BaseServer) -> None:
+    """The service stops: take out of rpcbind what its workers registered at this
+    socket (they do not unregister, the others serving on; see rpc.server)."""
+    sock = getattr(listener, "socket", None)
+    if sock is None:
+        return
+    local, portmap = rpc_server.rpcbind_places()
+    netid = rpcbind.netid_of(sock.family, sock.type)
+    uaddr = rpcbind.universal_address(sock.family, sock.getsockname())
+    done = rpcbind.unregister_address(netid, uaddr, local=local, portmap=portmap)
+    if done:
+        logger.info("unregistered %d program version(s) at %s %s from rpcbind", done, netid, uaddr)
 
 
 def _bind(address: str, args: argparse.Namespace) -> BaseServer:
@@ -631,6 +648,8 @@ def _serve_in_worker(
         channel.failed(str(exc))
         return WORKER_BOOT_FAILED
     for server in servers:
+        if hasattr(server, "rpc_unregister_at_close"):
+            server.rpc_unregister_at_close = False  # the supervisor's, at the end
         # Every worker waits on the same socket and all wake for one client;
         # the losers must get EAGAIN from accept(), not block in it.
         if isinstance(getattr(server, "socket", None), socket.socket):

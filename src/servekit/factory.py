@@ -385,6 +385,8 @@ def _build(
             socket.SOL_SOCKET, socket.SO_ACCEPTCONN
         ):
             server.server_activate()  # an inherited socket that is bound but not listening
+        elif program is not None:
+            server.register_with_rpcbind()  # type: ignore[attr-defined]  # listening already
     except BaseException:
         server.server_close()
         raise

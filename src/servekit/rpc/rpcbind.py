@@ -48,6 +48,7 @@ __all__ = [
     "rpcbind_program",
     "universal_address",
     "unregister",
+    "unregister_address",
 ]
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,40 @@ def _tell(
         "register" if set_it else "unregister", prog, vers, netid, "; ".join(failures),
     )  # fmt: skip
     return False
+
+
+def unregister_address(
+    netid: str,
+    uaddr: str,
+    *,
+    local: str = DEFAULT_SOCKET,
+    portmap: str = DEFAULT_PORTMAP,
+    timeout: float = 2.0,
+) -> int:
+    """Unregister whatever rpcbind holds at ``uaddr`` over ``netid``: what a service
+    that stops leaves (a prefork supervisor knows its sockets, not its programs).
+    Returns how many versions it unregistered; quiet when no rpcbind answers."""
+    held: list[tuple[int, int]] = []
+    try:
+        held = [(e.r_prog, e.r_vers) for e in dump(local, timeout=timeout)
+                if e.r_netid == netid and e.r_addr == uaddr]  # fmt: skip
+    except (OSError, RpcError):
+        try:
+            port = parse_universal(uaddr)[1]
+            with Client(portmap, PMAP_V2, timeout=timeout) as client:
+                entry = client.call(PMAP_V2.PMAPPROC_DUMP)
+        except (OSError, RpcError, ValueError):
+            logger.debug("no rpcbind to unregister %s %s from", netid, uaddr)
+            return 0
+        prot = IPPROTO_TCP if netid == "tcp" else IPPROTO_UDP
+        while entry is not None:
+            if entry.map.port == port and entry.map.prot == prot:
+                held.append((entry.map.prog, entry.map.vers))
+            entry = entry.next
+    done = 0
+    for prog, vers in held:
+        done += unregister(prog, vers, netid, uaddr, local=local, portmap=portmap, timeout=timeout)
+    return done
 
 
 def getaddr(host: str, prog: int, vers: int, netid: str, *, timeout: float = 5.0) -> str:

@@ -55,6 +55,7 @@ __all__ = [
     "RpcRegistration",
     "RpcStreamHandler",
     "handler_class",
+    "rpcbind_places",
     "server_class",
 ]
 
@@ -254,17 +255,28 @@ class RpcRegistration:
 
     program: Program
     rpc_register = True
+    #: False in a prefork worker: the others serve on after it, and the supervisor
+    #: unregisters the sockets' programs when the service stops.
+    rpc_unregister_at_close = True
     _registered: tuple[int, list[tuple[int, int, str]]] | None = None
 
     def server_activate(self) -> None:
         super().server_activate()  # type: ignore[misc]
+        self.register_with_rpcbind()
+
+    def register_with_rpcbind(self) -> None:
+        """Register every version (UNSET, then SET), unless ``rpc_register`` is False.
+        Called when the socket starts listening; by make_server for a socket that
+        came listening (fd://, systemd)."""
         if self.rpc_register:
             self._register()
 
     def server_close(self) -> None:
         registered, self._registered = self._registered, None
+        if registered is not None and not self.rpc_unregister_at_close:
+            registered = None
         if registered is not None and registered[0] == os.getpid():
-            local, portmap = _rpcbind_places()
+            local, portmap = rpcbind_places()
             for prog, vers, netid in registered[1]:
                 rpcbind.unregister(prog, vers, netid, local=local, portmap=portmap)
         super().server_close()  # type: ignore[misc]
@@ -273,7 +285,7 @@ class RpcRegistration:
         sock = self.socket  # type: ignore[attr-defined]
         netid = rpcbind.netid_of(sock.family, sock.type)
         uaddr = rpcbind.universal_address(sock.family, sock.getsockname())
-        local, portmap = _rpcbind_places()
+        local, portmap = rpcbind_places()
         done = []
         for vers in sorted(self.program.versions):
             if rpcbind.register(
@@ -288,8 +300,9 @@ class RpcRegistration:
         self._registered = (os.getpid(), done)
 
 
-def _rpcbind_places() -> tuple[str, str]:
-    """Where rpcbind is: its local socket, and the portmapper."""
+def rpcbind_places() -> tuple[str, str]:
+    """Where rpcbind is: its local socket, and the portmapper (the environment's
+    SERVEKIT_RPCBIND_SOCKET and SERVEKIT_RPCBIND_PORTMAP, or the defaults)."""
     return (
         os.environ.get("SERVEKIT_RPCBIND_SOCKET", rpcbind.DEFAULT_SOCKET),
         os.environ.get("SERVEKIT_RPCBIND_PORTMAP", rpcbind.DEFAULT_PORTMAP),
