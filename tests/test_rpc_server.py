@@ -291,3 +291,16 @@ def test_a_retransmitted_udp_call_is_answered_again_not_run_again(concurrency: s
     assert replies[0] == replies[1] == replies[2] == message.success(4242, _ints(1))
     assert xdr.decode(xdr.int32, other.results) == 2
     assert Counter.runs == 2
+
+
+@pytest.mark.parametrize("concurrency", ["sync", "pool", "async"])
+def test_stats_count_calls(concurrency: str) -> None:
+    server = servekit.make_server("tcp://127.0.0.1:0", demo.DEMO_PROG, concurrency=concurrency)
+    with serving(server):
+        client = Client(server.server_address)
+        for n in range(5):
+            assert client.call(1, 1, _ints(n, n)).ok
+        client.close()
+    assert server.stats.calls == 5
+    assert server.stats.requests == 1  # one connection
+    assert "calls=5" in server.stats.summary()

@@ -45,6 +45,8 @@ class StatsSnapshot:
     - requests: requests handed to their handler (a stream connection is one);
       a connection whose TLS handshake or PROXY header failed, or that
       verify_request() refused, is none (a failed preface counts in limits)
+    - calls: messages answered inside requests by handlers that carry several on
+      one connection (an RPC call); 0 where a request is one message
     - errors: requests whose handler raised (handle_error was called)
     - limits: how often each named limit tripped, e.g. ``{"max_connections": 3}``
     - bytes_in / bytes_out: bytes received and sent on TCP connections (sent:
@@ -57,6 +59,7 @@ class StatsSnapshot:
     connections_total: int = 0
     requests: int = 0
     errors: int = 0
+    calls: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     limits: dict[str, int] = field(default_factory=dict)
@@ -71,6 +74,8 @@ class StatsSnapshot:
             f"in={self.bytes_in}B",
             f"out={self.bytes_out}B",
         ]
+        if self.calls:
+            parts.append(f"calls={self.calls}")
         parts += [f"{name}={count}" for name, count in sorted(self.limits.items())]
         return " ".join(parts)
 
@@ -88,6 +93,7 @@ class Stats:
         "_seen_out",
         "bytes_in",
         "bytes_out",
+        "calls",
         "connections_total",
         "errors",
         "requests",
@@ -99,6 +105,7 @@ class Stats:
         self.requests = 0
         self._not_requests = 0
         self.errors = 0
+        self.calls = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self._limits: Counter[str] = Counter()
@@ -134,6 +141,11 @@ class Stats:
         with self._lock:
             self.errors += 1
 
+    def call(self) -> None:
+        """A message inside a request was answered (an RPC call on a connection)."""
+        with self._lock:
+            self.calls += 1
+
     def transferred(self, received: int, sent: int) -> None:
         """A TCP connection closed, having moved these bytes."""
         with self._lock:
@@ -166,6 +178,7 @@ class Stats:
                 connections_total=self.connections_total,
                 requests=self.requests - not_requests,
                 errors=self.errors,
+                calls=self.calls,
                 bytes_in=self.bytes_in,
                 bytes_out=self.bytes_out,
                 limits=dict(self._limits),

@@ -73,6 +73,13 @@ class RecordLimitExceeded(LimitExceeded):
         self.limit = limit
 
 
+def _answered(server: Any) -> None:
+    """Count a call answered (``server.stats.calls``), on a servekit server."""
+    counters = getattr(server, "_counters", None)
+    if counters is not None:
+        counters.call()
+
+
 def _max_record_size(server: Any) -> int:
     return int(getattr(server, "rpc_max_record_size", DEFAULT_MAX_RECORD_SIZE))
 
@@ -124,6 +131,7 @@ class RpcStreamHandler(StreamRequestHandler):
                     reply = answer(record, self.client_address, self.server)
                     if reply is not None:
                         self.wfile.write(encode_record(reply))
+                        _answered(self.server)
             except RecordError as exc:
                 _record_failed(self, exc)
                 return
@@ -148,6 +156,7 @@ class RpcDatagramHandler(BaseRequestHandler):
         if reply is not None:
             sent = sock.sendto(reply, self.client_address)
             self.server._counters.sent(sent)
+            _answered(self.server)
 
 
 class AsyncRpcStreamHandler(AsyncStreamRequestHandler):
@@ -203,6 +212,7 @@ class AsyncRpcStreamHandler(AsyncStreamRequestHandler):
         # One write: a write per piece would be a send per piece (a header alone
         # in a segment), where joining them is one copy of the reply.
         self.write(encode_record(reply))
+        _answered(self.server)
 
 
 class AsyncRpcDatagramHandler(AsyncDatagramRequestHandler):
@@ -217,6 +227,7 @@ class AsyncRpcDatagramHandler(AsyncDatagramRequestHandler):
             reply = await reply
         if reply is not None:
             self.send(reply)
+            _answered(self.server)
 
 
 def handler_class(program: Program, transport: str, concurrency: str) -> type[Any]:
