@@ -145,8 +145,10 @@ def test_workers_register_and_the_supervisor_unregisters_at_the_end(tmp_path: Pa
             "--listen", "tcp://127.0.0.1:0", "--listen", "udp://127.0.0.1:0",
             "--status-interval", "none",
         ]  # fmt: skip
-        with running(command, cwd=root, env=env, start_new_session=True) as (proc, log, _):
+        with running(command, cwd=root, env=env, start_new_session=True) as (proc, log, tcp):
             log.wait_for(r"worker \d+ \(pid \d+\) is serving", count=2)
+            with servekit.rpc.Client(f"tcp://127.0.0.1:{tcp}", demo.DEMO_V2, timeout=WAIT) as c:
+                assert c.call(demo.DEMO_V2.DEMO2_ADD, 1, 2) == 1003
             registered = {(e.r_prog, e.r_vers, e.r_netid) for e in rpcbind.dump(local)}
             assert registered == {(PROG, v, n) for v in (1, 2) for n in ("tcp", "udp")}
             proc.send_signal(signal.SIGHUP)
