@@ -144,6 +144,29 @@ Pack = Callable[[bytearray, Any], None]
 Unpack = Callable[[bytes, int, _Decoding], tuple[Any, int]]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Inline:
+    """What the code generated for a struct or union needs to write a field of this
+    type in line (servekit.rpc._declare), not through its ``pack``/``unpack``.
+
+    ``kind`` is "fixed" (a struct format character ``fmt`` and a ``check``: "int",
+    "float", "bool" or "enum" of ``enum``), "bytes" (``text``, ``maximum``),
+    "opaque" (``size``), "array" (``element``, ``size`` or ``maximum``; ``size`` is
+    None for a variable-length one) or "optional" (``element``). The generated code
+    takes the common case in line and leaves anything else to the type's own
+    ``pack``/``unpack``, which stay the reference.
+    """
+
+    kind: str
+    fmt: str = ""
+    check: str = ""
+    enum: type[enum.IntEnum] | None = None
+    text: bool = False
+    size: int | None = None
+    maximum: int | None = None
+    element: Callable[[], XdrType[Any]] | None = None
+
+
 class XdrType(Generic[V]):
     """An XDR type: how a Python value of type ``V`` is written and read.
 
@@ -151,13 +174,19 @@ class XdrType(Generic[V]):
     one declared after it (a linked list names itself).
     """
 
-    __slots__ = ("_make", "_pack", "_unpack", "element", "name")
+    __slots__ = ("_make", "_pack", "_unpack", "element", "inline", "name")
 
-    def __init__(self, name: str, make: Callable[[], tuple[Pack, Unpack]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[], tuple[Pack, Unpack]],
+        inline: _Inline | None = None,
+    ) -> None:
         self.name = name
         #: For optional data, its type (looked up when first needed): how a struct
         #: that ends with a pointer to itself is found to be a linked list.
         self.element: Callable[[], XdrType[Any]] | None = None
+        self.inline = inline
         self._make = make
         self._pack: Pack | None = None
         self._unpack: Unpack | None = None
@@ -239,11 +268,7 @@ def type_of(declared: Any) -> XdrType[Any]:
     or ``Annotated[python_type, xdr_type]``."""
     if isinstance(declared, XdrType):
         return declared
-    if typing.get_origin(declared) is Annotated:
-        for meta in declared.__metadata__:
-            if isinstance(meta, XdrType):
-                return meta
-        raise TypeError(f"{declared!r} carries no XDR type")
+    # A class first: encode(ComplexArg, v) is the common call, and get_origin() costs.
     if isinstance(declared, type):
         found = _CLASS_TYPES.get(declared)
         if found is not None:
@@ -252,6 +277,11 @@ def type_of(declared: Any) -> XdrType[Any]:
             made = _enum(declared)
             _CLASS_TYPES[declared] = made
             return made
+    if typing.get_origin(declared) is Annotated:
+        for meta in declared.__metadata__:
+            if isinstance(meta, XdrType):
+                return meta
+        raise TypeError(f"{declared!r} carries no XDR type")
     raise TypeError(
         f"{declared!r} is not an XDR type: use an xdr type (xdr.int32, xdr.string(64), ...), "
         "a class declared with @xdr.struct or @xdr.union, an IntEnum, or Annotated[T, xdr_type]"
@@ -278,7 +308,8 @@ def _fixed(name: str, fmt: str, check: Callable[[Any], Any] | None = None) -> Xd
 
         return pack, unpack
 
-    return XdrType(name, make)
+    inline = _Inline("fixed", fmt=fmt[1:], check="float") if check is None else None
+    return XdrType(name, make, inline)
 
 
 def _ints(name: str, fmt: str) -> XdrType[int]:
@@ -300,7 +331,7 @@ def _ints(name: str, fmt: str) -> XdrType[int]:
 
         return pack, unpack
 
-    return XdrType(name, make)
+    return XdrType(name, make, _Inline("fixed", fmt=fmt[1:], check="int"))
 
 
 int32: XdrType[int] = _ints("int", ">i")
@@ -333,7 +364,7 @@ def _make_bool() -> tuple[Pack, Unpack]:
     return pack, unpack
 
 
-boolean: XdrType[bool] = XdrType("bool", _make_bool)
+boolean: XdrType[bool] = XdrType("bool", _make_bool, _Inline("fixed", fmt="I", check="bool"))
 
 
 def _make_quadruple() -> tuple[Pack, Unpack]:
@@ -449,7 +480,7 @@ def opaque(size: int) -> XdrType[bytes]:
 
         return pack, unpack
 
-    return XdrType(f"opaque[{size}]", make)
+    return XdrType(f"opaque[{size}]", make, _Inline("opaque", size=size))
 
 
 def var_opaque(maximum: int | None = None) -> XdrType[bytes]:
@@ -503,7 +534,7 @@ def _var_bytes(maximum: int | None, kind: str, *, text: bool) -> XdrType[Any]:
 
         return pack, unpack
 
-    return XdrType(shown, make)
+    return XdrType(shown, make, _Inline("bytes", text=text, maximum=maximum))
 
 
 def _check_size(size: int, kind: str) -> None:
@@ -539,7 +570,7 @@ def array(element: Any, size: int) -> XdrType[list[Any]]:
 
         return pack, unpack
 
-    return XdrType(f"{_name(element)}[{size}]", make)
+    return XdrType(f"{_name(element)}[{size}]", make, _Inline("array", size=size, element=item))
 
 
 def var_array(element: Any, maximum: int | None = None) -> XdrType[list[Any]]:
@@ -577,7 +608,7 @@ def var_array(element: Any, maximum: int | None = None) -> XdrType[list[Any]]:
 
         return pack, unpack
 
-    return XdrType(shown, make)
+    return XdrType(shown, make, _Inline("array", maximum=maximum, element=item))
 
 
 def optional(element: Any) -> XdrType[Any]:
@@ -604,7 +635,7 @@ def optional(element: Any) -> XdrType[Any]:
 
         return pack, unpack
 
-    made: XdrType[Any] = XdrType(f"{_name(element)} *", make)
+    made: XdrType[Any] = XdrType(f"{_name(element)} *", make, _Inline("optional", element=item))
     made.element = item
     return made
 
@@ -675,7 +706,7 @@ def _enum(declared: type[enum.IntEnum]) -> XdrType[Any]:
 
         return pack, unpack
 
-    return XdrType(declared.__name__, make)
+    return XdrType(declared.__name__, make, _Inline("fixed", fmt="i", check="enum", enum=declared))
 
 
 # The declarations of classes (structs, unions) live beside: they build on the above.
