@@ -423,3 +423,23 @@ def test_what_the_generated_code_leaves_to_the_reference_still_encodes() -> None
         ComplexArg,
         dataclasses.replace(COMPLEX, fixed4=bytearray(b"abc"), blob=memoryview(b"xyz")),
     ) == xdr.encode(ComplexArg, COMPLEX)
+
+
+@xdr.struct
+class Tree:
+    """A type that holds itself in an array: its codec is built without recursing for ever."""
+
+    label: xdr.Int
+    children: Annotated[list[Tree], xdr.var_array("Tree")]
+
+
+def test_a_type_inside_itself_through_an_array() -> None:
+    tree = Tree(1, [Tree(2, []), Tree(3, [Tree(4, [])])])
+    assert xdr.decode(Tree, xdr.encode(Tree, tree)) == tree
+
+
+def test_what_cannot_be_encoded_is_an_xdr_error_not_another() -> None:
+    with pytest.raises(xdr.XdrError, match="not encodable as UTF-8"):
+        xdr.encode(xdr.string(), "\udcff")
+    with pytest.raises(xdr.XdrError):
+        xdr.encode(Numbered, Small("a", n="x"))  # type: ignore[arg-type]

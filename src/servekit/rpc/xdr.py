@@ -174,7 +174,7 @@ class XdrType(Generic[V]):
     one declared after it (a linked list names itself).
     """
 
-    __slots__ = ("_make", "_pack", "_unpack", "element", "inline", "name")
+    __slots__ = ("_building", "_make", "_pack", "_unpack", "element", "inline", "name")
 
     def __init__(
         self,
@@ -190,16 +190,23 @@ class XdrType(Generic[V]):
         self._make = make
         self._pack: Pack | None = None
         self._unpack: Unpack | None = None
+        self._building = False
 
     def __repr__(self) -> str:
         return f"<xdr {self.name}>"
 
     def _build(self) -> None:
-        self._pack, self._unpack = self._make()
+        self._building = True
+        try:
+            self._pack, self._unpack = self._make()
+        finally:
+            self._building = False
 
     @property
     def pack(self) -> Pack:
         if self._pack is None:
+            if self._building:  # a type inside itself (S holds S<>): call it late
+                return lambda out, value: self.pack(out, value)
             self._build()
         assert self._pack is not None
         return self._pack
@@ -207,6 +214,8 @@ class XdrType(Generic[V]):
     @property
     def unpack(self) -> Unpack:
         if self._unpack is None:
+            if self._building:
+                return lambda data, pos, ctx: self.unpack(data, pos, ctx)
             self._build()
         assert self._unpack is not None
         return self._unpack
@@ -225,7 +234,7 @@ def encode(xdr_type: Any, value: Any) -> bytes:
     pack = type_of(xdr_type).pack  # a mistake in a declaration is a TypeError, raised here
     try:
         pack(out, value)
-    except (_struct.error, TypeError, AttributeError, OverflowError) as exc:
+    except (_struct.error, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise XdrError(f"cannot encode {value!r} as {_name(xdr_type)}: {exc}") from None
     return bytes(out)
 
@@ -502,7 +511,10 @@ def _var_bytes(maximum: int | None, kind: str, *, text: bool) -> XdrType[Any]:
 
     def make() -> tuple[Pack, Unpack]:
         def pack(out: bytearray, value: Any) -> None:
-            raw = value.encode() if text else value
+            try:
+                raw = value.encode() if text else value
+            except UnicodeEncodeError as exc:  # a lone surrogate
+                raise TypeError(f"{shown}: not encodable as UTF-8 ({exc.reason})") from None
             if not isinstance(raw, (bytes, bytearray, memoryview)):
                 raise TypeError(f"{shown} takes {'str' if text else 'bytes'}, not {value!r}")
             size = len(raw)
