@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     rpcbind_command.add_argument("--log-level", default="INFO",
                          choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])  # fmt: skip
+    rpcinfo_command = commands.add_parser(
+        "rpcinfo",
+        help="rpcinfo's -p, -t, -u and -n: what a host's rpcbind lists, and pings",
+        description="rpcinfo -p [HOST], rpcinfo [-n PORT] -t|-u HOST PROG [VERS]: rpcinfo's "
+        "options, output and exit status.",
+        add_help=False, prefix_chars="\0",  # every argument is rpcinfo's, as rpcinfo reads it
+    )  # fmt: skip
+    rpcinfo_command.add_argument("rpcinfo_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -526,6 +534,10 @@ class Runner:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "rpcinfo":
+        from servekit.rpc import rpcinfo
+
+        sys.exit(rpcinfo.main(args.rpcinfo_args))
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
