@@ -330,7 +330,7 @@ class AsyncServerMixIn(_Base):
         self.request_accepted(request, client_address)
         try:
             outcome = self.process_request(request, client_address)
-            if inspect.isawaitable(outcome):  # an override written as a coroutine
+            if outcome is not None and inspect.isawaitable(outcome):  # an async override
                 self._start(self._awaited(outcome, request, client_address))
         except Exception:
             self._report_error(request, client_address)
@@ -344,7 +344,9 @@ class AsyncServerMixIn(_Base):
 
         An override may call this, or be a coroutine function itself (the engine
         then runs it as the request's task)."""
-        self._start(self._request_task(request, client_address))
+        loop = self._aio_loop  # _start(), inlined: a call less per request
+        assert loop is not None
+        self._aio_tasks.add(loop.create_task(self._request_task(request, client_address)))
 
     # A coroutine function where the sync servers have a function: the
     # contract lets the async engine await any hook but the loop's own.
@@ -355,14 +357,14 @@ class AsyncServerMixIn(_Base):
 
     def shutdown_request(self, request: Any) -> Any:  # an override may be a coroutine function
         """End the request; for a connection, what was written still goes out first."""
-        if isinstance(request, Stream):
+        if request.__class__ is Stream:
             self.close_request(request)  # the transport sends what it holds, then closes
         else:
             super().shutdown_request(request)
 
     def close_request(self, request: Any) -> None:
         """Clean up after the request; for a connection, close its transport."""
-        if isinstance(request, Stream):
+        if request.__class__ is Stream:
             self._forget_request(request.sock)  # its TCP_INFO first: the transport closes it
             request.transport.close()
         else:
@@ -387,16 +389,17 @@ class AsyncServerMixIn(_Base):
 
     async def _request_task(self, request: Any, client_address: Any) -> None:
         try:
-            request, client_address = await self._open_request(request, client_address)
+            if isinstance(request, socket.socket):  # a connection: its preface first
+                request, client_address = await self._open_request(request, client_address)
             allowed = self.verify_request(request, client_address)
-            if inspect.isawaitable(allowed):
+            if allowed is not True and inspect.isawaitable(allowed):
                 allowed = await allowed
             if not allowed:
                 return
-            self._counters.request()
-            finish = self.finish_request
-            if getattr(finish, "__func__", None) is not AsyncServerMixIn.finish_request:
-                outcome = finish(request, client_address)  # overridden, maybe not async
+            self._counters.requests += 1  # Stats.request(), a call less per request
+            # The bound method is not kept: this frame lives as long as the connection.
+            if getattr(self.finish_request, "__func__", None) is not _FINISH_REQUEST:
+                outcome = self.finish_request(request, client_address)  # maybe not async
                 if inspect.isawaitable(outcome):
                     await outcome
                 return
@@ -418,11 +421,13 @@ class AsyncServerMixIn(_Base):
             # A connection whose preface failed is still the socket: closed as one.
             try:
                 closing: Any = self.shutdown_request(request)  # an override may be async
-                if inspect.isawaitable(closing):
+                if closing is not None and inspect.isawaitable(closing):
                     await closing
             except Exception:
                 self._report_error(request, client_address)
-            self._task_done()
+            self._aio_tasks.discard(asyncio.current_task())  # _task_done(), a call less
+            if self._aio_full:
+                self._room_in_flight()
 
     def _task_done(self) -> None:
         """The last step of a request's task: it leaves _aio_tasks (see _start)."""
@@ -565,6 +570,9 @@ class AsyncServerMixIn(_Base):
         acceptor, loop = self._aio_acceptor, self._aio_loop
         if acceptor is not None and loop is not None:
             _call_in(loop, acceptor.room)
+
+
+_FINISH_REQUEST = AsyncServerMixIn.finish_request
 
 
 async def _all_done(
