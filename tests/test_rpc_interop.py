@@ -872,19 +872,6 @@ def test_servekit_rpcinfo_prints_what_rpcinfo_prints(
     assert _rpcinfo(stack.ns, *fill(ours or real), servekit=True) == expected
 
 
-_SELF_UNLISTED = (
-    "servekit rpcbind does not list itself (program 100000, versions 2 to 4, at port 111 "
-    "over TCP and UDP) as rpcbind does: rpcinfo -p HOST and -t/-u HOST 100000 first ask it "
-    "where 100000 is (RPCB GETADDR), and get 'RPC: Program not registered'"
-)
-_EXACT_VERSION = (
-    "servekit rpcbind's GETADDR (and the portmapper's GETPORT) answer the version asked "
-    "only; rpcbind answers with another version's address when it has not that one, and "
-    "rpcinfo without VERS asks where version 0 is (to learn the versions from PROG_MISMATCH):"
-    " 'RPC: Program not registered'"
-)
-
-
 @pytest.fixture(scope="module")
 def builtin_rpcbind(c_programs: CPrograms) -> Iterator[tuple[Namespace, dict[str, int]]]:
     """``servekit rpcbind`` on its defaults (port 111, /run/rpcbind.sock) in a namespace of
@@ -911,7 +898,6 @@ def test_the_c_server_registers_with_servekit_rpcbind(
     )  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason=_SELF_UNLISTED)
 def test_rpcinfo_dumps_servekit_rpcbind(builtin_rpcbind: tuple[Namespace, dict[str, int]]) -> None:
     ns, ports = builtin_rpcbind
     status, listing, errors = _rpcinfo(ns, "-p", "127.0.0.1")
@@ -926,17 +912,17 @@ def test_rpcinfo_dumps_servekit_rpcbind(builtin_rpcbind: tuple[Namespace, dict[s
     [
         pytest.param(
             ["-t", "127.0.0.1", "100000", "2"], "program 100000 version 2 ready and waiting\n",
-            marks=pytest.mark.xfail(strict=True, reason=_SELF_UNLISTED), id="tcp-100000-v2",
+            id="tcp-100000-v2",
         ),
         pytest.param(
             ["-u", "127.0.0.1", "100000", "4"], "program 100000 version 4 ready and waiting\n",
-            marks=pytest.mark.xfail(strict=True, reason=_SELF_UNLISTED), id="udp-100000-v4",
+            id="udp-100000-v4",
         ),
         pytest.param(
             ["-t", "127.0.0.1", str(PROG)],
             f"program {PROG} version 1 ready and waiting\n"
             f"program {PROG} version 2 ready and waiting\n",
-            marks=pytest.mark.xfail(strict=True, reason=_EXACT_VERSION), id="tcp-every-version",
+            id="tcp-every-version",
         ),
     ],
 )  # fmt: skip

@@ -568,6 +568,8 @@ def _rpcbind(args: argparse.Namespace) -> int:
             server = make_server(address, program, rpcbind=False, socket_file_mode=0o666)
             server.rpcbind_registry = registry  # type: ignore[attr-defined]
             servers.append(server)
+            sock = server.socket
+            registry.add_self(sock.family, sock.type, sock.getsockname())
     except (OSError, ValueError, TypeError) as exc:
         for made in servers:
             made.server_close()

@@ -348,9 +348,28 @@ class Registry:
             return bool(keys)
 
     def lookup(self, prog: int, vers: int, netid: str) -> str:
+        """The address of ``prog`` ``vers`` over ``netid``; failing that, of another
+        version of it there, as rpcbind answers (the caller learns the versions from
+        the PROG_MISMATCH of its call); "" if the program is not there at all."""
         with self._lock:
             found = self._entries.get((prog, vers, netid))
+            if found is None:
+                found = next(
+                    (entry for (p, _, n), entry in self._entries.items()
+                     if p == prog and n == netid),
+                    None,
+                )  # fmt: skip
         return "" if found is None else found[0]
+
+    def add_self(self, family: int, socket_type: int, address: Any) -> None:
+        """List this rpcbind at ``address``, as rpcbind lists itself: rpcinfo asks where
+        program 100000 is before it dumps or pings it."""
+        netid = netid_of(family, socket_type)
+        uaddr = universal_address(family, address)
+        versions = (3, 4) if family == socket.AF_UNIX else (2, 3, 4)
+        for vers in versions:
+            self.unset(RPCBIND_PROGRAM, vers, netid)
+            self.set(RPCBIND_PROGRAM, vers, netid, uaddr, "superuser")
 
     def entries(self) -> list[rpcb]:
         with self._lock:
