@@ -4,6 +4,7 @@
     ./scripts/bench --quick        # one short run per cell, about 3 minutes and 3 more
     ./scripts/bench --workloads slow-1000   # 1,000 slow clients: 40 s windows, about 9 minutes
     ./scripts/bench --servers uvloop,async --workloads echo-64
+    ./scripts/bench --rpc          # ONC RPC against rpcgen's C server: benchmarks/rpc_bench.py
 
 Results go to docs/benchmarks/results.json, and the report (tables, targets,
 chart) to docs/benchmarks.md and docs/benchmarks/chart.png.
@@ -106,6 +107,11 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--rpc"]:  # ONC RPC against rpcgen's C server (issue 13)
+        import rpc_bench
+
+        rpc_bench.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="1 run of 0.5 s per cell (slow-1000: 40 s)"
