@@ -452,3 +452,39 @@ def test_an_inherited_socket() -> None:
 
 
 # -- TLS and the PROXY protocol on the async engine ----------------------------------
+
+
+class _Pong(AsyncDatagramRequestHandler):
+    async def handle(self) -> None:
+        self.send(b"pong")
+
+
+@pytest.mark.parametrize("where", ["class", "instance", "none"])
+def test_datagram_closing_hooks_run_when_overridden(where: str) -> None:
+    """The engine skips a datagram's shutdown_request()/close_request() only while they
+    are the datagram servers' own, which do nothing; an override runs, on the class or
+    on the instance."""
+    closed: list[Any] = []
+
+    class Server(servekit.aio.AsyncUDPServer):
+        if where == "class":
+
+            def close_request(self, request: Any) -> None:
+                closed.append(request[0])
+
+    server = Server(LOCAL, _Pong)
+    if where == "instance":
+        server.shutdown_request = closed.append  # type: ignore[method-assign]
+    with (
+        serving(server),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.settimeout(WAIT)
+        for _ in range(3):
+            client.sendto(b"ping", server.server_address)
+            assert client.recv(10) == b"pong"
+    if where == "none":
+        assert server._aio_quiet_close is True  # the default hooks: skipped
+        assert closed == []
+    else:
+        assert len(closed) == 3
