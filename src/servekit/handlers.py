@@ -100,6 +100,10 @@ class StreamRequestHandler(BaseRequestHandler):
     connection: socket.socket
     rfile: BinaryIO
     wfile: BinaryIO
+    #: The connection's limits (servekit.limits.ConnectionLimits) on a server that
+    #: sets them, else None: a handler that frames requests itself (an RPC record)
+    #: sets ``connection_limits.deadline`` when one begins, for read_timeout.
+    connection_limits: ConnectionLimits | None = None
 
     def setup(self) -> None:
         self.connection = self.request
@@ -133,6 +137,7 @@ class StreamRequestHandler(BaseRequestHandler):
         )  # fmt: skip
 
     def _setup_limited(self, limits: ConnectionLimits) -> None:
+        self.connection_limits = limits
         raw = LimitedSocketIO(limits)
         size = io.DEFAULT_BUFFER_SIZE if self.rbufsize in (-1, 0) else self.rbufsize
         self.rfile = cast("BinaryIO", LimitedReader(raw, limits, size))

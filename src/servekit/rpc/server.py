@@ -120,7 +120,7 @@ class RpcStreamHandler(StreamRequestHandler):
 
     def handle(self) -> None:
         reader = RecordReader(max_record_size=_max_record_size(self.server))
-        limits = getattr(self.rfile, "_limits", None)  # read_timeout, on a servekit server
+        limits = self.connection_limits  # read_timeout, on a servekit server
         read_timeout = None if limits is None else limits.read
         answer = self.program.answer
         while True:
