@@ -255,7 +255,7 @@ class Program:
             outcome = getattr(version(call, client_address, server), proc.name)(*args)
         except Exception:
             return _failed(call, client_address, server)
-        if inspect.isawaitable(outcome):
+        if proc.is_async:  # known from the declaration: no awaitable test per call
             return _finish_async(outcome, proc, call, client_address, server)
         return _reply(outcome, proc, call, client_address, server)
 
@@ -282,6 +282,8 @@ async def _cached_later(reply: Awaitable[bytes], cache: ReplyCache, key: Any) ->
 
 
 def _decode_args(proc: Procedure, data: bytes) -> list[Any]:
+    if not proc.args and not data:  # NULL, and every void procedure
+        return []
     args = []
     pos = 0
     for arg_type in proc.args:
