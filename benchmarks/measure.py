@@ -171,18 +171,32 @@ def serving(server: Server, workload: Workload, log: Path) -> Iterator[tuple[int
     """Start ``server`` for ``workload`` pinned to the server core; yield (pid, address)
     once it answers; stop it (SIGTERM, then SIGKILL) on the way out."""
     address = Address.fresh(workload.proto)
-    argv = ["taskset", "-c", SERVER_CORE, *server.argv(workload, address.text)]
+    argv = server.argv(workload, address.text)
+    try:
+        with started(argv, server.name, lambda: _answers(address), log) as pid:
+            yield pid, address
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if address.proto == "unix":
+                os.unlink(address.text)
+
+
+@contextlib.contextmanager
+def started(argv: list[str], name: str, ready: Callable[[], bool], log: Path) -> Iterator[int]:
+    """Run ``argv`` pinned to the server core, its stderr to ``log``; yield its pid once
+    ``ready()`` says it serves; stop its process group (SIGTERM, then SIGKILL) after."""
     with open(log, "ab") as stderr:
         proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
-        )
+            ["taskset", "-c", SERVER_CORE, *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=stderr, start_new_session=True,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + READY_TIMEOUT
-        while not _answers(address):
+        while not ready():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} did not start; see {log}")
+                raise RuntimeError(f"{name} did not start; see {log}")
             time.sleep(0.05)  # polling a server that is starting: nothing to wait on
-        yield proc.pid, address
+        yield proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -192,9 +206,6 @@ def serving(server: Server, workload: Workload, log: Path) -> Iterator[tuple[int
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        with contextlib.suppress(FileNotFoundError):
-            if address.proto == "unix":
-                os.unlink(address.text)
 
 
 # -- the load generator --------------------------------------------------------------------

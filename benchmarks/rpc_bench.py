@@ -24,9 +24,7 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -41,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # run as a script: its siblings 
 
 import report
 from catalog import BUILD, ROOT
-from measure import LOADGEN_CORE, READY_TIMEOUT, SERVER_CORE, Address, PeakRss, cpu_seconds
+from measure import LOADGEN_CORE, Address, PeakRss, cpu_seconds, started
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -176,27 +174,8 @@ def _answers(address: Address) -> bool:
 @contextlib.contextmanager
 def serving(server: RpcServer, proto: str, log: Path) -> Iterator[tuple[int, Address]]:
     address = Address.fresh(proto)
-    argv = ["taskset", "-c", SERVER_CORE, *server.argv(address)]
-    with open(log, "ab") as stderr:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _answers(address):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} did not start; see {log}")
-            time.sleep(0.05)  # polling a server that is starting: nothing to wait on
-        yield proc.pid, address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with started(server.argv(address), server.name, lambda: _answers(address), log) as pid:
+        yield pid, address
 
 
 def run_once(server: RpcServer, cell: Cell, args: argparse.Namespace, log: Path) -> dict:
