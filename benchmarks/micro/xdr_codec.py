@@ -19,13 +19,17 @@ xdrlib is gone from Python 3.13: there the script says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import enum
 import statistics
 import sys
 import time
 import timeit
 import warnings
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for examples.rpc.demo
+
+from examples.rpc import demo
 
 from servekit.rpc import xdr
 
@@ -37,61 +41,16 @@ with warnings.catch_warnings():
         xdrlib = None  # type: ignore[assignment]
 
 
-# -- demo.x's types, declared as tests/test_rpc_xdr.py does ------------------------------
+# -- demo.x's types, as examples/rpc/demo.py declares them --------------------------------
 
-
-class ShapeKind(enum.IntEnum):
-    SHAPE_CIRCLE = 1
-    SHAPE_RECT = 2
-    SHAPE_NONE = 3
-
-
-@xdr.struct
-class Rect:
-    w: xdr.Int
-    h: xdr.Int
-
-
-@xdr.union(of=ShapeKind)
-class Shape:
-    kind: ShapeKind = xdr.discriminant()
-
-
-@xdr.case(ShapeKind.SHAPE_CIRCLE)
-class ShapeCircle(Shape):
-    radius: xdr.Int
-
-
-@xdr.case(ShapeKind.SHAPE_RECT)
-class ShapeRect(Shape):
-    r: Rect
-
-
-@xdr.default
-class ShapeOther(Shape):
-    pass
-
-
-@xdr.struct
-class Node:
-    value: xdr.Int
-    next: Annotated[Node | None, xdr.optional("Node")]
-
-
-@xdr.struct
-class ComplexArg:
-    name: Annotated[str, xdr.string(64)]
-    big: xdr.Hyper
-    ubig: xdr.UHyper
-    opt: Annotated[int | None, xdr.optional(xdr.int32)]
-    s: Shape
-    values: Annotated[list[int], xdr.var_array(xdr.int32, 16)]
-    blob: Annotated[bytes, xdr.var_opaque()]
-    fixed4: Annotated[bytes, xdr.opaque(3)]
-    list: Annotated[Node | None, xdr.optional(Node)]
-    flag: xdr.Bool
-    d: xdr.Double
-    f: xdr.Float
+ShapeKind = demo.shape_kind
+Shape = demo.shape
+Rect = demo.rect
+ShapeCircle = demo.shape_SHAPE_CIRCLE
+ShapeRect = demo.shape_SHAPE_RECT
+ShapeOther = demo.shape_default
+Node = demo.node
+ComplexArg = demo.complex_arg
 
 
 def sample() -> ComplexArg:
