@@ -248,6 +248,10 @@ class Client(_Calls):
             if reply is not None:
                 return reply
 
+    def _datagram_refused(self) -> None:
+        """An ICMP error of an earlier send ("port unreachable"): by default the
+        retransmission decides; a subclass may end the call instead, by raising."""
+
     def _datagram_reply(self, xid: int, data: bytes, deadline: float) -> message.Reply:
         wait = RETRANSMIT_FIRST
         while True:
@@ -260,7 +264,8 @@ class Client(_Calls):
                 except TimeoutError:
                     break
                 except ConnectionRefusedError:
-                    continue  # an ICMP error of an earlier send: the retransmission decides
+                    self._datagram_refused()
+                    continue
                 if _same_peer(sender, self._peer):
                     reply = _reply_to(xid, datagram)
                     if reply is not None:

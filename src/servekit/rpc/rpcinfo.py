@@ -26,7 +26,6 @@ import os
 import re
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -42,15 +41,12 @@ from servekit.rpc.client import (
     RpcMismatch,
     RpcTimeout,
     SystemErr,
-    _reply_to,
-    _same_peer,
 )
 from servekit.rpc.program import Version, procedure
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from servekit.rpc import message
 
 __all__ = ["Stat", "Status", "find_address", "main", "program_name", "program_number", "status_of"]
 
@@ -220,29 +216,10 @@ class _Client(Client):
         if isinstance(self._peer, tuple):
             self._peer = self._sock.getpeername()
 
-    def _datagram_reply(self, xid: int, data: bytes, deadline: float) -> message.Reply:
-        sock: socket.socket = self._sock
-        wait = 0.5
-        while True:
-            sock.send(data)
-            resend_at = min(time.monotonic() + wait, deadline)
-            while (left := resend_at - time.monotonic()) > 0:
-                sock.settimeout(left)
-                try:
-                    datagram, sender = sock.recvfrom(65535)
-                except TimeoutError:
-                    break
-                except ConnectionRefusedError:
-                    if sock.family == socket.AF_INET6:
-                        continue  # libtirpc asks for SOL_IP's errors only: it waits
-                    raise _Refused(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)) from None
-                if _same_peer(sender, self._peer):
-                    reply = _reply_to(xid, datagram)
-                    if reply is not None:
-                        return reply
-            if time.monotonic() >= deadline:
-                raise RpcTimeout(f"no reply within {self.timeout}s")
-            wait = min(wait * 2, 4.0)
+    def _datagram_refused(self) -> None:
+        if self._sock.family == socket.AF_INET6:
+            return  # libtirpc asks for SOL_IP's errors only: it waits
+        raise _Refused(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
 
 
 def _url(proto: str, address: tuple[Any, ...]) -> str:
