@@ -361,14 +361,7 @@ def _make_bool() -> tuple[Pack, Unpack]:
             raise TypeError(f"bool takes True or False, not {value!r}")
 
     def unpack(data: bytes, pos: int, ctx: _Decoding) -> tuple[Any, int]:
-        word = data[pos : pos + 4]
-        if word == b"\0\0\0\1":
-            return True, pos + 4
-        if word == b"\0\0\0\0":
-            return False, pos + 4
-        if len(word) < 4:
-            raise IndexError
-        raise XdrError(f"a bool is 0 or 1, not {int.from_bytes(word, 'big')}")
+        return _flag(data, pos, "a bool")
 
     return pack, unpack
 
@@ -653,6 +646,11 @@ def optional(element: Any) -> XdrType[Any]:
 
 
 def _present(data: bytes, pos: int) -> tuple[bool, int]:
+    return _flag(data, pos, "optional data: a presence flag")
+
+
+def _flag(data: bytes, pos: int, what: str) -> tuple[bool, int]:
+    """The word at ``pos`` as a bool (a bool, or optional data's presence): 1 or 0 only."""
     word = data[pos : pos + 4]
     if word == b"\0\0\0\1":
         return True, pos + 4
@@ -660,7 +658,7 @@ def _present(data: bytes, pos: int) -> tuple[bool, int]:
         return False, pos + 4
     if len(word) < 4:
         raise IndexError
-    raise XdrError(f"optional data: a presence flag is 0 or 1, not {int.from_bytes(word, 'big')}")
+    raise XdrError(f"{what} is 0 or 1, not {int.from_bytes(word, 'big')}")
 
 
 def _lazy(declared: Any, namespace: dict[str, Any] | None = None) -> Callable[[], XdrType[Any]]:
