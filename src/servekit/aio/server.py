@@ -485,12 +485,12 @@ class AsyncServerMixIn(_Base):
 
     # -- connections and datagrams -------------------------------------------------
 
-    async def _open_request(self, request: Any, client_address: Any) -> tuple[Any, Any]:
-        """The request as finish_request() gets it: a connected socket becomes its
-        ``Stream`` (after the PROXY header and the TLS handshake, if the server
-        expects them), with the real client's address; anything else stays as it is."""
-        if not isinstance(request, socket.socket):
-            return request, client_address
+    async def _open_request(
+        self, request: socket.socket, client_address: Any
+    ) -> tuple[Stream, Any]:
+        """A connected socket as finish_request() gets it: its ``Stream``, after the
+        PROXY header and the TLS handshake if the server expects them, with the real
+        client's address. (Any other request is finish_request()'s as it came.)"""
         request.setblocking(False)  # the loop's sock_recv() reads a PROXY header from it
         deadline = preface_deadline(self.handshake_timeout)
         try:
