@@ -9,6 +9,8 @@ import signal
 import socket
 import struct
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -187,6 +189,129 @@ def _pipelined(demo_server: Any) -> None:
         }
     finally:
         client.close()
+
+
+class Gate(rpc.Version, program=PROG + 3, version=1):
+    """BLOCK waits for RELEASE (on the same connection, so in the same process
+    under fork too); ADD answers at once."""
+
+    opened = threading.Event()
+    running = threading.Semaphore(0)
+
+    @rpc.procedure(1)
+    def ADD(self, a: xdr.Int, b: xdr.Int) -> xdr.Int:
+        return a + b
+
+    @rpc.procedure(2)
+    def BLOCK(self) -> xdr.Bool:
+        Gate.running.release()
+        return Gate.opened.wait(WAIT)
+
+    @rpc.procedure(3)
+    def RELEASE(self) -> None:
+        Gate.opened.set()
+
+
+@pytest.fixture
+def gate() -> Iterator[rpc.Program]:
+    Gate.opened = threading.Event()
+    Gate.running = threading.Semaphore(0)
+    yield rpc.Program(Gate)
+    Gate.opened.set()  # whatever happened, no procedure waits on
+
+
+@pytest.mark.parametrize("concurrency", ["threads", "pool", "fork"])
+def test_a_slow_call_holds_up_no_call_after_it_on_its_connection(
+    concurrency: str, gate: rpc.Program
+) -> None:
+    server = servekit.make_server("tcp://127.0.0.1:0", gate, concurrency=concurrency)
+    with serving(server):
+        client = Client(server.server_address, prog=PROG + 3)
+        try:
+            blocked = client.send(1, 2)
+            added = client.send(1, 1, _ints(2, 3))
+            first = client.receive()  # BLOCK still runs
+            assert (first.xid, first.results) == (added, _ints(5))
+            released = client.send(1, 3)
+            replies = {reply.xid: reply.results for reply in (client.receive(), client.receive())}
+            assert replies == {blocked: xdr.encode(xdr.boolean, True), released: b""}
+        finally:
+            client.close()
+
+
+def test_calls_past_rpc_max_calls_in_flight_wait_for_room(gate: rpc.Program) -> None:
+    server = servekit.make_server("tcp://127.0.0.1:0", gate, concurrency="pool")
+    server.rpc_max_calls_in_flight = 2
+    with serving(server):
+        client = Client(server.server_address, prog=PROG + 3)
+        try:
+            blocked = {client.send(1, 2), client.send(1, 2)}
+            added = client.send(1, 1, _ints(2, 3))
+            for _ in blocked:
+                assert Gate.running.acquire(timeout=WAIT)  # both calls run: the limit
+            Gate.opened.set()
+            replies = [client.receive() for _ in range(3)]
+            # ADD was not read while two calls ran: a reply of theirs came first.
+            assert replies[0].xid in blocked
+            assert {r.xid for r in replies} == {*blocked, added}
+        finally:
+            client.close()
+
+
+def test_calls_on_the_sync_model_are_answered_in_turn(gate: rpc.Program) -> None:
+    server = servekit.make_server("tcp://127.0.0.1:0", gate, concurrency="sync")
+    with serving(server):
+        client = Client(server.server_address, prog=PROG + 3)
+        try:
+            blocked = client.send(1, 2)
+            added = client.send(1, 1, _ints(2, 3))
+            assert Gate.running.acquire(timeout=WAIT)
+            Gate.opened.set()  # from here: in turn, BLOCK is answered first
+            assert [client.receive().xid, client.receive().xid] == [blocked, added]
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("concurrency", ["pool", "async"])
+def test_a_connection_whose_call_runs_past_idle_timeout_is_not_idle(
+    concurrency: str, servekit_log: LogWatcher
+) -> None:
+    """The call takes three idle timeouts (that is its work, not a wait for the test);
+    its connection serves on, and is cut for idleness only once it is idle."""
+
+    class Long(rpc.Version, program=PROG + 4, version=1):
+        @rpc.procedure(0)
+        def PING(self) -> None:
+            pass
+
+        @rpc.procedure(1)
+        def WORK(self) -> xdr.Int:
+            time.sleep(0.9)
+            return 1
+
+    class AsyncLong(rpc.Version, program=PROG + 4, version=1):
+        @rpc.procedure(0)
+        def PING(self) -> None:
+            pass
+
+        @rpc.procedure(1)
+        async def WORK(self) -> xdr.Int:
+            await asyncio.sleep(0.9)
+            return 1
+
+    program = rpc.Program(AsyncLong if concurrency == "async" else Long)
+    server = servekit.make_server(
+        "tcp://127.0.0.1:0", program, concurrency=concurrency, idle_timeout=0.3
+    )
+    with serving(server):
+        client = Client(server.server_address, prog=PROG + 4)
+        try:
+            assert client.call(1, 1).results == _ints(1)
+            assert client.call(1, 0).ok  # the connection was not cut meanwhile
+            assert client.sock.recv(10) == b""  # idle now: cut
+            assert servekit_log.wait_for("idle for 0.3s")
+        finally:
+            client.close()
 
 
 @pytest.mark.parametrize("concurrency", ["pool", "async"])

@@ -214,6 +214,28 @@ class ConnectionLimits:
                 self.sock.settimeout(value)
             self._current = value
 
+    def arm_read(self, wait: float | None = None) -> bool:
+        """Bound the next wait for data: ``wait`` seconds (idle_timeout when None),
+        or less if the read deadline comes first. Returns True when the deadline is
+        the bound, for timed_out(). Raises ReadTimeout (tripped) once it has passed."""
+        timeout, by_deadline = self.idle if wait is None else wait, False
+        if self.deadline is not None:
+            remaining = self.deadline - monotonic()
+            if remaining <= 0:
+                raise self.timed_out(True)
+            if timeout is None or remaining < timeout:
+                timeout, by_deadline = remaining, True
+        if timeout != self._current:  # set_timeout()'s test, saving a call per read
+            self.set_timeout(timeout)
+        return by_deadline
+
+    def timed_out(self, by_deadline: bool) -> LimitExceeded:
+        """A wait armed by arm_read() ran out: trip and return ReadTimeout if the
+        deadline bounded it, else IdleTimeout."""
+        if by_deadline:
+            return self.trip(ReadTimeout(f"request not complete after {self.read}s"))
+        return self.trip(IdleTimeout(f"idle for {self.idle}s"))
+
     def trip(self, error: LimitExceeded) -> LimitExceeded:
         """Log and count ``error``; return it for the caller to raise."""
         return report(self.server, self.client, error)
@@ -306,23 +328,11 @@ class LimitedSocketIO(io.RawIOBase):
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         limits = self._limits
-        timeout, by_deadline = limits.idle, False
-        if limits.deadline is not None:
-            remaining = limits.deadline - monotonic()
-            if remaining <= 0:
-                raise limits.trip(ReadTimeout(f"request not complete after {limits.read}s"))
-            if timeout is None or remaining < timeout:
-                timeout, by_deadline = remaining, True
-        if timeout != limits._current:  # set_timeout()'s test, saving a call per read
-            limits.set_timeout(timeout)
+        by_deadline = limits.arm_read()
         try:
             received: int = self._recv_into(buffer)
         except limits.timeouts:
-            if by_deadline:
-                raise limits.trip(
-                    ReadTimeout(f"request not complete after {limits.read}s")
-                ) from None
-            raise limits.trip(IdleTimeout(f"idle for {limits.idle}s")) from None
+            raise limits.timed_out(by_deadline) from None
         return received
 
     def write(self, data: ReadableBuffer, /) -> int:

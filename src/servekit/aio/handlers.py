@@ -257,6 +257,22 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
     def _trip(self, error: LimitExceeded) -> LimitExceeded:
         return report(self.server, self.client_address, error)
 
+    # -- requests answered while the next is read -------------------------------
+
+    def work_started(self) -> None:
+        """A request of this connection is being answered while handle() reads the
+        next (a task of its own): until as many work_finished() calls, a wait for the
+        client's next bytes is not idleness, and idle_timeout does not cut it."""
+        self._stream.busy += 1
+
+    def work_finished(self) -> None:
+        """A request announced by work_started() is answered: idleness counts from now
+        once none is left."""
+        stream = self._stream
+        stream.busy -= 1
+        if not stream.busy:
+            stream.since = stream.loop.time()
+
 
 class AsyncDatagramRequestHandler(AsyncBaseRequestHandler):
     """One datagram: in ``self.packet`` and ``self.rfile``; what handle() writes to

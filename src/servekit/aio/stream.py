@@ -98,7 +98,7 @@ class Stream(asyncio.Protocol):
 
     __slots__ = (
         "_closed", "_drain_waiter", "_eof_ok", "_lost", "_read_waiter", "_reading_paused",
-        "_want", "_watchdog", "_watched_deadline", "buffer",
+        "_want", "_watchdog", "_watched_deadline", "buffer", "busy",
         "deadline", "eof", "expired", "idle", "loop", "paused", "since", "sock", "transport",
     )  # fmt: skip
 
@@ -119,6 +119,7 @@ class Stream(asyncio.Protocol):
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self.paused = False
         self.deadline: float | None = None
+        self.busy = 0  # requests of the connection being answered: a read wait is not idle
         self.since = loop.time()  # when data last came, or a wait began
         self.expired: Any = None  # (kind: "idle" | "read") -> exception; set by the handler
         self._read_waiter: asyncio.Future[Any] | None = None
@@ -264,6 +265,8 @@ class Stream(asyncio.Protocol):
         if self.deadline is not None and waiting is read and now >= self.deadline:
             self._fail("read")
         elif self.idle is not None and now - self.since >= self.idle:
+            if self.busy and waiting is read:
+                return  # answering: waiting for the next request is not idleness
             self._fail("idle" if waiting is read else "drain")
 
     def _fail(self, kind: str) -> None:

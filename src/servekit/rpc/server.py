@@ -5,17 +5,19 @@ An ``rpc.Program`` is served like any handler (``make_server(address, PROGRAM)``
 the handler class of the transport and the model, one of these:
 
 - ``RpcStreamHandler``: a TCP or Unix stream connection, records (RFC 5531 section
-  11) in and out, calls answered in turn. The stream limits hold: ``idle_timeout``
-  between records, ``read_timeout`` for a record once it has begun, and the record
-  limits of ``rpc.record`` (``rpc_max_record_size`` on the server, 1 MiB by default).
+  11) in and out, several calls answered at once, each as it finishes (matched by
+  xid, as RFC 5531 allows; ``rpc_max_calls_in_flight`` on the server, 16 by
+  default), or in turn on the sync model (see _stream.py). The stream limits hold:
+  ``idle_timeout`` between calls, ``read_timeout`` for a record once it has begun,
+  and the record limits of ``rpc.record`` (``rpc_max_record_size`` on the server,
+  1 MiB by default).
 - ``RpcDatagramHandler``: one call per datagram, one reply; a retransmitted call
   is answered from the server's duplicate-request cache, not run again
   (``rpc_reply_cache`` replies on the server, 1,024 by default; 0 turns it off;
   see replycache.py).
 - ``AsyncRpcStreamHandler``, ``AsyncRpcDatagramHandler``: the same on the async
-  engine, where procedures may be ``async def``; a connection's calls run as they
-  come, up to ``max_calls_in_flight`` at once, each answered when it finishes
-  (matched by xid, as RFC 5531 allows).
+  engine, where procedures may be ``async def``; a connection's ``async def`` calls
+  run as they come, up to ``rpc_max_calls_in_flight`` at once.
 
 Every call, on every transport, is answered by ``Program.answer`` (see program.py).
 """
@@ -26,22 +28,21 @@ import asyncio
 import logging
 import os
 import threading
-from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from servekit.aio.handlers import AsyncDatagramRequestHandler, AsyncStreamRequestHandler
-from servekit.errors import LimitExceeded
 from servekit.handlers import BaseRequestHandler, StreamRequestHandler
-from servekit.limits import report
 from servekit.rpc import rpcbind
-from servekit.rpc.record import (
-    CLOSED,
-    DEFAULT_MAX_RECORD_SIZE,
-    NEED_DATA,
-    RecordError,
-    RecordReader,
-    encode_record,
+from servekit.rpc._stream import (
+    CHUNK,
+    RecordLimitExceeded,
+    StreamCalls,
+    answered,
+    max_calls,
+    max_record_size,
+    record_failed,
 )
+from servekit.rpc.record import CLOSED, NEED_DATA, RecordError, RecordReader, encode_record
 from servekit.rpc.replycache import DEFAULT_SIZE, ReplyCache
 
 if TYPE_CHECKING:
@@ -60,36 +61,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: How much a stream handler asks the socket for at a time.
-_CHUNK = 65536
-
-
-class RecordLimitExceeded(LimitExceeded):
-    """A record went past a limit of rpc.record (max_record_size, max_fragments)."""
-
-    def __init__(self, message: str, limit: str) -> None:
-        super().__init__(message)
-        self.limit = limit
-
-
-def _answered(server: Any) -> None:
-    """Count a call answered (``server.stats.calls``), on a servekit server."""
-    counters = getattr(server, "_counters", None)
-    if counters is not None:
-        counters.call()
-
-
-def _max_record_size(server: Any) -> int:
-    return int(getattr(server, "rpc_max_record_size", DEFAULT_MAX_RECORD_SIZE))
-
-
-def _record_failed(handler: Any, error: RecordError) -> None:
-    """The stream broke the record marking: log (and count, for a limit), then close."""
-    if error.limit is not None:
-        exceeded = RecordLimitExceeded(str(error), error.limit)
-        raise report(handler.server, handler.client_address, exceeded)
-    logger.info("%s: closing connection from %s: %s", handler.server, handler.client_address, error)
 
 
 _CACHE_LOCK = threading.Lock()
@@ -112,37 +83,15 @@ def _cache(server: Any) -> ReplyCache | None:
 
 
 class RpcStreamHandler(StreamRequestHandler):
-    """Calls on a stream connection, one record each, answered in turn."""
+    """Calls on a stream connection, one record each, up to ``rpc_max_calls_in_flight``
+    (on the server; 16 by default) answered at once, or in turn (see _stream.py)."""
 
     program: ClassVar[Program]
-    # Every read takes what is there (read1): the record reader does the framing.
-    rbufsize = _CHUNK
+    #: True: calls answered in turn whatever the server says (the sync model).
+    in_turn: ClassVar[bool] = False
 
     def handle(self) -> None:
-        reader = RecordReader(max_record_size=_max_record_size(self.server))
-        limits = self.connection_limits  # read_timeout, on a servekit server
-        read_timeout = None if limits is None else limits.read
-        answer = self.program.answer
-        while True:
-            try:
-                while (record := reader.next_record()) is not NEED_DATA:
-                    if record is CLOSED:
-                        return
-                    reply = answer(record, self.client_address, self.server)
-                    if reply is not None:
-                        self.wfile.write(encode_record(reply))
-                        _answered(self.server)
-            except RecordError as exc:
-                _record_failed(self, exc)
-                return
-            if limits is not None:
-                # A record begun must be whole within read_timeout of its first byte.
-                if reader.buffered and limits.deadline is None and read_timeout is not None:
-                    limits.deadline = monotonic() + read_timeout
-                elif not reader.buffered:
-                    limits.deadline = None
-            data = self.rfile.read1(_CHUNK)  # type: ignore[attr-defined]
-            reader.receive_data(data)
+        StreamCalls(self, 1 if self.in_turn else max_calls(self.server)).serve()
 
 
 class RpcDatagramHandler(BaseRequestHandler):
@@ -156,20 +105,22 @@ class RpcDatagramHandler(BaseRequestHandler):
         if reply is not None:
             sent = sock.sendto(reply, self.client_address)
             self.server._counters.sent(sent)
-            _answered(self.server)
+            answered(self.server)
 
 
 class AsyncRpcStreamHandler(AsyncStreamRequestHandler):
-    """Calls on a stream connection on the async engine, answered as they finish."""
+    """Calls on a stream connection on the async engine, answered as they finish:
+    an ``async def`` procedure's call runs as a task of its own, up to
+    ``rpc_max_calls_in_flight`` (on the server; 16 by default) at once, past
+    which the next record waits until one finishes. A connection with calls
+    running is not idle."""
 
     program: ClassVar[Program]
-    #: Calls of one connection running at once; past it, the connection's next
-    #: record waits until one finishes.
-    max_calls_in_flight = 16
 
     async def handle(self) -> None:
-        reader = RecordReader(max_record_size=_max_record_size(self.server))
+        reader = RecordReader(max_record_size=max_record_size(self.server))
         answer = self.program.answer
+        limit = max_calls(self.server)
         running: set[asyncio.Task[None]] = set()
         deadline: float | None = None
         try:
@@ -177,25 +128,25 @@ class AsyncRpcStreamHandler(AsyncStreamRequestHandler):
                 try:
                     record = reader.next_record()
                 except RecordError as exc:
-                    _record_failed(self, exc)
+                    record_failed(self, exc)
                     return
                 if record is CLOSED:
                     return
                 if record is NEED_DATA:
                     # A record begun must be whole within read_timeout of its first byte.
-                    if not reader.buffered:
-                        deadline = None
-                    elif deadline is None:
+                    if deadline is None and reader.buffered:
                         deadline = self.read_deadline()
-                    reader.receive_data(await self.read_within(_CHUNK, deadline))
+                    reader.receive_data(await self.read_within(CHUNK, deadline))
                     continue
+                deadline = None
                 reply = answer(record, self.client_address, self.server)
                 if isinstance(reply, bytes):
                     self._send(reply)
                     await self.drain()
                 elif reply is not None:
-                    if len(running) >= self.max_calls_in_flight:
+                    if len(running) >= limit:
                         await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    self.work_started()
                     task = asyncio.ensure_future(self._answer_later(reply))
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -204,7 +155,10 @@ class AsyncRpcStreamHandler(AsyncStreamRequestHandler):
                 await asyncio.wait(running)
 
     async def _answer_later(self, reply: Any) -> None:
-        data = await reply
+        try:
+            data = await reply
+        finally:
+            self.work_finished()
         if not self.transport.is_closing():
             self._send(data)
 
@@ -212,7 +166,7 @@ class AsyncRpcStreamHandler(AsyncStreamRequestHandler):
         # One write: a write per piece would be a send per piece (a header alone
         # in a segment), where joining them is one copy of the reply.
         self.write(encode_record(reply))
-        _answered(self.server)
+        answered(self.server)
 
 
 class AsyncRpcDatagramHandler(AsyncDatagramRequestHandler):
@@ -227,7 +181,7 @@ class AsyncRpcDatagramHandler(AsyncDatagramRequestHandler):
             reply = await reply
         if reply is not None:
             self.send(reply)
-            _answered(self.server)
+            answered(self.server)
 
 
 def handler_class(program: Program, transport: str, concurrency: str) -> type[Any]:
@@ -250,7 +204,10 @@ def handler_class(program: Program, transport: str, concurrency: str) -> type[An
                 "serve it with concurrency='async' (--concurrency async)"
             )
         base = RpcStreamHandler if stream else RpcDatagramHandler
-    return type(f"{program.name}{base.__name__}", (base,), {"program": program})
+    namespace: dict[str, Any] = {"program": program}
+    if base is RpcStreamHandler and concurrency == "sync":
+        namespace["in_turn"] = True  # the model serves one thing at a time
+    return type(f"{program.name}{base.__name__}", (base,), namespace)
 
 
 class RpcRegistration:
