@@ -211,6 +211,20 @@ def test_queues_are_separate(make: Factory) -> None:
     }
 
 
+def test_a_claim_over_several_queues_keeps_the_order(make: Factory) -> None:
+    producer = make()
+    for payload, queue, priority in [
+        ("a0", "a", 0),
+        ("b9", "b", 9),
+        ("a5", "a", 5),
+        ("b0", "b", 0),
+    ]:
+        producer.enqueue(payload, queue=queue, priority=priority)
+    worker = make("?queue=a,b")
+    assert [job.payload for job in worker.claim(limit=3)] == ["b9", "a5", "a0"]
+    assert [job.payload for job in worker.claim(limit=3)] == ["b0"]
+
+
 def test_enqueue_into_the_urls_queue(make: Factory) -> None:
     emails = make("?queue=emails")
     emails.enqueue("x")
@@ -435,8 +449,9 @@ def test_schema_versions(url: str, make: Factory) -> None:
 # -- waiting --------------------------------------------------------------------------------
 
 
-def test_wait_wakes_for_a_row_from_another_connection(make: Factory) -> None:
-    worker = make(poll_interval=0.05 if "sqlite" in make().url.scheme else 30)
+def test_wait_wakes_for_a_row_from_another_connection(url: str, make: Factory) -> None:
+    # PostgreSQL: a poll far away, so that only the NOTIFY can wake it in time.
+    worker = make(poll_interval=0.05 if url.startswith("sqlite") else 30)
     producer = make()
     assert worker.wait(0.05) in (True, False)  # settles what is pending (PostgreSQL: LISTEN)
     assert worker.wait(0.05) is False

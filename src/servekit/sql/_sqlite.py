@@ -75,6 +75,8 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 _SQLITE_BUSY: Final = 5
 _SQLITE_LOCKED: Final = 6
+#: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_PROTOCOL.
+_UNAVAILABLE: Final = frozenset({8, 10, 13, 14, 15})
 _PURGE_BATCH: Final = 10_000
 
 
@@ -87,6 +89,13 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)  # pragma: no cover - Python < 3.11
+
+
+def _is_unavailable(exc: sqlite3.OperationalError) -> bool:
+    """The database file cannot be used (I/O, disk full, cannot open, read-only), as
+    opposed to an error of the statement (which is a bug: raised as it is)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _UNAVAILABLE
 
 
 def _timestamp(run_at: datetime | timedelta | None, now: float) -> float:
@@ -236,7 +245,9 @@ class SQLiteBackend(BackendBase):
                         f"{self._url.path} stayed locked by another writer for "
                         f"{(self._busy_retries + 1) * self._busy_timeout:.0f} s"
                     ) from None
-                raise QueueUnavailable(f"SQLite error on {self._url.path}: {exc}") from exc
+                if _is_unavailable(exc):
+                    raise QueueUnavailable(f"SQLite error on {self._url.path}: {exc}") from exc
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _write(self, body: Callable[[sqlite3.Connection, float], T], *, check: bool = True) -> T:
@@ -291,6 +302,7 @@ class SQLiteBackend(BackendBase):
     def claim(self, limit: int = 1, lease: float = 30.0) -> list[Job]:
         lease = self._check_claim(limit, lease)
         dead: list[DeadJob] = []
+        candidates = self._candidates()
 
         def body(conn: sqlite3.Connection, now: float) -> list[Job]:
             where, queues = self._queue_filter()
@@ -298,10 +310,9 @@ class SQLiteBackend(BackendBase):
             while True:
                 rows = conn.execute(
                     f"UPDATE {JOBS} SET state = 'running', attempt = attempt + 1, owner = ?, "
-                    "lease_until = ?, updated_at = ? WHERE id IN (SELECT id FROM "
-                    f"{JOBS} WHERE state = 'pending' AND {where} AND run_at <= ? "
-                    f"ORDER BY priority DESC, run_at, id LIMIT ?) RETURNING {CLAIMED}",
-                    (self._owner, now + lease, now, *queues, now, limit),
+                    f"lease_until = ?, updated_at = ? WHERE id IN ({candidates}) "
+                    f"RETURNING {CLAIMED}",
+                    (self._owner, now + lease, now, *self._candidate_params(now, limit)),
                 ).fetchall()
                 jobs = []
                 for row in rows:
@@ -316,6 +327,26 @@ class SQLiteBackend(BackendBase):
         jobs = self._write(body)
         self._report_dead(dead)
         return jobs
+
+    def _candidates(self) -> str:
+        """The ids a claim takes, best first: per queue, the claim index's order
+        (INDEXED BY: without statistics SQLite may pick the run_at index and sort
+        every pending row), then merged across the queues."""
+        one = (
+            f"SELECT * FROM (SELECT id, priority, run_at FROM {JOBS} INDEXED BY {JOBS}_claim "
+            "WHERE state = 'pending' AND queue = ? AND run_at <= ? "
+            "ORDER BY priority DESC, run_at, id LIMIT ?)"
+        )
+        if len(self._queues) == 1:
+            return f"SELECT id FROM ({one})"
+        merged = " UNION ALL ".join([one] * len(self._queues))
+        return f"SELECT id FROM ({merged}) ORDER BY priority DESC, run_at, id LIMIT ?"
+
+    def _candidate_params(self, now: float, limit: int) -> tuple[object, ...]:
+        params: tuple[object, ...] = ()
+        for queue in self._queues:
+            params += (queue, now, limit)
+        return params if len(self._queues) == 1 else (*params, limit)
 
     def _reap(
         self, conn: sqlite3.Connection, now: float, where: str, queues: tuple[str, ...]
