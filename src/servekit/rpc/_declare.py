@@ -207,6 +207,30 @@ def _unpack_fields(
     return values, pos
 
 
+# -- values in a row ---------------------------------------------------------------------
+
+
+def row_unpack(owner: str, fields: Sequence[tuple[str, XdrType[Any]]]) -> Unpack:
+    """Read values of the types of ``fields`` one after the other, as a tuple: a
+    procedure's arguments (rpcgen -N's several arguments follow each other on the
+    wire). Generated as a struct's reading is, for the time of a struct's; the
+    names only say where a value was wrong."""
+    fields = list(fields)
+    reference = tuple((name, xdr_type.unpack) for name, xdr_type in fields)
+    if not _can_generate(fields):
+
+        def unpack(data: bytes, pos: int, ctx: _Decoding) -> tuple[Any, int]:
+            values, pos = _unpack_fields(data, pos, ctx, owner, reference)
+            return tuple(values), pos
+
+        return unpack
+    reader = _Source()
+    names, _ = _emit_unpack(reader, 1, reader.bind(owner, "o"), fields)
+    reader.add(1, f"return ({''.join(name + ', ' for name in names)}), pos")
+    built: Unpack = reader.build("unpack(data, pos, ctx)", _preamble(reader), owner)
+    return built
+
+
 # -- unions ------------------------------------------------------------------------------
 
 _UNION_OF: dict[type[Any], _UnionSpec] = {}

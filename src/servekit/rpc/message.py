@@ -193,14 +193,16 @@ def parse_call(data: bytes) -> Call:
     for a wrong RPC version or a credential that is malformed (AUTH_BADCRED) or of a
     flavour this module does not take (AUTH_REJECTEDCRED).
     """
-    if len(data) < 8:
-        raise NotACall(f"{len(data)} bytes: too short for an RPC message")
-    xid, mtype = _TWO.unpack_from(data)
+    if len(data) < _HEADER.size:
+        if len(data) < 8:
+            raise NotACall(f"{len(data)} bytes: too short for an RPC message")
+        xid, mtype = _TWO.unpack_from(data)
+        if mtype != _CALL:
+            raise NotACall(f"xid {xid}: message type {mtype}, not a call")
+        raise CallRejected("call header cut short", auth_error(xid, AuthStat.AUTH_BADCRED))
+    xid, mtype, rpcvers, prog, vers, proc = _HEADER.unpack_from(data)
     if mtype != _CALL:
         raise NotACall(f"xid {xid}: message type {mtype}, not a call")
-    if len(data) < _HEADER.size:
-        raise CallRejected("call header cut short", auth_error(xid, AuthStat.AUTH_BADCRED))
-    _, _, rpcvers, prog, vers, proc = _HEADER.unpack_from(data)
     if rpcvers != RPC_VERSION:
         raise CallRejected(f"RPC version {rpcvers}, not {RPC_VERSION}", rpc_mismatch(xid))
     if data[24:40] == _NO_AUTH:  # AUTH_NONE credential and verifier: most calls

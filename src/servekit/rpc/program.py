@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import inspect
 import logging
+import struct
 import sys
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from servekit.rpc import message, xdr
+from servekit.rpc._declare import row_unpack
 
 if typing.TYPE_CHECKING:
     from servekit.rpc.message import Call, Credential
@@ -73,6 +75,10 @@ class Procedure:
     args: tuple[xdr.XdrType[Any], ...]
     result: xdr.XdrType[Any]
     is_async: bool
+    #: The arguments of a call, from its bytes (all of them); XdrError if they are not.
+    decode_args: Callable[[bytes], tuple[Any, ...]] = field(
+        default=lambda data: (), compare=False, repr=False
+    )
 
 
 class Version:
@@ -140,7 +146,7 @@ def _typed_procedure(cls: type[Version], number: int, name: str) -> Procedure:
     except NameError as exc:
         raise TypeError(f"{cls.__name__}.{name}: {exc}") from None
     parameters = list(inspect.signature(declared).parameters.values())[1:]  # self
-    args = []
+    args: list[xdr.XdrType[Any]] = []
     for parameter in parameters:
         if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
             raise TypeError(f"{cls.__name__}.{name}: arguments are positional, {parameter} is not")
@@ -150,7 +156,36 @@ def _typed_procedure(cls: type[Version], number: int, name: str) -> Procedure:
     returned = hints.get("return", type(None))
     result = xdr.void if returned is type(None) else _xdr_of(returned, cls, name)
     method = getattr(cls, name)
-    return Procedure(number, name, tuple(args), result, inspect.iscoroutinefunction(method))
+    where = f"{cls.__name__}.{name}"
+    decoder = _arguments(where, [(p.name, t) for p, t in zip(parameters, args, strict=True)])
+    asynchronous = inspect.iscoroutinefunction(method)
+    return Procedure(number, name, tuple(args), result, asynchronous, decoder)
+
+
+def _arguments(
+    where: str, fields: list[tuple[str, xdr.XdrType[Any]]]
+) -> Callable[[bytes], tuple[Any, ...]]:
+    """How a procedure's arguments are read from a call: exactly, all the bytes."""
+    if not fields:
+
+        def none(data: bytes) -> tuple[Any, ...]:
+            if data:
+                raise xdr.XdrError(f"{len(data)} bytes left over after the arguments")
+            return ()
+
+        return none
+    unpack = row_unpack(f"arguments of {where}", fields)
+
+    def decode(data: bytes) -> tuple[Any, ...]:
+        try:
+            values, end = unpack(data, 0, xdr._Decoding(xdr.DEFAULT_LIMITS))
+        except (struct.error, IndexError):
+            raise xdr.XdrError(f"arguments of {where}: the data ends too soon") from None
+        if end != len(data):
+            raise xdr.XdrError(f"{len(data) - end} bytes left over after the arguments")
+        return values  # type: ignore[no-any-return]
+
+    return decode
 
 
 def _declaring_method(cls: type[Version], name: str) -> Any:
@@ -191,8 +226,13 @@ class Program:
             self.versions[version.version] = version
         self.low, self.high = min(self.versions), max(self.versions)
         self.name = name or versions[0].__name__
-        for version in versions:
-            version.procedures()  # a declaration mistake is a TypeError now, not at a call
+        # Every procedure by (version, number): one look-up a call. Made now, so a
+        # declaration mistake is a TypeError here, not at a call.
+        self._procedures = {
+            (version.version, number): (version, proc)
+            for version in versions
+            for number, proc in version.procedures().items()
+        }
 
     def __repr__(self) -> str:
         return f"<rpc.Program {self.name} {self.number} v{self.low}-{self.high}>"
@@ -240,12 +280,12 @@ class Program:
         return reply
 
     def _answer(self, call: Call, client_address: Any, server: Any) -> Any:
-        found = self._find(call)
-        if isinstance(found, bytes):
-            return found
+        found = self._procedures.get((call.vers, call.proc)) if call.prog == self.number else None
+        if found is None:
+            return self._not_found(call)
         version, proc = found
         try:
-            args = _decode_args(proc, call.args)
+            args = proc.decode_args(call.args)
         except xdr.XdrError as exc:
             logger.info(
                 "%s: GARBAGE_ARGS for %s from %s: %s", server, proc.name, client_address, exc
@@ -259,16 +299,13 @@ class Program:
             return _finish_async(outcome, proc, call, client_address, server)
         return _reply(outcome, proc, call, client_address, server)
 
-    def _find(self, call: Call) -> tuple[type[Version], Procedure] | bytes:
+    def _not_found(self, call: Call) -> bytes:
+        """The refusal of a call to a procedure that is not here."""
         if call.prog != self.number:
             return message.prog_unavail(call.xid)
-        version = self.versions.get(call.vers)
-        if version is None:
+        if call.vers not in self.versions:
             return message.prog_mismatch(call.xid, self.low, self.high)
-        proc = version.procedures().get(call.proc)
-        if proc is None:
-            return message.proc_unavail(call.xid)
-        return version, proc
+        return message.proc_unavail(call.xid)
 
 
 async def _cached_later(reply: Awaitable[bytes], cache: ReplyCache, key: Any) -> bytes:
@@ -281,24 +318,19 @@ async def _cached_later(reply: Awaitable[bytes], cache: ReplyCache, key: Any) ->
     return data
 
 
-def _decode_args(proc: Procedure, data: bytes) -> list[Any]:
-    if not proc.args and not data:  # NULL, and every void procedure
-        return []
-    args = []
-    pos = 0
-    for arg_type in proc.args:
-        value, pos = xdr.decode_from(arg_type, data, pos)
-        args.append(value)
-    if pos != len(data):
-        raise xdr.XdrError(f"{len(data) - pos} bytes left over after the arguments")
-    return args
-
-
 def _reply(outcome: Any, proc: Procedure, call: Call, client_address: Any, server: Any) -> bytes:
+    if outcome is None and proc.result is xdr.void:
+        return message.success(call.xid)
+    reply = bytearray(message.success(call.xid))
     try:
-        return message.success(call.xid, xdr.encode(proc.result, outcome))
-    except xdr.XdrError:
-        return _failed(call, client_address, server)
+        proc.result.pack(reply, outcome)
+    except Exception:
+        try:
+            xdr.encode(proc.result, outcome)  # the XdrError naming value and type, for the log
+        except xdr.XdrError:
+            return _failed(call, client_address, server)
+        raise
+    return bytes(reply)
 
 
 async def _finish_async(

@@ -72,6 +72,7 @@ that is *not* the last (a header of four zero bytes), with ``limit=None``:
 from __future__ import annotations
 
 import enum
+import struct
 from typing import Final, Literal, TypeAlias
 
 __all__ = [
@@ -166,6 +167,10 @@ class _State(enum.Enum):
     FRAGMENT = "reading a fragment"
     CLOSED = "closed"
     ERROR = "broken"
+
+
+_HEADER = _State.HEADER
+_unpack_header = struct.Struct(">I").unpack_from
 
 
 class RecordReader:
@@ -270,6 +275,21 @@ class RecordReader:
         standard, or when the stream ended in the middle of a record; and again
         on every call after that.
         """
+        data = self._input
+        if (
+            self._state is _HEADER
+            and not self._fragments
+            and len(data) >= HEADER_LENGTH
+            and (header := _unpack_header(data)[0]) & LAST_FRAGMENT
+            and (length := header & MAX_FRAGMENT_LENGTH) <= len(data) - HEADER_LENGTH
+            and length <= self._max_record_size
+        ):
+            # A whole one-fragment record is in, the common case: taken here,
+            # not by _advance(), for a third of the time per record.
+            end = HEADER_LENGTH + length
+            whole = bytes(data[HEADER_LENGTH:end])
+            del data[:end]
+            return whole
         if self._error is not None:
             raise RecordError(str(self._error), limit=self._error.limit)
         try:
