@@ -113,5 +113,5 @@ def test_wheel_metadata_is_true(dists: tuple[Path, Path, Path]) -> None:
     assert not [c for c in classifiers if c.startswith("License ::")]
     assert "example.invalid" not in text
     assert headers.get_all("Project-URL") is None
-    assert "postgres" not in (headers.get_all("Provides-Extra") or [])
+    assert "postgres" in (headers.get_all("Provides-Extra") or [])  # psycopg, for servekit.sql
     assert "RPC" not in headers["Summary"]
