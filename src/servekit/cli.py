@@ -43,6 +43,7 @@ from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
 from servekit.rpc import rpcbind
 from servekit.rpc import server as rpc_server
 from servekit.rpc.program import Program
+from servekit.sql import _cli as queue_cli
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False, prefix_chars="\0",  # every argument is rpcinfo's, as rpcinfo reads it
     )  # fmt: skip
     rpcinfo_command.add_argument("rpcinfo_args", nargs=argparse.REMAINDER)
+    queue_cli.add_parser(commands)
     return parser
 
 
@@ -538,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         from servekit.rpc import rpcinfo
 
         sys.exit(rpcinfo.main(args.rpcinfo_args))
+    if args.command == "queue":
+        sys.exit(queue_cli.run(args))
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
