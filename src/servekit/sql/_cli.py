@@ -37,7 +37,7 @@ from servekit.sql._schema import SCHEMA_VERSION
 from servekit.sql._url import check_queue_name, parse_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from servekit.sql._job import DeadJob
     from servekit.sql._postgres import PostgresBackend
@@ -50,7 +50,11 @@ __all__ = ["add_parser", "parse_duration", "run"]
 
 #: The range of the ``integer`` columns (``priority``, ``max_attempts``).
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+#: The longest duration taken (100 years): past it, datetime arithmetic overflows.
+_LONGEST = 100 * 365.25 * 86400
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+#: The line of a traceback that names the exception: ``module.Error: message``.
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(?::\s|$)")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 #: What ``SchemaError`` adds for Python callers; on the command line, noise.
 _PYTHON_HINTS = (" (or the backend's init())", " (or init())")
@@ -83,10 +87,10 @@ def parse_duration(text: str) -> float:
         seconds = float(spec)
     if seconds is None and spec and _DURATION_PART.sub("", spec) == "":
         seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(spec))
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= _LONGEST:
         raise ValueError(
             f"{text!r} is not a duration: seconds, or a number with s, m, h, d or w "
-            "(90, 90s, 30m, 12h, 7d, 1h30m)"
+            "(90, 90s, 30m, 12h, 7d, 1h30m), up to 100 years"
         )
     return seconds
 
@@ -219,9 +223,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _usage(args, str(exc))
     action: Callable[[argparse.Namespace, QueueURL], int] = _ACTIONS[args.queue_action]
-    handler = _log_to_stderr()
     try:
-        return action(args, url)
+        with _warnings_to_stderr():
+            return action(args, url)
     except _Failure as exc:
         return _fail(str(exc))
     except SchemaError as exc:
@@ -238,12 +242,10 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except Exception as exc:
+    except Exception as exc:  # never a traceback: what it was, in one line
         if type(exc).__module__.startswith("psycopg"):
             return _fail(f"PostgreSQL error: {exc}")
-        raise
-    finally:
-        logging.getLogger("servekit.sql").removeHandler(handler)
+        return _fail(f"unexpected {type(exc).__name__}: {exc}")
 
 
 def _usage(args: argparse.Namespace, message: str) -> NoReturn:
@@ -272,12 +274,19 @@ class _StderrHandler(logging.Handler):
             print(f"servekit: warning: {record.getMessage()}", file=sys.stderr)  # noqa: T201
 
 
-def _log_to_stderr() -> logging.Handler:
-    handler = _StderrHandler(logging.WARNING)
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """While the command runs, the storage layer's warnings go to stderr, once."""
     logger = logging.getLogger("servekit.sql")
+    handler = _StderrHandler(logging.WARNING)
+    propagate = logger.propagate
     logger.addHandler(handler)
     logger.propagate = False  # one line per warning, whatever the root logger does
-    return handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _open(url: QueueURL, *, create: bool = False) -> AnyBackend:
@@ -468,15 +477,16 @@ def _when(moment: datetime) -> str:
 
 
 def _headline(row: DeadJob) -> str:
-    """The error in one line: a traceback's last line (the exception), else the first."""
-    lines = [line for line in row.last_error.splitlines() if line.strip()]
+    """The error in one line: for a traceback, its exception's line (``ValueError:
+    bad input``, the last of a chain), else the error's first line."""
+    lines = [line.rstrip() for line in row.last_error.splitlines() if line.strip()]
     if not lines:
         return "-"
-    line = lines[0]
-    if line.startswith("Traceback (most recent call last):"):
-        exception = [text for text in lines if not text[:1].isspace() and not text.startswith("[")]
-        line = exception[-1]
-    return line.strip()
+    if lines[0].startswith("Traceback (most recent call last):"):
+        raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+        if raised:
+            return raised[-1]
+    return lines[0].strip()
 
 
 def _dead_json(row: DeadJob) -> dict[str, Any]:
