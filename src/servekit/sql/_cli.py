@@ -157,10 +157,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     )
     enqueue.add_argument("payload", metavar="PAYLOAD", help="JSON text, or '-' for stdin")
     enqueue.add_argument(
-        "--queue", type=queue_name, help="default: the URL's ?queue=, else default"
+        "--queue", type=queue_name, metavar="Q", help="default: the URL's ?queue=, else default"
     )
     enqueue.add_argument("--priority", type=_type("priority", _int_in(_INT_MIN, _INT_MAX)),
-                         default=0, help="higher is claimed first (default: 0)")  # fmt: skip
+                         metavar="N", default=0, help="higher first (default: 0)")  # fmt: skip
     when = enqueue.add_mutually_exclusive_group()
     when.add_argument("--run-at", type=_type("time", _run_at), metavar="ISO8601",
                       help="not claimed before this time (no offset: local time)")  # fmt: skip
@@ -187,7 +187,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         description="Dead rows, newest first: id, queue, attempts, when they failed and the "
         "error (its last line for a traceback; all of it with --json).",
     )
-    dead.add_argument("--queue", type=queue_name, help="default: the URL's ?queue=, else all")
+    dead.add_argument(
+        "--queue", type=queue_name, metavar="Q", help="default: the URL's ?queue=, else all"
+    )
     dead.add_argument("--limit", type=_type("count", _int_in(1, _INT_MAX)), default=100,
                       metavar="N", help="at most N rows (default: 100)")  # fmt: skip
     dead.add_argument("--json", action="store_true", help="a JSON array (see docs/cli.md)")
@@ -200,7 +202,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     )
     retry.add_argument("ids", nargs="*", type=_type("id", _int_in(1, 2**63 - 1)), metavar="ID")
     retry.add_argument("--all", action="store_true", help="every dead row (of --queue)")
-    retry.add_argument("--queue", type=queue_name,
+    retry.add_argument("--queue", type=queue_name, metavar="Q",
                        help="with --all: default: the URL's ?queue=, else all")  # fmt: skip
 
     purge = actions.add_parser(
