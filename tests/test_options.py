@@ -66,6 +66,14 @@ REFUSED: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"trusted_proxies": 5}, TypeError, "trusted_proxies must be a list"),
     ({"trusted_proxies": [5]}, TypeError, "trusted_proxies holds 5"),
     ({"trusted_proxies": ["10.0.0.1/8"]}, ValueError, "trusted_proxies: bad trusted network"),
+    ({"lease": None}, TypeError, "lease must be a number of seconds > 0, not None"),
+    ({"lease": 0}, ValueError, "lease must be a number of seconds > 0"),
+    ({"retry_backoff": "1"}, TypeError, "retry_backoff must be a number of seconds"),
+    ({"retry_backoff": -1.0}, ValueError, "retry_backoff must be a number of seconds > 0"),
+    ({"max_attempts": 2.0}, TypeError, "max_attempts must be a whole number >= 1"),
+    ({"max_attempts": 0}, ValueError, "max_attempts must be a whole number >= 1"),
+    ({"claim_batch": None}, TypeError, "claim_batch must be a whole number >= 1, not None"),
+    ({"claim_batch": 0}, ValueError, "claim_batch must be a whole number >= 1"),
 ]  # fmt: skip
 
 

@@ -38,12 +38,14 @@ from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
 from servekit.factory import _build, _describe, make_server, make_source_server
 from servekit.handlers import BaseRequestHandler
-from servekit.options import CONCURRENCY_MODELS, ServerConfig
+from servekit.options import CONCURRENCY_MODELS, QUEUE_OPTIONS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
 from servekit.rpc import rpcbind
 from servekit.rpc import server as rpc_server
 from servekit.rpc.program import Program
+from servekit.sockets import TCPServer
 from servekit.sql import _cli as queue_cli
+from servekit.sql.source import is_queue_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -259,7 +261,15 @@ def check_arguments(args: argparse.Namespace) -> None:
     for flag, (name, applies, what) in needs.items():
         if given[name] and getattr(args, name) != [] and not applies:
             raise UsageError(f"{flag} does nothing without {what}")
-    if args.source is not None:
+    _queue_source(args)
+    if args.source is None:
+        queue_flags = [options.OPTIONS[n].cli_flag for n in sorted(QUEUE_OPTIONS) if given[n]]
+        if queue_flags:
+            raise UsageError(
+                f"{', '.join(queue_flags)}: queue options do nothing without a queue to serve "
+                "(--listen sqlite:FILE or --listen postgresql://...)"
+            )
+    else:
         _check_source_arguments(args, given)
     defaults: dict[str, Any] = {option.name: option.default for option in options.OPTIONS.values()}
     defaults.update(
@@ -272,8 +282,24 @@ def check_arguments(args: argparse.Namespace) -> None:
     args.config = server_config(args)
 
 
-#: The flags that apply to any request source; the rest are about sockets.
-_SOURCE_FLAGS = frozenset({"shutdown_timeout", "max_workers", "max_pending"})
+#: The --source a queue's address (sqlite:, postgresql://) stands for.
+QUEUE_SOURCE = "servekit.sql.source:QueueServer"
+_QUEUE_FLAGS = frozenset(options.OPTIONS[name].cli_flag for name in QUEUE_OPTIONS)
+
+
+def _queue_source(args: argparse.Namespace) -> None:
+    """--listen with a queue's URL: serve the queue's rows (the source QUEUE_SOURCE)."""
+    queues = [address for address in args.listen or [] if is_queue_address(address)]
+    if not queues:
+        return
+    if len(queues) != len(args.listen):
+        raise UsageError(
+            "--listen: a queue's rows and a socket's requests are not served by one handler; "
+            "serve the queue and the sockets with two commands"
+        )
+    if args.source is not None and args.source != QUEUE_SOURCE:
+        raise UsageError(f"--source {args.source}: {queues[0]} is a queue, not that source's")
+    args.source = QUEUE_SOURCE
 
 
 def _check_source_arguments(args: argparse.Namespace, given: dict[str, bool]) -> None:
@@ -281,10 +307,11 @@ def _check_source_arguments(args: argparse.Namespace, given: dict[str, bool]) ->
     _split_target(args.source)
     if not args.listen:
         raise UsageError("--source needs --listen ADDRESS: what the source reads from")
+    takes = options.ANY_SOURCE_OPTIONS | (QUEUE_OPTIONS if args.source == QUEUE_SOURCE else set())
     socket_flags = [
         options.OPTIONS[name].cli_flag
         for name in _cli_options()
-        if given[name] and name not in _SOURCE_FLAGS
+        if given[name] and name not in takes
     ]
     socket_flags += [
         flag
@@ -294,14 +321,21 @@ def _check_source_arguments(args: argparse.Namespace, given: dict[str, bool]) ->
         )
         if value
     ]  # fmt: skip
-    if socket_flags:
+    queue_flags = [flag for flag in socket_flags if flag in _QUEUE_FLAGS]
+    if queue_flags:
         raise UsageError(
-            f"{', '.join(socket_flags)}: socket options do nothing for --source "
-            f"{args.source}, a request source that is not a socket"
+            f"{', '.join(queue_flags)}: queue options do nothing for --source {args.source} "
+            "(they are a queue's: --listen sqlite:FILE or postgresql://...)"
+        )
+    if socket_flags:
+        served = "a queue" if args.source == QUEUE_SOURCE else f"--source {args.source}"
+        raise UsageError(
+            f"{', '.join(socket_flags)}: socket options do nothing for {served}, "
+            "a request source that is not a socket"
         )
     # Its defaults are a socket's limits: for a source, leave them out of the config.
     for name in _cli_options():
-        if name not in _SOURCE_FLAGS:
+        if name not in takes:
             setattr(args, name, options.OPTIONS[name].default)
 
 
@@ -570,6 +604,8 @@ def _rpcbind(args: argparse.Namespace) -> int:
     try:
         for address in args.listen or RPCBIND_ADDRESSES:
             server = make_server(address, program, rpcbind=False, socket_file_mode=0o666)
+            if not isinstance(server, TCPServer):
+                raise ValueError(f"{address} is not a socket address")
             server.rpcbind_registry = registry  # type: ignore[attr-defined]
             servers.append(server)
             sock = server.socket

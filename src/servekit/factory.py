@@ -38,6 +38,7 @@ from servekit.concurrency import (
 from servekit.core import BaseServer
 from servekit.handlers import DatagramRequestHandler, StreamRequestHandler
 from servekit.options import (
+    ANY_SOURCE_OPTIONS,
     CONCURRENCY_MODELS,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -47,6 +48,7 @@ from servekit.options import (
     DEFAULT_MAX_WORKERS,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    QUEUE_OPTIONS,
     Concurrency,
     ServerConfig,
     StrPath,
@@ -56,6 +58,8 @@ from servekit.rpc.program import Program
 from servekit.rpc.server import handler_class as rpc_handler_class
 from servekit.rpc.server import server_class as rpc_server_class
 from servekit.sockets import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
+from servekit.sql import source as queue_source_module
+from servekit.sql.source import QueueServer, is_queue_address
 from servekit.tls import server_context
 
 if TYPE_CHECKING:
@@ -141,12 +145,19 @@ def make_server(
     handshake_timeout: float | None = _DEFAULTS["handshake_timeout"],
     proxy_protocol: bool = _DEFAULTS["proxy_protocol"],
     trusted_proxies: Iterable[str] = _DEFAULTS["trusted_proxies"],
-) -> TCPServer:
+    lease: float = _DEFAULTS["lease"],
+    retry_backoff: float = _DEFAULTS["retry_backoff"],
+    max_attempts: int = _DEFAULTS["max_attempts"],
+    claim_batch: int = _DEFAULTS["claim_batch"],
+) -> TCPServer | QueueServer:
     """Make a bound, listening server for ``address`` that runs ``handler``.
 
     ``address`` is any form of ``servekit.addresses`` (``"127.0.0.1:8000"``,
     ``"udp://[::]:5353"``, ``"unix:/run/app.sock"``, ``"fd://3"``,
-    ``"systemd"``, ...).
+    ``"systemd"``, ...), or a queue's URL (``"sqlite:jobs.db"``,
+    ``"postgresql://user@host/db?queue=emails"``): a ``servekit.sql.QueueServer``
+    whose requests are the queue's rows, with the queue's options ``lease``,
+    ``retry_backoff``, ``max_attempts`` and ``claim_batch`` (docs/sql.md).
     The options are those of ``servekit.options.ServerConfig``: pass one as
     ``config``, or the options as keywords, or both (a keyword given
     overrides the config's value). ``server.config`` is the ServerConfig the
@@ -191,6 +202,11 @@ def make_server(
     elif given:
         config = replace(config, **given)
     _check_callable(handler)
+    if is_queue_address(address):
+        if isinstance(handler, Program):
+            raise TypeError(f"{handler!r} is an RPC program: serve it on a socket, not {address}")
+        return cast("QueueServer", make_source_server(QueueServer, address, handler, config=config))
+    _refuse_queue_options(config)
     server = _build(address, handler, config)
     logger.info(
         "listening on %s (%s, %s)", _describe(server), config.concurrency, type(server).__name__
@@ -246,7 +262,7 @@ def _named_combinations(*modules: Any) -> dict[tuple[type[Any], type[Any]], type
     return found
 
 
-_COMBINED = _named_combinations(concurrency_module, aio_server_module)
+_COMBINED = _named_combinations(concurrency_module, aio_server_module, queue_source_module)
 
 
 def make_source_server(
@@ -282,29 +298,43 @@ def make_source_server(
         )
     _refuse_socket_options(config, source)
     check_handler_fits(handler, None, config.concurrency, source.__name__)
-    server = with_model(source, config.concurrency)(address, handler)
+    # A source's own options (config_options) come to it as keywords.
+    own = {name: getattr(config, name) for name in getattr(source, "config_options", ())}
+    server = with_model(source, config.concurrency)(address, handler, **own)
     server.config = config  # type: ignore[attr-defined]
     server.shutdown_timeout = config.shutdown_timeout
     if config.concurrency == "pool":
         server.max_workers = config.max_workers  # type: ignore[attr-defined]
         server.max_pending = config.max_pending  # type: ignore[attr-defined]
-    logger.info("serving %s from %s (%s, %s)", address, source.__name__, config.concurrency,
-                type(server).__name__)  # fmt: skip
+    logger.info("serving %s from %s (%s, %s)", server.server_address, source.__name__,
+                config.concurrency, type(server).__name__)  # fmt: skip
     return server
-
-
-#: What applies to a source whose requests are not connections.
-_SOURCE_OPTIONS = frozenset({"concurrency", "shutdown_timeout", "max_workers", "max_pending"})
 
 
 def _refuse_socket_options(config: ServerConfig, source: type[BaseServer]) -> None:
     default = ServerConfig()
+    takes = ANY_SOURCE_OPTIONS | getattr(source, "config_options", frozenset())
     for field in fields(ServerConfig):
         name = field.name
-        if name not in _SOURCE_OPTIONS and getattr(config, name) != getattr(default, name):
+        if name not in takes and getattr(config, name) != getattr(default, name):
+            if name in QUEUE_OPTIONS:
+                raise ValueError(
+                    f"{name} applies to a queue (a sqlite: or postgresql:// address), "
+                    f"not to {source.__name__}: leave it at its default"
+                )
             raise ValueError(
                 f"{name} applies to sockets; {source.__name__} is a request source that is "
                 "not one: leave it at its default"
+            )
+
+
+def _refuse_queue_options(config: ServerConfig) -> None:
+    default = ServerConfig()
+    for name in sorted(QUEUE_OPTIONS):
+        if getattr(config, name) != getattr(default, name):
+            raise ValueError(
+                f"{name} applies to a queue (a sqlite: or postgresql:// address), not to "
+                "a socket: leave it at its default"
             )
 
 

@@ -25,16 +25,22 @@ from typing import Any, Final, Literal, Protocol, get_args
 from servekit.proxy import parse_networks
 
 __all__ = [
+    "ANY_SOURCE_OPTIONS",
     "CONCURRENCY_MODELS",
+    "DEFAULT_CLAIM_BATCH",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_LEASE",
+    "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_LINE_LENGTH",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_WORKERS",
     "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_RETRY_BACKOFF",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "OPTIONS",
+    "QUEUE_OPTIONS",
     "Concurrency",
     "Option",
     "ServerConfig",
@@ -54,6 +60,10 @@ DEFAULT_IDLE_TIMEOUT: Final = 300.0  #: seconds a connection may carry no traffi
 DEFAULT_READ_TIMEOUT: Final = 30.0  #: seconds a request may take after its first byte
 DEFAULT_MAX_LINE_LENGTH: Final = 65536  #: the longest line StreamRequestHandler reads
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0  #: seconds for the TLS handshake and PROXY header
+DEFAULT_LEASE: Final = 30.0  #: seconds a claimed row is the worker's (extended while it runs)
+DEFAULT_RETRY_BACKOFF: Final = 1.0  #: seconds before a failed row's first retry
+DEFAULT_MAX_ATTEMPTS: Final = 5  #: attempts of a row before it is dead
+DEFAULT_CLAIM_BATCH: Final = 1  #: rows claimed in one query
 
 Kind = Literal["count", "seconds"]
 
@@ -119,8 +129,36 @@ OPTIONS: Final[dict[str, Option]] = {
         Option("backlog", "count", None,
                "listen backlog, if above the system's SOMAXCONN", minimum=1,
                none_means="the system's SOMAXCONN"),
+        Option("lease", "seconds", DEFAULT_LEASE,
+               "queue: a claimed row is the worker's this long, extended while it runs",
+               none=False,
+               why="long enough that a busy database or a paused process (a GC, a swap) "
+               "does not lose a running row, short enough that a row whose worker died "
+               "runs again within half a minute"),
+        Option("retry_backoff", "seconds", DEFAULT_RETRY_BACKOFF,
+               "queue: a failed row waits this long before its next attempt, doubling "
+               "each time (at most 10 minutes, less up to a quarter of jitter)", none=False,
+               why="a transient failure (a timeout, a lock) has usually passed a second "
+               "later, and five attempts then span about 15 seconds"),
+        Option("max_attempts", "count", DEFAULT_MAX_ATTEMPTS,
+               "queue: attempts of a row (unless it was enqueued with its own) before it "
+               "is dead", minimum=1, none=False,
+               why="enough to ride out a transient failure, few enough that a row that "
+               "can never succeed is set aside within a minute"),
+        Option("claim_batch", "count", DEFAULT_CLAIM_BATCH,
+               "queue: rows claimed in one query (and held, not started, at most)",
+               minimum=1, none=False,
+               why="one: a row claimed ahead waits for this process while another may be "
+               "free; raise it for throughput when rows are many and short"),
     )
 }  # fmt: skip
+
+#: The options of the SQL queue source (servekit.sql), and only of it.
+QUEUE_OPTIONS: Final = frozenset({"lease", "retry_backoff", "max_attempts", "claim_batch"})
+#: The options that apply to every request source, sockets or not.
+ANY_SOURCE_OPTIONS: Final = frozenset(
+    {"concurrency", "shutdown_timeout", "max_workers", "max_pending"}
+)
 
 #: How requests run, by name (also the names of ``--concurrency``).
 Concurrency = Literal["pool", "threads", "fork", "sync", "async"]
@@ -201,6 +239,14 @@ class ServerConfig:
     #: An rpc.Program's server registers its versions with the host's rpcbind
     #: when it starts listening, and unregisters them when it closes.
     rpcbind: bool = True
+    #: Queue (servekit.sql): seconds a claimed row is the worker's, extended while it runs.
+    lease: float = DEFAULT_LEASE
+    #: Queue: seconds before a failed row's first retry, doubling each time.
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    #: Queue: attempts of a row (unless enqueued with its own) before it is dead.
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: Queue: rows claimed in one query.
+    claim_batch: int = DEFAULT_CLAIM_BATCH
 
     def __post_init__(self) -> None:
         if self.concurrency not in CONCURRENCY_MODELS:

@@ -47,11 +47,13 @@ from servekit.sql._postgres import PostgresBackend
 from servekit.sql._schema import SCHEMA_VERSION
 from servekit.sql._sqlite import SQLiteBackend
 from servekit.sql._url import DEFAULT_QUEUE, QueueURL, check_queue_name, parse_url
+from servekit.sql.source import AsyncQueueServer, QueueServer, is_queue_address
 
 __all__ = [
     "DEFAULT_QUEUE",
     "SCHEMA_VERSION",
     "STATES",
+    "AsyncQueueServer",
     "Backend",
     "BackendBase",
     "DeadJob",
@@ -61,6 +63,7 @@ __all__ = [
     "PayloadError",
     "PostgresBackend",
     "QueueError",
+    "QueueServer",
     "QueueURL",
     "QueueUnavailable",
     "SQLiteBackend",
@@ -70,6 +73,7 @@ __all__ = [
     "check_queue_name",
     "enqueue",
     "enqueue_async",
+    "is_queue_address",
     "open_backend",
     "parse_url",
 ]
@@ -79,7 +83,7 @@ def open_backend(url: str | QueueURL, **options: Any) -> SQLiteBackend | Postgre
     """The backend for ``url``: ``SQLiteBackend`` or ``PostgresBackend``.
 
     ``options`` go to its constructor: ``queues``, ``max_attempts``,
-    ``retry_backoff``, ``retry_backoff_cap``, ``on_dead`` for both, and each
+    ``retry_backoff``, ``retry_backoff_cap``, ``on_dead``, ``owner`` for both, and each
     backend's own (SQLite: ``busy_timeout``, ``synchronous``, ``poll_interval``,
     ``clock``...; PostgreSQL: ``connect_timeout``, ``poll_interval``...).
     ValueError for a bad URL, ``QueueUnavailable`` if the database cannot be

@@ -294,6 +294,9 @@ class BackendBase:
       dead state (undecodable payload, lease expired on the last attempt),
       after the transaction; each is logged as a warning under ``servekit.sql``
       too. An exception it raises is logged, not raised.
+    - ``owner``: the worker's token, which its claims carry (default: a new
+      one, host:pid:random); a process finishing rows another backend claimed
+      (a forked child) passes that backend's ``owner``.
     """
 
     def __init__(
@@ -305,6 +308,7 @@ class BackendBase:
         retry_backoff: float = 1.0,
         retry_backoff_cap: float = 600.0,
         on_dead: Callable[[DeadJob], Any] | None = None,
+        owner: str | None = None,
     ) -> None:
         self._url = url
         if queues is None:
@@ -323,7 +327,9 @@ class BackendBase:
             raise ValueError("retry_backoff must be >= 0 and at most retry_backoff_cap")
         self._on_dead = on_dead
         self._pid = os.getpid()
-        self._owner = _new_token()
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise ValueError(f"owner must be a non-empty str, not {owner!r}")
+        self._owner = owner or _new_token()
         self._closed = False
         self._waker = Waker()
         self._waker_lock = threading.Lock()  # wait()'s sleep against close()
@@ -380,12 +386,14 @@ class BackendBase:
 
     def _forked(self) -> bool:
         """True once in a child forked after the backend opened: the child must
-        not use (nor close) its parent's connections; it gets a token of its own."""
+        not use (nor close) its parent's connections. It keeps the parent's
+        token: a child of the fork model finishes the rows its parent claimed
+        (an acknowledgement matches the attempt too, so no claim is mistaken
+        for another)."""
         pid = os.getpid()
         if pid == self._pid:
             return False
         self._pid = pid
-        self._owner = _new_token()
         return True
 
     def _check_claim(self, limit: int, lease: float) -> float:

@@ -1,0 +1,501 @@
+"""The SQL request source: a server whose requests are the rows of a queue table.
+
+``QueueServer`` is a request source like a socket (``fileno()`` and a
+non-blocking ``get_request()``), so it runs on every model, and from
+``make_server("sqlite:jobs.db", Handler)`` and ``servekit serve mod:Handler
+--listen sqlite:jobs.db``. A handler gets a claimed row as ``self.request``
+(a ``servekit.sql.Job``: ``id``, ``queue``, ``payload``, ``attempt``, ...);
+when it returns, the row is done; when it raises, the row is retried after a
+back-off, or dead after ``max_attempts``; a row ``verify_request`` refuses is
+dead at once ("refused by verify_request").
+
+Each serving process has one thread of the source's (started with the
+first request), which
+
+- claims rows ahead of the loop, up to ``claim_batch`` held but not started
+  (so ``get_request()`` never waits on the database, which the async
+  engine's loop must not), and waits on the backend for more (LISTEN/NOTIFY
+  on PostgreSQL, a cheap poll on SQLite);
+- extends the lease of every row the process holds, every third of
+  ``lease``, so that a row is claimed again only when its worker is gone;
+- records the outcomes the database could not take when they came (it was
+  down), as soon as it is back.
+
+A stop lets the handlers finish (``shutdown_timeout``), records their
+outcomes, and gives back every row claimed and not finished, so none waits
+for its lease to run out. Delivery is at least once: a row whose worker died
+is run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import threading
+from collections import deque
+from time import monotonic
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from servekit import concurrency
+from servekit._wakeup import Waker
+from servekit.aio.server import AsyncServerMixIn
+from servekit.core import BaseServer
+from servekit.limits import ThrottledLog
+from servekit.options import QUEUE_OPTIONS, check
+from servekit.sql._backend import error_text
+from servekit.sql._errors import QueueUnavailable
+from servekit.sql._job import DEAD, Job
+from servekit.sql._url import parse_url
+
+if TYPE_CHECKING:
+    from servekit.core import RequestHandlerFactory
+    from servekit.sql._backend import Backend
+    from servekit.sql._job import DeadJob
+
+__all__ = ["AsyncQueueServer", "QueueServer", "is_queue_address"]
+
+logger = logging.getLogger("servekit.sql")
+
+#: How long the source's thread waits between tries while the database is down.
+_RETRY_EVERY: Final = 1.0
+#: While forked children run rows, the source's thread looks at their pipes this often.
+_CHILD_POLL: Final = 0.05
+#: At a stop, how long the children that outlived the drain get to say how they did.
+CHILD_GRACE: Final = 5.0
+
+
+def is_queue_address(address: object) -> bool:
+    """True for a queue's URL (``sqlite:...``, ``postgresql://...``, ``postgres://...``)."""
+    return isinstance(address, str) and address.startswith(
+        ("sqlite:", "postgresql://", "postgres://")
+    )
+
+
+class QueueServer(BaseServer):
+    """Rows of the queue at ``server_address`` (a URL), each served by a handler.
+
+    ``lease``, ``retry_backoff``, ``max_attempts`` and ``claim_batch`` are the
+    options of servekit.options.QUEUE_OPTIONS (make_server's keywords of those
+    names, and ``servekit serve --lease ...``). ``server_address`` is the URL
+    with its password hidden; the backend opened is ``self.backend``.
+    """
+
+    #: The options of ServerConfig this source takes, beside those of any source.
+    config_options: ClassVar[frozenset[str]] = QUEUE_OPTIONS
+
+    def __init__(
+        self,
+        server_address: str,
+        RequestHandlerClass: RequestHandlerFactory,
+        *,
+        lease: float = 30.0,
+        retry_backoff: float = 1.0,
+        max_attempts: int = 5,
+        claim_batch: int = 1,
+    ) -> None:
+        url = parse_url(server_address)
+        super().__init__(url.redacted(), RequestHandlerClass)
+        self.lease: float = check("lease", lease)
+        self.claim_batch: int = check("claim_batch", claim_batch)
+        self._url = url
+        self._backend_options = {
+            "max_attempts": check("max_attempts", max_attempts),
+            "retry_backoff": check("retry_backoff", retry_backoff),
+            "on_dead": self._row_died,
+        }
+        self.backend: Backend = self._open_backend()
+        try:
+            self.backend.init()  # create or migrate: a wrong URL fails here, before serving
+        except BaseException:
+            self.backend.close()
+            raise
+        self._waker = Waker()  # readable while rows wait in _ready
+        self._lock = threading.Condition()
+        self._ready: deque[Job] = deque()  # claimed, not yet given to the loop
+        self._unrecorded: list[tuple[Job, BaseException | str | None]] = []  # outcomes to retry
+        self._failures: dict[int, BaseException] = {}  # row id -> what its handler raised
+        self._started: set[int] = set()  # rows whose handler ran (else: refused)
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._home = self._pid = os.getpid()  # the process that claims; _pid: this one
+        self._held: dict[int, Job] = {}  # rows this process holds a lease on
+        self._children: dict[int, Job] = {}  # a forked child's pipe -> the row it runs
+        self._said: dict[int, bytes] = {}  # what each child wrote so far
+        self._report_to: int | None = None  # in a forked child: its pipe to the parent
+        self._down_log = ThrottledLog(logger, logging.WARNING, 30.0)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.server_address}>"
+
+    # -- the request source ------------------------------------------------------------
+
+    def fileno(self) -> int:
+        self._in_this_process()
+        return self._waker.fileno()
+
+    def get_request(self) -> tuple[Job, str]:
+        """The next row claimed; BlockingIOError when none is (the source's thread
+        claims them, and makes fileno() readable when one is there)."""
+        self._in_this_process()
+        with self._lock:
+            if not self._ready:
+                self._waker.drain()
+                raise BlockingIOError("no row claimed")
+            job = self._ready.popleft()
+            if not self._ready:
+                self._waker.drain()
+                self._lock.notify_all()  # room: the thread claims the next ones
+        return job, f"{job.queue}#{job.id}"
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        self._begin(request)
+        try:
+            super().finish_request(request, client_address)
+        except BaseException as exc:
+            self._failures[request.id] = exc
+            raise
+
+    def shutdown_request(self, request: Any) -> None:
+        """Record the row's outcome: done, failed (retried or dead), or refused."""
+        self._record(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """After the model's drain: record what is left, give back every row not
+        finished, stop the source's thread, close the database."""
+        super().server_close()
+        if os.getpid() != self._home:
+            return  # a forked child: its parent closes the source
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        self.backend.wake()
+        if self._thread is not None:
+            self._thread.join()
+        self._hear_children(final=True)
+        self._record_late()
+        with self._lock:
+            # Rows claimed and not started, and any whose handler outlived the
+            # drain; not those whose outcome could not be recorded.
+            unrecorded = {job.id for job, _ in self._unrecorded}
+            given_back = [job for job in self._held.values() if job.id not in unrecorded]
+            self._ready.clear()
+            self._held.clear()
+        if given_back:
+            try:
+                released = self.backend.release_many(given_back)
+                logger.info("%s: gave back %d row(s) not finished", self, len(released))
+            except QueueUnavailable as exc:
+                logger.warning(
+                    "%s: could not give back %d row(s) (%s): claimed again when their "
+                    "leases run out", self, len(given_back), exc,
+                )  # fmt: skip
+        self.backend.close()
+        self._waker.close()
+
+    # -- rows ---------------------------------------------------------------------------
+
+    def _begin(self, job: Job) -> None:
+        """The handler starts: this process holds the row (in a forked child, anew)."""
+        self._in_this_process()
+        with self._lock:
+            self._held[job.id] = job
+            self._started.add(job.id)
+
+    def _record(self, job: Job) -> None:
+        """Tell the database how the row went (blocking; see AsyncQueueServer)."""
+        with self._lock:
+            started = job.id in self._started
+            self._started.discard(job.id)
+            error = self._failures.pop(job.id, None)
+        if not started:
+            error = PermissionError("refused by verify_request")
+        if self._report_to is not None:  # a forked child: the parent records it
+            _tell_parent(self._report_to, error)
+            self._report_to = None
+            return
+        try:
+            self._settle(job, error, refused=not started)
+        except QueueUnavailable as exc:
+            self._down_log("%s: cannot record row %d now (%s): will retry", self, job.id, exc)
+            with self._lock:
+                self._unrecorded.append((job, error))
+            return
+        with self._lock:
+            self._held.pop(job.id, None)
+
+    def _settle(
+        self, job: Job, error: BaseException | str | None, *, refused: bool = False
+    ) -> None:
+        backend = self.backend
+        if error is None:
+            if not backend.complete(job):
+                self._lost(job)
+            return
+        state = backend.fail(job, error, permanent=refused)
+        if state is None:
+            self._lost(job)
+        elif state != DEAD:
+            # Due again after its back-off: a wait that began before knows nothing
+            # of it (SQLite sees other connections' writes only).
+            backend.wake()
+        else:
+            logger.warning(
+                "%s: row %d of queue %r is dead after attempt %d of %d: %s", self, job.id,
+                job.queue, job.attempt, job.max_attempts, _first_line(error),
+            )  # fmt: skip
+
+    def _lost(self, job: Job) -> None:
+        logger.warning(
+            "%s: row %d of queue %r was no longer ours (its lease ran out and it was claimed "
+            "again): this run's outcome is not recorded", self, job.id, job.queue,
+        )  # fmt: skip
+
+    def _row_died(self, dead: DeadJob) -> None:
+        logger.warning(
+            "%s: row %d of queue %r is dead: %s", self, dead.id, dead.queue,
+            _first_line(dead.last_error),
+        )  # fmt: skip
+
+    def _record_late(self) -> None:
+        """Record the outcomes the database did not take when they came."""
+        with self._lock:
+            waiting, self._unrecorded = self._unrecorded, []
+        for index, (job, error) in enumerate(waiting):
+            try:
+                self._settle(job, error)
+            except QueueUnavailable:
+                with self._lock:
+                    self._unrecorded.extend(waiting[index:])
+                return
+            with self._lock:
+                self._held.pop(job.id, None)
+
+    # -- the source's thread ------------------------------------------------------------
+
+    def _open_backend(self, owner: str | None = None) -> Backend:
+        from servekit.sql import open_backend  # the package imports this module
+
+        return open_backend(self._url, owner=owner, **self._backend_options)
+
+    def _in_this_process(self) -> None:
+        """Start the source's thread, if it has none (at the first call); in a child
+        forked to run a row, forget the parent's state."""
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        if self._pid != os.getpid():
+            self._forked()
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"servekit-queue {self.server_address}", daemon=True
+                )
+                self._thread.start()
+
+    def _forked(self) -> None:
+        """In a child forked to run a row (concurrency="fork"). It touches no
+        database: a thread of the parent (the source's, or the application's)
+        may have been inside a database library at the fork, holding its locks
+        (SQLite's allocator takes a global mutex), and the first call here would
+        wait for ever. The child tells its parent how the row went, through the
+        pipe the fork made (ForkingQueueServer), and the parent records it."""
+        self._pid = os.getpid()
+        self._lock = threading.Condition()  # the parent's may have been held at the fork
+        for fd in self._children:  # the other children's pipes are not this one's
+            os.close(fd)
+        self._children, self._said = {}, {}
+        self._ready, self._held, self._unrecorded = deque(), {}, []
+        self._failures, self._started = {}, set()
+
+    def _run(self) -> None:
+        extend_at = monotonic() + self.lease / 3
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+            try:
+                if self._children:
+                    self._hear_children()
+                if self._unrecorded:
+                    self._record_late()
+                if monotonic() >= extend_at:
+                    self._extend()
+                    extend_at = monotonic() + self.lease / 3
+                if self._claim():
+                    continue
+                self._wait(extend_at - monotonic())
+            except QueueUnavailable as exc:
+                self._down_log("%s: the database is unavailable: %s", self, exc)
+                with self._lock:
+                    if not self._closing:
+                        self._lock.wait(_RETRY_EVERY)
+            except Exception:
+                logger.exception("%s: the source's thread failed; retrying", self)
+                with self._lock:
+                    if not self._closing:
+                        self._lock.wait(_RETRY_EVERY)
+
+    def _claim(self) -> bool:
+        """Claim rows if there is room; True if some came."""
+        with self._lock:
+            if self._ready or self._closing:
+                return False
+        jobs = self.backend.claim(self.claim_batch, self.lease)
+        if not jobs:
+            return False
+        with self._lock:
+            self._ready.extend(jobs)
+            for job in jobs:
+                self._held[job.id] = job
+            self._waker.wake()
+        return True
+
+    def _wait(self, timeout: float) -> None:
+        """Until there may be rows to claim, room for them, or leases to extend;
+        while forked children run, no longer than _CHILD_POLL (their outcomes)."""
+        timeout = max(timeout, 0.0)
+        if self._children:
+            timeout = min(timeout, _CHILD_POLL)
+        with self._lock:
+            if self._closing:
+                return
+            if self._ready:  # no room: wait for the loop to take them
+                self._lock.wait(timeout)
+                return
+        self.backend.wait(timeout)
+
+    def _extend(self) -> None:
+        with self._lock:
+            held = list(self._held.values())
+        if not held:
+            return
+        kept = {job.id for job in self.backend.extend(held, self.lease)}
+        for job in held:
+            if job.id not in kept:
+                with self._lock:
+                    self._held.pop(job.id, None)
+                self._lost(job)
+
+    # -- forked children (ForkingQueueServer) -----------------------------------------
+
+    def _hear_children(self, *, final: bool = False) -> None:
+        """Record how the rows of the children that have ended went (what each wrote
+        to its pipe before it ended). ``final``: wait for every child's end."""
+        deadline = monotonic() + CHILD_GRACE
+        while True:
+            with self._lock:
+                pipes = list(self._children)
+            if not pipes:
+                return
+            poller = select.poll()
+            for fd in pipes:
+                poller.register(fd, select.POLLIN)
+            wait = max(deadline - monotonic(), 0.0) if final else 0.0
+            for fd, _ in poller.poll(wait * 1000):
+                self._hear(fd)
+            if not final:
+                return
+            if monotonic() >= deadline:
+                for fd in pipes:  # never ended: as if it had died
+                    if fd in self._children:
+                        self._child_ended(fd)
+                return
+
+    def _hear(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if data:
+            self._said[fd] = self._said.get(fd, b"") + data
+        else:
+            self._child_ended(fd)
+
+    def _child_ended(self, fd: int) -> None:
+        with self._lock:
+            job = self._children.pop(fd)
+            said = self._said.pop(fd, b"")
+        # Closed once out of _children: a child forked meanwhile closes what it finds
+        # there, and the number may by then be that child's own pipe.
+        os.close(fd)
+        error: str | None = None
+        if said != _DONE:
+            text = said.removeprefix(_FAILED).decode(errors="replace")
+            error = text or "the process running it ended without saying how it went"
+        try:
+            self._settle(job, error)
+        except QueueUnavailable:
+            with self._lock:
+                self._unrecorded.append((job, error))
+            return
+        with self._lock:
+            self._held.pop(job.id, None)
+
+
+#: What a forked child writes its parent: _DONE, or _FAILED and the error's text.
+_DONE: Final = b"done"
+_FAILED: Final = b"failed\n"
+
+
+def _tell_parent(fd: int, error: BaseException | None) -> None:
+    message = _DONE if error is None else _FAILED + error_text(error).encode()
+    try:
+        with memoryview(message) as rest:
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+    except OSError:
+        pass  # the parent is gone: its rows' leases run out, and they run again
+    finally:
+        os.close(fd)
+
+
+if hasattr(os, "fork"):
+
+    class ForkingQueueServer(concurrency.ForkingMixIn, QueueServer):
+        """The queue with a child process per row; the child tells the parent how
+        its row went through a pipe, and the parent records it (the child calls no
+        database: see QueueServer._forked). The parent holds the row, extending
+        its lease, until the child has ended."""
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            read, write = os.pipe()
+            os.set_blocking(read, False)
+            self._report_to = write
+            try:
+                super().process_request(request, client_address)  # the child never returns
+            except BaseException:
+                os.close(read)
+                raise
+            finally:
+                self._report_to = None
+                os.close(write)
+            with self._lock:
+                self._children[read] = request
+            self.backend.wake()  # the source's thread listens to its children now
+
+    __all__ += ["ForkingQueueServer"]
+
+
+class AsyncQueueServer(AsyncServerMixIn, QueueServer):
+    """The queue on the async engine: the database is called from a thread, not
+    from the loop (handlers may be ``async def``)."""
+
+    async def finish_request(self, request: Any, client_address: Any) -> None:  # type: ignore[override]
+        self._begin(request)
+        try:
+            await AsyncServerMixIn.finish_request(self, request, client_address)
+        except BaseException as exc:
+            self._failures[request.id] = exc
+            raise
+
+    async def shutdown_request(self, request: Any) -> None:  # type: ignore[override]
+        await asyncio.get_running_loop().run_in_executor(None, self._record, request)
+
+
+def _first_line(error: object) -> str:
+    text = str(error).strip()
+    lines = text.splitlines()
+    return lines[-1] if lines else text

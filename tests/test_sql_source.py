@@ -1,0 +1,278 @@
+"""The SQL request source (servekit.sql.source) on real databases: rows served by handlers on
+every model, their outcomes recorded (done, retried, dead, refused), leases extended while
+a handler runs, a stop that gives back what it did not start, a worker killed with SIGKILL in
+the middle of a row, and the configuration refused before anything is served."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import servekit
+from servekit import sql
+from servekit.aio import AsyncBaseRequestHandler
+from tests._postgres import shared_server
+from tests.conftest import WAIT, serving
+
+MODELS = ["sync", "threads", "pool", "fork", "async"]
+
+
+def until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll ``condition`` (a database read) until it returns something true, bounded."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout} s")
+        time.sleep(0.02)
+    return value
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'jobs.db'}"
+    return shared_server().new_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:{tmp_path / 'jobs.db'}"
+
+
+def counts(url: str) -> dict[str, int]:
+    with sql.open_backend(url) as backend:
+        return backend.stats().get("default", dict.fromkeys(sql.STATES, 0))
+
+
+class Runs:
+    """Each run of a handler, as a line in a file: the fork model's children write too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.touch()
+
+    def add(self, job: sql.Job) -> None:
+        with open(self.path, "a") as file:
+            file.write(f"{job.id} {job.attempt}\n")
+
+    def ids(self) -> Counter[int]:
+        return Counter(int(line.split()[0]) for line in self.path.read_text().splitlines())
+
+
+def handler_for(concurrency: str, runs: Runs) -> type[Any]:
+    def work(job: sql.Job) -> None:
+        runs.add(job)
+        if job.payload == "boom":
+            raise RuntimeError(f"boom on attempt {job.attempt}")
+
+    if concurrency == "async":
+
+        class AsyncJob(AsyncBaseRequestHandler):
+            async def handle(self) -> None:
+                work(self.request)
+
+        return AsyncJob
+
+    class Job(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            work(self.request)
+
+    return Job
+
+
+@pytest.mark.parametrize("concurrency", MODELS)
+def test_rows_are_served_on_every_model_and_their_outcomes_recorded(
+    concurrency: str, url: str, tmp_path: Path
+) -> None:
+    runs = Runs(tmp_path / "runs")
+    server = servekit.make_server(
+        url, handler_for(concurrency, runs), concurrency=concurrency, max_attempts=2,
+        retry_backoff=0.05,
+    )  # fmt: skip
+    ids = [sql.enqueue(url, {"n": n}) for n in range(30)]
+    failing = sql.enqueue(url, "boom")
+    with serving(server):
+        until(lambda: counts(url)["done"] == 30 and counts(url)["dead"] == 1, "30 done, 1 dead")
+        assert server.stats.requests == 32  # 30, and the failing row twice
+    assert runs.ids() == Counter({**dict.fromkeys(ids, 1), failing: 2})
+    with sql.open_backend(url) as backend:
+        (dead,) = backend.dead()
+    assert (dead.id, dead.attempt) == (failing, 2)
+    assert "RuntimeError: boom on attempt 2" in dead.last_error
+
+
+def test_a_row_verify_request_refuses_is_dead_at_once(sqlite_url: str, tmp_path: Path) -> None:
+    runs = Runs(tmp_path / "runs")
+
+    class Picky(servekit.sql.QueueServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            return bool(request.payload != "no")
+
+    server = servekit.make_source_server(Picky, sqlite_url, handler_for("pool", runs))
+    refused = sql.enqueue(sqlite_url, "no")
+    taken = sql.enqueue(sqlite_url, "yes")
+    with serving(server):
+        until(lambda: counts(sqlite_url)["dead"] == 1 and counts(sqlite_url)["done"] == 1, "both")
+    assert runs.ids() == Counter({taken: 1})
+    with sql.open_backend(sqlite_url) as backend:
+        (dead,) = backend.dead()
+    assert dead.id == refused
+    assert "refused by verify_request" in dead.last_error
+
+
+def test_a_lease_is_extended_while_its_handler_runs(sqlite_url: str, tmp_path: Path) -> None:
+    """The handler works three leases long; another worker on the queue meanwhile must
+    not get the row (it would, were the lease not extended)."""
+    runs = Runs(tmp_path / "runs")
+
+    class Slow(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            runs.add(self.request)
+            time.sleep(0.9)  # the work
+
+    first = servekit.make_server(sqlite_url, Slow, lease=0.3)
+    other = servekit.make_server(sqlite_url, handler_for("pool", runs), lease=0.3)
+    row = sql.enqueue(sqlite_url, "slow")
+    with serving(first):
+        until(lambda: runs.ids(), "the slow row started")
+        with serving(other):
+            until(lambda: counts(sqlite_url)["done"] == 1, "the slow row done")
+            assert runs.ids() == Counter({row: 1})
+            after = sql.enqueue(sqlite_url, "next")  # the other worker is alive and claiming
+            until(lambda: counts(sqlite_url)["done"] == 2, "the next row done")
+    assert runs.ids() == Counter({row: 1, after: 1})
+
+
+def test_a_stop_finishes_the_row_running_and_gives_back_those_not_started(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    class Held(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            started.set()
+            assert release.wait(WAIT)
+
+    server = servekit.make_server(sqlite_url, Held, concurrency="sync", claim_batch=5)
+    ids = [sql.enqueue(sqlite_url, n) for n in range(5)]
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    assert started.wait(WAIT)  # one row running, four claimed with it and not started
+    assert counts(sqlite_url)["running"] == 5
+    stopping = threading.Thread(target=server.shutdown)
+    stopping.start()
+    release.set()
+    stopping.join(WAIT)
+    thread.join(WAIT)
+    server.server_close()
+    assert counts(sqlite_url) == {"pending": 4, "running": 0, "done": 1, "dead": 0}
+    with sql.open_backend(sqlite_url) as backend:
+        again = backend.claim(limit=10)
+    assert sorted(job.id for job in again) == sorted(ids)[1:]
+    assert {job.attempt for job in again} == {1}  # given back: no attempt spent
+
+
+APP = """
+import os, time, servekit
+
+class Job(servekit.BaseRequestHandler):
+    def handle(self):
+        with open(os.environ["RUNS"], "a") as file:
+            file.write(f"{self.request.id} {self.request.attempt} {os.getpid()}\\n")
+        if self.request.payload == "hang":
+            time.sleep(3600)  # killed in the middle of it
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_killed_in_the_middle_of_a_row_loses_nothing(url: str, tmp_path: Path) -> None:
+    """kill -9 of the serving process while it runs a row: once its lease runs out,
+    another worker runs the row (attempt 2), once; every other row done once."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+    runs = tmp_path / "runs"
+    runs.touch()
+    with sql.open_backend(url) as backend:
+        backend.init()
+    hung = sql.enqueue(url, "hang")
+    environment = {**os.environ, "RUNS": str(runs)}
+    command = [sys.executable, "-m", "servekit", "serve", "app:Job", "--listen", url,
+               "--lease", "1", "--status-interval", "none"]  # fmt: skip
+    worker = subprocess.Popen(command, cwd=tmp_path, env=environment,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        until(lambda: runs.read_text(), "the row to hang started")
+        os.kill(worker.pid, signal.SIGKILL)
+        assert worker.wait(WAIT) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    others = [sql.enqueue(url, n) for n in range(20)]
+    survivor_runs = Runs(tmp_path / "survivor")
+
+    class Finish(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            survivor_runs.add(self.request)
+
+    survivor = servekit.make_server(url, Finish, lease=1)
+    with serving(survivor):
+        until(lambda: counts(url)["done"] == 21, "every row done")
+    assert survivor_runs.ids() == Counter(dict.fromkeys([hung, *others], 1))
+    attempts = dict(line.split() for line in survivor_runs.path.read_text().splitlines())
+    assert attempts[str(hung)] == "2"
+
+
+def test_the_configuration_is_refused_before_serving(sqlite_url: str, tmp_path: Path) -> None:
+    runs = Runs(tmp_path / "runs")
+    handler = handler_for("pool", runs)
+    with pytest.raises(ValueError, match="idle_timeout applies to sockets"):
+        servekit.make_server(sqlite_url, handler, idle_timeout=5)
+    with pytest.raises(ValueError, match=r"lease applies to a queue \(a sqlite: or postgresql"):
+        servekit.make_server("127.0.0.1:0", handler, lease=5)
+    with pytest.raises(ValueError, match="lease must be a number of seconds > 0"):
+        servekit.make_server(sqlite_url, handler, lease=0)
+    with pytest.raises(TypeError, match="sync handler: the async engine"):
+        servekit.make_server(sqlite_url, handler, concurrency="async")
+    with pytest.raises(ValueError, match="queue name"):
+        servekit.make_server(sqlite_url + "?queue=no%20spaces", handler)
+    with pytest.raises(sql.QueueUnavailable, match="no-such-folder"):
+        servekit.make_server(f"sqlite:{tmp_path / 'no-such-folder' / 'jobs.db'}", handler)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--listen", "sqlite:jobs.db", "--idle-timeout", "5"],
+         "--idle-timeout: socket options do nothing for a queue"),
+        (["--listen", "127.0.0.1:0", "--lease", "5"],
+         "--lease: queue options do nothing without a queue to serve"),
+        (["--listen", "sqlite:jobs.db", "--listen", "127.0.0.1:0"],
+         "a queue's rows and a socket's requests are not served by one handler"),
+        (["--listen", "sqlite:no-such-folder/jobs.db"],
+         "cannot serve sqlite:no-such-folder/jobs.db"),
+        (["--listen", "postgresql://127.0.0.1:1/nowhere"],
+         "cannot serve postgresql://127.0.0.1:1/nowhere"),
+    ],
+)  # fmt: skip
+def test_servekit_serve_refuses_a_wrong_queue_configuration_in_one_line(
+    arguments: list[str], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+    done = subprocess.run(
+        [sys.executable, "-m", "servekit", "serve", "app:Job", *arguments],
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
