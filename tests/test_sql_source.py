@@ -5,6 +5,7 @@ the middle of a row, and the configuration refused before anything is served."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -110,6 +111,40 @@ def test_rows_are_served_on_every_model_and_their_outcomes_recorded(
         (dead,) = backend.dead()
     assert (dead.id, dead.attempt) == (failing, 2)
     assert "RuntimeError: boom on attempt 2" in dead.last_error
+
+
+@pytest.mark.parametrize("concurrency", ["threads", "pool", "async"])
+def test_rows_run_beside_a_slow_one_where_the_model_has_room(
+    concurrency: str, sqlite_url: str
+) -> None:
+    """The first row waits for the second to start: served one after the other,
+    it would wait for ever (here: WAIT)."""
+    second_started = threading.Event()
+
+    def work(job: sql.Job) -> None:
+        if job.payload == "first":
+            assert second_started.wait(WAIT), "the second row never ran beside the first"
+        else:
+            second_started.set()
+
+    class Job(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            work(self.request)
+
+    class AsyncJob(AsyncBaseRequestHandler):
+        async def handle(self) -> None:
+            if self.request.payload == "first":
+                await asyncio.get_running_loop().run_in_executor(None, work, self.request)
+            else:
+                work(self.request)
+
+    handler = AsyncJob if concurrency == "async" else Job
+    server = servekit.make_server(sqlite_url, handler, concurrency=concurrency)
+    sql.enqueue(sqlite_url, "first", priority=1)
+    sql.enqueue(sqlite_url, "second")
+    with serving(server):
+        until(lambda: counts(sqlite_url)["done"] == 2, "both rows done")
+    assert counts(sqlite_url)["dead"] == 0
 
 
 def test_a_row_verify_request_refuses_is_dead_at_once(sqlite_url: str, tmp_path: Path) -> None:

@@ -192,6 +192,14 @@ class Backend(Protocol):
         """Mark ``jobs`` done in one transaction; return those acknowledged."""
         ...
 
+    def complete_and_claim(
+        self, jobs: Iterable[Job], limit: int = 1, lease: float = 30.0
+    ) -> tuple[list[Job], list[Job]]:
+        """``complete_many(jobs)`` and ``claim(limit, lease)`` in one transaction (a
+        worker that finished rows takes its next ones at one commit): (the jobs
+        acknowledged, the jobs claimed)."""
+        ...
+
     def fail(
         self, job: Job, error: BaseException | str, *, permanent: bool = False
     ) -> JobState | None:

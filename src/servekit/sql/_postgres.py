@@ -176,6 +176,10 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+#: What completing a row sets.
+_DONE = "state = 'done', lease_until = NULL, finished_at = now()"
+
+
 class PostgresBackend(BackendBase):
     """The queue in a PostgreSQL database (see the module's docstring).
 
@@ -357,8 +361,31 @@ class PostgresBackend(BackendBase):
     def claim(self, limit: int = 1, lease: float = 30.0) -> list[Job]:
         lease_for = timedelta(seconds=self._check_claim(limit, lease))
         dead: list[DeadJob] = []
+        jobs = self._write(lambda conn: self._claim_in(conn, limit, lease_for, dead))
+        self._report_dead(dead)
+        return jobs
+
+    def complete_and_claim(
+        self, jobs: Iterable[Job], limit: int = 1, lease: float = 30.0
+    ) -> tuple[list[Job], list[Job]]:
+        lease_for = timedelta(seconds=self._check_claim(limit, lease))
+        jobs = list(jobs)
+        dead: list[DeadJob] = []
+
+        def body(conn: psycopg.Connection[Any]) -> tuple[list[Job], list[Job]]:
+            done = self._held_in(conn, jobs, _DONE)
+            return done, self._claim_in(conn, limit, lease_for, dead)
+
+        done = self._write(body)
+        self._report_dead(dead)
+        return done
+
+    def _claim_in(
+        self, conn: psycopg.Connection[Any], limit: int, lease: timedelta, dead: list[DeadJob]
+    ) -> list[Job]:
+        """Claim's statements, in the caller's transaction; rows buried go to ``dead``."""
         where, params = self._queue_filter()
-        params = {**params, "owner": self._owner, "lease": lease_for, "limit": limit}
+        params = {**params, "owner": self._owner, "lease": lease, "limit": limit}
         claim = (
             f"WITH next AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'pending' "
             f"AND {where} AND run_at <= now() ORDER BY priority DESC, run_at, id "
@@ -368,24 +395,18 @@ class PostgresBackend(BackendBase):
             f"FROM next WHERE j.id = next.id RETURNING "
             + ", ".join(f"j.{column.strip()}" for column in CLAIMED.split(","))
         )
-
-        def body(conn: psycopg.Connection[Any]) -> list[Job]:
-            dead.extend(self._reap(conn, where, params))
-            while True:
-                rows = conn.execute(claim, params).fetchall()
-                jobs = []
-                for row in rows:
-                    try:
-                        jobs.append(job_from_row(row, self._max_attempts, _utc))
-                    except PayloadError as exc:
-                        dead.append(self._bury(conn, row, f"undecodable payload: {exc}"))
-                if jobs or not rows:
-                    jobs.sort(key=claim_order)
-                    return jobs
-
-        jobs = self._write(body)
-        self._report_dead(dead)
-        return jobs
+        dead.extend(self._reap(conn, where, params))
+        while True:
+            rows = conn.execute(claim, params).fetchall()
+            jobs = []
+            for row in rows:
+                try:
+                    jobs.append(job_from_row(row, self._max_attempts, _utc))
+                except PayloadError as exc:
+                    dead.append(self._bury(conn, row, f"undecodable payload: {exc}"))
+            if jobs or not rows:
+                jobs.sort(key=claim_order)
+                return jobs
 
     def _reap(
         self, conn: psycopg.Connection[Any], where: str, params: dict[str, object]
@@ -423,6 +444,18 @@ class PostgresBackend(BackendBase):
         holds (same attempt, same owner, running); return those."""
         if not jobs:
             return []
+        return self._run(lambda conn: self._held_in(conn, jobs, assignment, extra))
+
+    def _held_in(
+        self,
+        conn: psycopg.Connection[Any],
+        jobs: list[Job],
+        assignment: str,
+        extra: dict[str, object] | None = None,
+    ) -> list[Job]:
+        """_held's statement, in the caller's transaction."""
+        if not jobs:
+            return []
         params: dict[str, object] = {
             "ids": [job.id for job in jobs],
             "attempts": [job.attempt for job in jobs],
@@ -435,7 +468,7 @@ class PostgresBackend(BackendBase):
             "WHERE j.id = h.id AND j.attempt = h.attempt AND j.owner = %(owner)s "
             "AND j.state = 'running' RETURNING j.id"
         )
-        held = {row[0] for row in self._run(lambda conn: conn.execute(sql, params).fetchall())}
+        held = {row[0] for row in conn.execute(sql, params).fetchall()}
         return [job for job in jobs if job.id in held]
 
     def extend(self, jobs: Iterable[Job], lease: float) -> list[Job]:
@@ -446,7 +479,7 @@ class PostgresBackend(BackendBase):
         return bool(self.complete_many([job]))
 
     def complete_many(self, jobs: Iterable[Job]) -> list[Job]:
-        return self._held(list(jobs), "state = 'done', lease_until = NULL, finished_at = now()")
+        return self._held(list(jobs), _DONE)
 
     def fail(
         self, job: Job, error: BaseException | str, *, permanent: bool = False

@@ -303,31 +303,47 @@ class SQLiteBackend(BackendBase):
     def claim(self, limit: int = 1, lease: float = 30.0) -> list[Job]:
         lease = self._check_claim(limit, lease)
         dead: list[DeadJob] = []
-        candidates = self._candidates()
-
-        def body(conn: sqlite3.Connection, now: float) -> list[Job]:
-            where, queues = self._queue_filter()
-            dead.extend(self._reap(conn, now, where, queues))
-            while True:
-                rows = conn.execute(
-                    f"UPDATE {JOBS} SET state = 'running', attempt = attempt + 1, owner = ?, "
-                    f"lease_until = ?, updated_at = ? WHERE id IN ({candidates}) "
-                    f"RETURNING {CLAIMED}",
-                    (self._owner, now + lease, now, *self._candidate_params(now, limit)),
-                ).fetchall()
-                jobs = []
-                for row in rows:
-                    try:
-                        jobs.append(self._job(row))
-                    except PayloadError as exc:
-                        dead.append(self._bury(conn, row, now, f"undecodable payload: {exc}"))
-                if jobs or not rows:
-                    jobs.sort(key=claim_order)
-                    return jobs
-
-        jobs = self._write(body)
+        jobs = self._write(lambda conn, now: self._claim_in(conn, now, limit, lease, dead))
         self._report_dead(dead)
         return jobs
+
+    def complete_and_claim(
+        self, jobs: Iterable[Job], limit: int = 1, lease: float = 30.0
+    ) -> tuple[list[Job], list[Job]]:
+        lease = self._check_claim(limit, lease)
+        jobs = list(jobs)
+        dead: list[DeadJob] = []
+
+        def body(conn: sqlite3.Connection, now: float) -> tuple[list[Job], list[Job]]:
+            return self._complete_in(conn, now, jobs), self._claim_in(conn, now, limit, lease, dead)
+
+        done = self._write(body)
+        self._report_dead(dead)
+        return done
+
+    def _claim_in(
+        self, conn: sqlite3.Connection, now: float, limit: int, lease: float, dead: list[DeadJob]
+    ) -> list[Job]:
+        """Claim's statements, in the caller's transaction; rows buried go to ``dead``."""
+        candidates = self._candidates()
+        where, queues = self._queue_filter()
+        dead.extend(self._reap(conn, now, where, queues))
+        while True:
+            rows = conn.execute(
+                f"UPDATE {JOBS} SET state = 'running', attempt = attempt + 1, owner = ?, "
+                f"lease_until = ?, updated_at = ? WHERE id IN ({candidates}) "
+                f"RETURNING {CLAIMED}",
+                (self._owner, now + lease, now, *self._candidate_params(now, limit)),
+            ).fetchall()
+            jobs = []
+            for row in rows:
+                try:
+                    jobs.append(self._job(row))
+                except PayloadError as exc:
+                    dead.append(self._bury(conn, row, now, f"undecodable payload: {exc}"))
+            if jobs or not rows:
+                jobs.sort(key=claim_order)
+                return jobs
 
     def _candidates(self) -> str:
         """The ids a claim takes, best first: per queue, the claim index's order
@@ -403,20 +419,19 @@ class SQLiteBackend(BackendBase):
 
     def complete_many(self, jobs: Iterable[Job]) -> list[Job]:
         jobs = list(jobs)
+        return self._write(lambda conn, now: self._complete_in(conn, now, jobs)) if jobs else []
 
-        def body(conn: sqlite3.Connection, now: float) -> list[Job]:
-            return [
-                job
-                for job in jobs
-                if conn.execute(
-                    f"UPDATE {JOBS} SET state = 'done', lease_until = NULL, finished_at = ?, "
-                    "updated_at = ? WHERE id = ? AND attempt = ? AND owner = ? "
-                    "AND state = 'running'",
-                    (now, now, job.id, job.attempt, self._owner),
-                ).rowcount
-            ]
-
-        return self._write(body) if jobs else []
+    def _complete_in(self, conn: sqlite3.Connection, now: float, jobs: list[Job]) -> list[Job]:
+        return [
+            job
+            for job in jobs
+            if conn.execute(
+                f"UPDATE {JOBS} SET state = 'done', lease_until = NULL, finished_at = ?, "
+                "updated_at = ? WHERE id = ? AND attempt = ? AND owner = ? "
+                "AND state = 'running'",
+                (now, now, job.id, job.attempt, self._owner),
+            ).rowcount
+        ]
 
     def fail(
         self, job: Job, error: BaseException | str, *, permanent: bool = False

@@ -62,6 +62,8 @@ logger = logging.getLogger("servekit.sql")
 _RETRY_EVERY: Final = 1.0
 #: While forked children run rows, the source's thread looks at their pipes this often.
 _CHILD_POLL: Final = 0.05
+#: Rows running and no claim for this long: the source's thread claims more beside them.
+PREFETCH_AFTER: Final = 0.005
 #: At a stop, how long the children that outlived the drain get to say how they did.
 CHILD_GRACE: Final = 5.0
 
@@ -121,6 +123,11 @@ class QueueServer(BaseServer):
         self._thread: threading.Thread | None = None
         self._home = self._pid = os.getpid()  # the process that claims; _pid: this one
         self._held: dict[int, Job] = {}  # rows this process holds a lease on
+        self._in_flight = 0  # rows given to the loop and not yet recorded
+        self._claiming = False  # a claim is under way (one at a time)
+        self._last_claim = 0.0  # when the last claim ended
+        # Whether the loop takes another row while one runs (see _may_claim).
+        self._hands_off = self._hands_off_requests or isinstance(self, AsyncServerMixIn)
         self._children: dict[int, Job] = {}  # a forked child's pipe -> the row it runs
         self._said: dict[int, bytes] = {}  # what each child wrote so far
         self._report_to: int | None = None  # in a forked child: its pipe to the parent
@@ -144,9 +151,11 @@ class QueueServer(BaseServer):
                 self._waker.drain()
                 raise BlockingIOError("no row claimed")
             job = self._ready.popleft()
+            self._in_flight += 1
             if not self._ready:
                 self._waker.drain()
-                self._lock.notify_all()  # room: the thread claims the next ones
+                if self._hands_off:  # the source's thread may claim beside it (_may_claim)
+                    self._lock.notify_all()
         return job, f"{job.queue}#{job.id}"
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -217,14 +226,72 @@ class QueueServer(BaseServer):
             self._report_to = None
             return
         try:
-            self._settle(job, error, refused=not started)
+            if error is None and self._may_claim(after_one=True):
+                self._complete_and_claim(job)
+            else:
+                self._settle(job, error, refused=not started)
         except QueueUnavailable as exc:
             self._down_log("%s: cannot record row %d now (%s): will retry", self, job.id, exc)
             with self._lock:
                 self._unrecorded.append((job, error))
+                self._ended_one()
             return
         with self._lock:
             self._held.pop(job.id, None)
+            self._ended_one()
+
+    def _ended_one(self) -> None:
+        """A row given to the loop is recorded (or set aside); the lock is held."""
+        self._in_flight -= 1
+        if not self._in_flight and not self._ready:
+            self._lock.notify_all()  # nothing will claim but the source's thread now
+
+    def _may_claim(self, *, after_one: bool = False) -> bool:
+        """Whether to claim rows now, and if so reserve the claim (one at a time).
+
+        The buffer must be empty. A row's end (``after_one``) claims its successor
+        in the same transaction as its acknowledgement: one commit a row where a
+        worker goes from row to row. The source's thread claims when nothing
+        runs; or, when the model hands requests off and has room for more, once
+        no claim has come for PREFETCH_AFTER (the rows running are slow: more
+        should run beside them, not wait for their ends)."""
+        with self._lock:
+            if self._ready or self._claiming or self._closing or os.getpid() != self._home:
+                return False
+            if (
+                not after_one
+                and self._in_flight
+                and not (
+                    self._hands_off
+                    and monotonic() - self._last_claim >= PREFETCH_AFTER
+                    and self.ready_for_request()
+                )
+            ):
+                return False
+            self._claiming = True
+            return True
+
+    def _complete_and_claim(self, job: Job) -> None:
+        jobs: list[Job] = []
+        try:
+            done, jobs = self.backend.complete_and_claim([job], self.claim_batch, self.lease)
+        finally:
+            self._claimed(jobs)
+        if not done:
+            self._lost(job)
+
+    def _claimed(self, jobs: list[Job]) -> None:
+        """End the claim _may_claim() reserved: ``jobs`` wait for the loop."""
+        with self._lock:
+            self._claiming = False
+            self._last_claim = monotonic()
+            self._ready.extend(jobs)
+            for job in jobs:
+                self._held[job.id] = job
+            if jobs:
+                self._waker.wake()
+            else:
+                self._lock.notify_all()  # none: the source's thread waits on the database
 
     def _settle(
         self, job: Job, error: BaseException | str | None, *, refused: bool = False
@@ -339,19 +406,15 @@ class QueueServer(BaseServer):
                         self._lock.wait(_RETRY_EVERY)
 
     def _claim(self) -> bool:
-        """Claim rows if there is room; True if some came."""
-        with self._lock:
-            if self._ready or self._closing:
-                return False
-        jobs = self.backend.claim(self.claim_batch, self.lease)
-        if not jobs:
+        """Claim rows if it is this thread's turn (_may_claim); True if some came."""
+        if not self._may_claim():
             return False
-        with self._lock:
-            self._ready.extend(jobs)
-            for job in jobs:
-                self._held[job.id] = job
-            self._waker.wake()
-        return True
+        jobs: list[Job] = []
+        try:
+            jobs = self.backend.claim(self.claim_batch, self.lease)
+        finally:
+            self._claimed(jobs)
+        return bool(jobs)
 
     def _wait(self, timeout: float) -> None:
         """Until there may be rows to claim, room for them, or leases to extend;
@@ -359,10 +422,14 @@ class QueueServer(BaseServer):
         timeout = max(timeout, 0.0)
         if self._children:
             timeout = min(timeout, _CHILD_POLL)
+        if self._in_flight and self._hands_off:
+            timeout = min(timeout, PREFETCH_AFTER)
         with self._lock:
             if self._closing:
                 return
-            if self._ready:  # no room: wait for the loop to take them
+            if self._ready or self._claiming or self._in_flight:
+                # The loop has rows, a claim is under way, or a row's end claims the
+                # next: until one of them calls (notify_all), or the time to look again.
                 self._lock.wait(timeout)
                 return
         self.backend.wait(timeout)
@@ -430,9 +497,11 @@ class QueueServer(BaseServer):
         except QueueUnavailable:
             with self._lock:
                 self._unrecorded.append((job, error))
+                self._ended_one()
             return
         with self._lock:
             self._held.pop(job.id, None)
+            self._ended_one()
 
 
 #: What a forked child writes its parent: _DONE, or _FAILED and the error's text.
@@ -474,7 +543,7 @@ if hasattr(os, "fork"):
                 os.close(write)
             with self._lock:
                 self._children[read] = request
-            self.backend.wake()  # the source's thread listens to its children now
+                self._lock.notify_all()  # the source's thread listens to its children now
 
     __all__ += ["ForkingQueueServer"]
 
