@@ -605,6 +605,35 @@ def test_readme_syslog_command() -> None:
         log.wait_for(r"INFO syslog: user\.notice from 127\.0\.0\.1, host [^,]+, app [^,]+: hello$")
 
 
+def test_readme_job_queue_commands(tmp_path: Path) -> None:
+    """The README's job queue: served and fed as written (in an empty folder, where
+    jobs.db is made), the job's line logged; Ctrl-C stops it."""
+    serve, talk = _readme_examples()["job queue (SQLite)"]
+    serve_argv, talk_argv = shlex.split(serve), shlex.split(talk)
+    assert serve_argv[0] == talk_argv[0] == ".venv/bin/servekit"
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servekit", *serve_argv[1:]], cwd=tmp_path, env=environment,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    log = ProcessLog(proc)
+    try:
+        log.wait_for(r"serving sqlite:jobs\.db from QueueServer")
+        enqueued = subprocess.run(
+            [sys.executable, "-m", "servekit", *talk_argv[1:]], cwd=tmp_path, env=environment,
+            capture_output=True, text=True, check=True, timeout=WAIT,
+        )  # fmt: skip
+        assert enqueued.stdout.strip().isdigit()  # the row's id
+        log.wait_for(r"INFO jobs: sent 'hi' to ada@example\.com \(attempt 1\)$")
+        _ctrl_c(proc)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(WAIT)
+    assert "Traceback" not in _output(log)
+
+
 def test_docs_use_no_netcat_flags() -> None:
     """nc -q (traditional netcat) is missing from OpenBSD's netcat, nc -N from the
     traditional one; Debian installs neither by default. The documented one-shot
