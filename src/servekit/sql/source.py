@@ -252,20 +252,19 @@ class QueueServer(BaseServer):
         The buffer must be empty. A row's end (``after_one``) claims its successor
         in the same transaction as its acknowledgement: one commit a row where a
         worker goes from row to row. The source's thread claims when nothing
-        runs; or, when the model hands requests off and has room for more, once
-        no claim has come for PREFETCH_AFTER (the rows running are slow: more
-        should run beside them, not wait for their ends)."""
+        runs; or, when the model hands requests off, once no claim has come for
+        PREFETCH_AFTER (the rows running are slow: more should run beside them,
+        not wait for their ends). Not the model's ready_for_request(): that is
+        the serving thread's to call (it reaps children, raises flags). A row
+        claimed while the model is full waits in the buffer, its lease extended:
+        at most claim_batch of them."""
         with self._lock:
             if self._ready or self._claiming or self._closing or os.getpid() != self._home:
                 return False
             if (
                 not after_one
                 and self._in_flight
-                and not (
-                    self._hands_off
-                    and monotonic() - self._last_claim >= PREFETCH_AFTER
-                    and self.ready_for_request()
-                )
+                and not (self._hands_off and monotonic() - self._last_claim >= PREFETCH_AFTER)
             ):
                 return False
             self._claiming = True
@@ -422,8 +421,8 @@ class QueueServer(BaseServer):
         timeout = max(timeout, 0.0)
         if self._children:
             timeout = min(timeout, _CHILD_POLL)
-        if self._in_flight and self._hands_off:
-            timeout = min(timeout, PREFETCH_AFTER)
+        if self._in_flight and self._hands_off and not self._ready:
+            timeout = min(timeout, PREFETCH_AFTER)  # then may claim beside them
         with self._lock:
             if self._closing:
                 return
