@@ -5,6 +5,7 @@
     ./scripts/bench --workloads slow-1000   # 1,000 slow clients: 40 s windows, about 9 minutes
     ./scripts/bench --servers uvloop,async --workloads echo-64
     ./scripts/bench --rpc          # ONC RPC against rpcgen's C server: benchmarks/rpc_bench.py
+    ./scripts/bench --sql          # the SQL request source against its SQL: benchmarks/sql_bench.py
 
 Results go to docs/benchmarks/results.json, and the report (tables, targets,
 chart) to docs/benchmarks.md and docs/benchmarks/chart.png.
@@ -111,6 +112,11 @@ def main() -> None:
         import rpc_bench
 
         rpc_bench.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["--sql"]:  # the SQL request source against its own SQL (issue 14)
+        import sql_bench
+
+        sql_bench.main(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
