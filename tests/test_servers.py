@@ -1,4 +1,7 @@
-"""Every server class with every mixin, stream and datagram, over IPv4, IPv6 and Unix."""
+"""Every server class with every mixin, stream and datagram, over IPv4, IPv6 and Unix.
+
+Run with servekit.testing.serving(): each server in a thread, its clients from
+``Serving.connect()``, stopped (bounded) at the end of each block."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from typing import Any
 import pytest
 
 import servekit
-from tests.conftest import WAIT, connect, recv_until, requires_ipv6, serving
+from servekit.testing import Serving, serving
+from tests.conftest import recv_until, requires_ipv6
 
 STREAM_CLASSES = ["TCPServer", "ThreadingTCPServer", "ForkingTCPServer"]
 DGRAM_CLASSES = ["UDPServer", "ThreadingUDPServer", "ForkingUDPServer"]
@@ -62,30 +66,27 @@ def _check_forks(server: Any, replies: list[bytes]) -> None:
         assert pids == {os.getpid()}
 
 
-def _stream_round_trips(server: Any, family: int) -> None:
+def _stream_round_trips(running: Serving[Any]) -> None:
     replies = []
     for i in range(3):
-        with connect(server.server_address, family) as client:
+        with running.connect() as client:
             for j in range(2):
                 client.sendall(b"hello %d %d\n" % (i, j))
                 reply = recv_until(client)
                 assert reply.endswith(b":hello %d %d\n" % (i, j))
                 replies.append(reply)
-    _check_forks(server, replies)
+    _check_forks(running.server, replies)
 
 
-def _dgram_round_trips(server: Any, family: int, client_address: Any = None) -> None:
+def _dgram_round_trips(running: Serving[Any]) -> None:
     replies = []
-    with socket.socket(family, socket.SOCK_DGRAM) as client:
-        client.settimeout(WAIT)
-        if client_address is not None:
-            client.bind(client_address)
+    with running.connect() as client:  # bound to an address of its own on a Unix socket
         for i in range(3):
-            client.sendto(b"ping %d" % i, server.server_address)
-            reply, _ = client.recvfrom(8192)
+            client.send(b"ping %d" % i)
+            reply = client.recv(8192)
             assert reply.endswith(b":ping %d" % i)
             replies.append(reply)
-    _check_forks(server, replies)
+    _check_forks(running.server, replies)
 
 
 @pytest.mark.parametrize("name", STREAM_CLASSES)
@@ -96,9 +97,11 @@ def _dgram_round_trips(server: Any, family: int, client_address: Any = None) -> 
 )
 def test_stream_ip(name: str, family: int, host: str) -> None:
     cls = _family_class(name, family)
-    with serving(cls((host, 0), LineEcho)) as server:
-        assert server.server_address == server.socket.getsockname()
-        _stream_round_trips(server, family)
+    with serving(cls((host, 0), LineEcho)) as running:
+        server = running.server
+        assert running.server_address == server.server_address == server.socket.getsockname()
+        assert running.family == family
+        _stream_round_trips(running)
     assert server.socket.fileno() == -1
 
 
@@ -110,38 +113,35 @@ def test_stream_ip(name: str, family: int, host: str) -> None:
 )
 def test_datagram_ip(name: str, family: int, host: str) -> None:
     cls = _family_class(name, family)
-    with serving(cls((host, 0), DatagramEcho)) as server:
-        _dgram_round_trips(server, family)
+    with serving(cls((host, 0), DatagramEcho)) as running:
+        assert running.address.startswith("udp://")
+        _dgram_round_trips(running)
 
 
 @pytest.mark.parametrize("name", UNIX_STREAM_CLASSES)
 def test_stream_unix(name: str, sock_dir: Path) -> None:
     path = str(sock_dir / "s.sock")
-    with serving(getattr(servekit, name)(path, LineEcho)) as server:
-        assert server.server_address == path
-        _stream_round_trips(server, socket.AF_UNIX)
+    with serving(getattr(servekit, name)(path, LineEcho)) as running:
+        assert running.server_address == path
+        assert running.address == "unix:" + path
+        _stream_round_trips(running)
 
 
 @pytest.mark.parametrize("name", UNIX_DGRAM_CLASSES)
 def test_datagram_unix(name: str, sock_dir: Path) -> None:
     path = str(sock_dir / "d.sock")
-    with serving(getattr(servekit, name)(path, DatagramEcho)) as server:
-        _dgram_round_trips(server, socket.AF_UNIX, str(sock_dir / "client.sock"))
+    with serving(getattr(servekit, name)(path, DatagramEcho)) as running:
+        assert running.address == "unix-dgram:" + path
+        _dgram_round_trips(running)
 
 
 @pytest.mark.parametrize("name", STREAM_CLASSES + DGRAM_CLASSES)
 def test_base_request_handler(name: str) -> None:
     cls = getattr(servekit, name)
-    with serving(cls(("127.0.0.1", 0), RawEcho)) as server:
-        if cls.socket_type == socket.SOCK_STREAM:
-            with connect(server.server_address) as client:
-                client.sendall(b"abc")
-                assert client.recv(100) == b"raw:abc"
-        else:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-                client.settimeout(WAIT)
-                client.sendto(b"abc", server.server_address)
-                assert client.recv(100) == b"raw:abc"
+    with serving(cls(("127.0.0.1", 0), RawEcho)) as running, running.connect() as client:
+        assert running.socket_type == cls.socket_type
+        client.send(b"abc")
+        assert client.recv(100) == b"raw:abc"
 
 
 @pytest.mark.parametrize("name", ["TCPServer", "ThreadingTCPServer", "ForkingTCPServer"])
@@ -160,6 +160,6 @@ def test_mixin_on_user_subclass(name: str) -> None:
             return True
 
     cls: type[Any] = Mine if mixin is None else type("M", (mixin, Mine), {})
-    with serving(cls(("127.0.0.1", 0), LineEcho)) as server:
-        _stream_round_trips(server, socket.AF_INET)
-        assert server.seen == 3
+    with serving(cls(("127.0.0.1", 0), LineEcho)) as running:
+        _stream_round_trips(running)
+        assert running.server.seen == 3
