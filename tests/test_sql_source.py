@@ -218,6 +218,47 @@ def test_a_stop_finishes_the_row_running_and_gives_back_those_not_started(
     assert {job.attempt for job in again} == {1}  # given back: no attempt spent
 
 
+@pytest.mark.parametrize("concurrency", ["threads", "pool", "fork"])
+def test_a_stop_records_the_rows_that_finish_during_its_drain(
+    concurrency: str, sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The thread models and fork call server_close() first and drain after (the
+    async engine drains in its loop, before): the database must stay open until the
+    rows in flight are recorded (it once closed under them)."""
+    release = tmp_path / "release"  # files: fork's children see them too
+    started = tmp_path / "started"
+    started.touch()
+
+    def work() -> None:
+        with open(started, "a") as file:
+            file.write("1\n")
+        deadline = time.monotonic() + WAIT
+        while not release.exists():  # the stop has begun: finish now
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    class Job(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            work()
+
+    class Stopping(servekit.sql.QueueServer):
+        def server_close(self) -> None:
+            release.touch()  # before the source's own server_close and the drain
+            super().server_close()
+
+    config = servekit.ServerConfig(concurrency=concurrency, claim_batch=4)
+    server = servekit.make_source_server(Stopping, sqlite_url, Job, config=config)
+    ids = [sql.enqueue(sqlite_url, n) for n in range(4)]
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    until(lambda: len(started.read_text().split()) == 4, "four handlers running")
+    server.shutdown()
+    thread.join(WAIT)
+    server.server_close()
+    assert counts(sqlite_url) == {"pending": 0, "running": 0, "done": 4, "dead": 0}, ids
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
 APP = """
 import os, time, servekit
 

@@ -241,7 +241,14 @@ def _combined(mixin: type[Any], source: type[BaseServer]) -> type[BaseServer]:
     made = _COMBINED.get((mixin, source))
     if made is None:
         name = mixin.__name__.removesuffix("MixIn").removesuffix("Server") + source.__name__
-        made = type(name, (mixin, source), {"__module__": source.__module__})
+        # A subclass of a source whose combination with this model is a class of
+        # its own (AsyncQueueServer: what the source does differently there) gets
+        # that class first: its overrides, then the model's, then the subclass's.
+        named = next(
+            (_COMBINED[(mixin, base)] for base in source.__mro__[1:] if (mixin, base) in _COMBINED),
+            mixin,
+        )
+        made = type(name, (named, source), {"__module__": source.__module__})
         _COMBINED[(mixin, source)] = made
     return made
 

@@ -119,7 +119,8 @@ class QueueServer(BaseServer):
         self._unrecorded: list[tuple[Job, BaseException | str | None]] = []  # outcomes to retry
         self._failures: dict[int, BaseException] = {}  # row id -> what its handler raised
         self._started: set[int] = set()  # rows whose handler ran (else: refused)
-        self._closing = False
+        self._closing = False  # server_close() began: no more claims
+        self._closed = False  # the database is closed (or being closed)
         self._thread: threading.Thread | None = None
         self._home = self._pid = os.getpid()  # the process that claims; _pid: this one
         self._held: dict[int, Job] = {}  # rows this process holds a lease on
@@ -172,37 +173,61 @@ class QueueServer(BaseServer):
         super().shutdown_request(request)
 
     def server_close(self) -> None:
-        """After the model's drain: record what is left, give back every row not
-        finished, stop the source's thread, close the database."""
+        """Stop claiming and give back the rows claimed and not started. The model
+        calls this before it lets the rows in flight finish (its drain), so the
+        database stays open until the last of them is recorded: then (now, if
+        none runs) the source's thread stops and the database is closed."""
         super().server_close()
         if os.getpid() != self._home:
             return  # a forked child: its parent closes the source
         with self._lock:
+            if self._closing:
+                return
             self._closing = True
+            not_started = list(self._ready)
+            self._ready.clear()
+            for job in not_started:
+                self._held.pop(job.id, None)
             self._lock.notify_all()
         self.backend.wake()
-        if self._thread is not None:
-            self._thread.join()
+        self._give_back(not_started)
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        """Once closing and no row is in flight: stop the source's thread, record
+        what is left, give back what is still held, close the database."""
+        with self._lock:
+            if not self._closing or self._in_flight or self._closed:
+                return
+            self._closed = True
+            self._lock.notify_all()
+        self.backend.wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         self._hear_children(final=True)
         self._record_late()
         with self._lock:
-            # Rows claimed and not started, and any whose handler outlived the
-            # drain; not those whose outcome could not be recorded.
+            # Any whose handler outlived the drain; not those whose outcome could not
+            # be recorded (the database is down: their leases run out instead).
             unrecorded = {job.id for job, _ in self._unrecorded}
-            given_back = [job for job in self._held.values() if job.id not in unrecorded]
-            self._ready.clear()
+            left = [job for job in self._held.values() if job.id not in unrecorded]
             self._held.clear()
-        if given_back:
-            try:
-                released = self.backend.release_many(given_back)
-                logger.info("%s: gave back %d row(s) not finished", self, len(released))
-            except QueueUnavailable as exc:
-                logger.warning(
-                    "%s: could not give back %d row(s) (%s): claimed again when their "
-                    "leases run out", self, len(given_back), exc,
-                )  # fmt: skip
+        self._give_back(left)
         self.backend.close()
         self._waker.close()
+
+    def _give_back(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        try:
+            released = self.backend.release_many(jobs)
+            logger.info("%s: gave back %d row(s) not finished", self, len(released))
+        except QueueUnavailable as exc:
+            logger.warning(
+                "%s: could not give back %d row(s) (%s): claimed again when their "
+                "leases run out", self, len(jobs), exc,
+            )  # fmt: skip
 
     # -- rows ---------------------------------------------------------------------------
 
@@ -235,10 +260,12 @@ class QueueServer(BaseServer):
             with self._lock:
                 self._unrecorded.append((job, error))
                 self._ended_one()
-            return
-        with self._lock:
-            self._held.pop(job.id, None)
-            self._ended_one()
+        else:
+            with self._lock:
+                self._held.pop(job.id, None)
+                self._ended_one()
+        if self._closing:
+            self._close_when_idle()
 
     def _ended_one(self) -> None:
         """A row given to the loop is recorded (or set aside); the lock is held."""
@@ -380,7 +407,7 @@ class QueueServer(BaseServer):
         extend_at = monotonic() + self.lease / 3
         while True:
             with self._lock:
-                if self._closing:
+                if self._closed:
                     return
             try:
                 if self._children:
@@ -396,12 +423,12 @@ class QueueServer(BaseServer):
             except QueueUnavailable as exc:
                 self._down_log("%s: the database is unavailable: %s", self, exc)
                 with self._lock:
-                    if not self._closing:
+                    if not self._closed:
                         self._lock.wait(_RETRY_EVERY)
             except Exception:
                 logger.exception("%s: the source's thread failed; retrying", self)
                 with self._lock:
-                    if not self._closing:
+                    if not self._closed:
                         self._lock.wait(_RETRY_EVERY)
 
     def _claim(self) -> bool:
@@ -424,9 +451,9 @@ class QueueServer(BaseServer):
         if self._in_flight and self._hands_off and not self._ready:
             timeout = min(timeout, PREFETCH_AFTER)  # then may claim beside them
         with self._lock:
-            if self._closing:
+            if self._closed:
                 return
-            if self._ready or self._claiming or self._in_flight:
+            if self._ready or self._claiming or self._in_flight or self._closing:
                 # The loop has rows, a claim is under way, or a row's end claims the
                 # next: until one of them calls (notify_all), or the time to look again.
                 self._lock.wait(timeout)
@@ -497,10 +524,12 @@ class QueueServer(BaseServer):
             with self._lock:
                 self._unrecorded.append((job, error))
                 self._ended_one()
-            return
-        with self._lock:
-            self._held.pop(job.id, None)
-            self._ended_one()
+        else:
+            with self._lock:
+                self._held.pop(job.id, None)
+                self._ended_one()
+        if self._closing:
+            self._close_when_idle()
 
 
 #: What a forked child writes its parent: _DONE, or _FAILED and the error's text.
