@@ -573,6 +573,13 @@ if hasattr(os, "fork"):
                 self._children[read] = request
                 self._lock.notify_all()  # the source's thread listens to its children now
 
+        def server_close(self) -> None:
+            super().server_close()  # and the drain: the children have ended
+            # The source's thread hears how their rows went: a stop returns with
+            # every one of them recorded.
+            with self._lock:
+                self._lock.wait_for(lambda: not self._in_flight, CHILD_GRACE)
+
     __all__ += ["ForkingQueueServer"]
 
 
