@@ -250,11 +250,25 @@ class QueueServer(BaseServer):
             _tell_parent(self._report_to, error)
             self._report_to = None
             return
+        claim_next = error is None and self._may_claim(after_one=True)
+        self._end(job, error, refused=not started, claim_next=claim_next)
+
+    def _end(
+        self,
+        job: Job,
+        error: BaseException | str | None,
+        *,
+        refused: bool = False,
+        claim_next: bool = False,
+    ) -> None:
+        """Record how a row given to the loop went, and count it out of flight; if
+        the database cannot take it now, the source's thread records it later.
+        ``claim_next``: _may_claim() reserved a claim, made with the acknowledgement."""
         try:
-            if error is None and self._may_claim(after_one=True):
+            if claim_next:
                 self._complete_and_claim(job)
             else:
-                self._settle(job, error, refused=not started)
+                self._settle(job, error, refused=refused)
         except QueueUnavailable as exc:
             self._down_log("%s: cannot record row %d now (%s): will retry", self, job.id, exc)
             with self._lock:
@@ -518,18 +532,7 @@ class QueueServer(BaseServer):
         if said != _DONE:
             text = said.removeprefix(_FAILED).decode(errors="replace")
             error = text or "the process running it ended without saying how it went"
-        try:
-            self._settle(job, error)
-        except QueueUnavailable:
-            with self._lock:
-                self._unrecorded.append((job, error))
-                self._ended_one()
-        else:
-            with self._lock:
-                self._held.pop(job.id, None)
-                self._ended_one()
-        if self._closing:
-            self._close_when_idle()
+        self._end(job, error)
 
 
 #: What a forked child writes its parent: _DONE, or _FAILED and the error's text.
