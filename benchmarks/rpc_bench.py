@@ -7,8 +7,11 @@ NULL and ADD (v1) calls, AUTH_NONE, over TCP at 1 and 64 connections and over UD
 64 clients, from ``rpcload.c`` (closed loop, one epoll loop, xid matching). The peers:
 rpcgen's C server of ``examples/rpc/demo.x`` (``rpcgen -N -m`` dispatchers, the procedures of
 ``tests/rpc_c/demo_server_impl.c``, and ``peers/rpc_demo_server.c``'s main, which registers
-with protocol 0: no rpcbind), and ``servekit serve examples.rpc.demo:DEMO_PROG --no-rpcbind``
-on the pool and the async engine (uvloop), each also with ``--workers 2``. A fresh server per
+with protocol 0: no rpcbind), ``peers/rpc_floor.py`` (the least a Python server of the
+same calls costs: a thread per connection, blocking recv/send, one ``struct``, no checks;
+the reference that splits the distance to C into Python's and servekit's), and
+``servekit serve examples.rpc.demo:DEMO_PROG --no-rpcbind`` on the pool and the async
+engine (uvloop), each also with ``--workers 2``. A fresh server per
 run, pinned to core 0 (a prefork's workers too), the load generator on core 1; CPU per call is
 the server tree's user+sys time over the measured window divided by the calls answered in it,
 as in the rest of the benchmark. Runs are taken in turns: every server of a cell once, then
@@ -77,13 +80,16 @@ CELLS = [Cell(p, t, n) for p in ("null", "add") for t in ("tcp", "udp") for n in
 @dataclass(frozen=True)
 class RpcServer:
     name: str
-    model: str = ""  # pool, async; "" for the C server
+    model: str = ""  # pool, async; "" for the C server, "floor" for peers/rpc_floor.py
     workers: int = 0
 
     def argv(self, address: Address) -> list[str]:
         host, port = address.sockaddr()
+        where = ["--proto", address.proto, "--host", host, "--port", str(port)]
         if not self.model:
-            return [str(C_SERVER), "--proto", address.proto, "--host", host, "--port", str(port)]
+            return [str(C_SERVER), *where]
+        if self.model == "floor":
+            return [sys.executable, str(ROOT / "benchmarks" / "peers" / "rpc_floor.py"), *where]
         argv = [
             sys.executable, "-m", "servekit", "serve", "examples.rpc.demo:DEMO_PROG",
             "--no-rpcbind", "--listen", f"{address.proto}://{address.text}",
@@ -100,8 +106,11 @@ class RpcServer:
         return argv
 
 
+FLOOR_NAME = "Python floor"
+
 SERVERS = [
     RpcServer(C_NAME),
+    RpcServer(FLOOR_NAME, "floor"),
     RpcServer("servekit pool", "pool"),
     RpcServer("servekit async (uvloop)", "async"),
     RpcServer("servekit pool --workers 2", "pool", 2),

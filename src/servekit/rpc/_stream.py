@@ -119,6 +119,8 @@ class StreamCalls:
         self.limits: ConnectionLimits | None = handler.connection_limits
         self.reader = RecordReader(max_record_size=max_record_size(self.server))
         self.send = handler.wfile.write
+        counters = getattr(self.server, "_counters", None)
+        self.count_call = None if counters is None else counters.call
         sock: socket.socket = handler.connection
         self.sock = sock
         limits = self.limits
@@ -291,7 +293,8 @@ class StreamCalls:
             data = encode_record(reply)
             with self._write_lock:
                 self.send(data)
-            answered(self.server)
+            if self.count_call is not None:
+                self.count_call()
 
     def _receive(self) -> bytes:
         """The next bytes of the stream (b"" at its end), within the limits."""

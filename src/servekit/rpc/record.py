@@ -171,6 +171,7 @@ class _State(enum.Enum):
 
 _HEADER = _State.HEADER
 _unpack_header = struct.Struct(">I").unpack_from
+_pack_header = struct.Struct(">I").pack
 
 
 class RecordReader:
@@ -276,6 +277,8 @@ class RecordReader:
         on every call after that.
         """
         data = self._input
+        if not data and self._state is _HEADER and not self._fragments and not self._eof:
+            return NEED_DATA  # between records, nothing more in: asked after every record
         if (
             self._state is _HEADER
             and not self._fragments
@@ -429,6 +432,9 @@ def encode_record(
     For ``sendall()``; with ``sendmsg()`` or ``writelines()`` prefer
     :func:`record_pieces`, which copies nothing. ``max_fragment`` as there.
     """
+    if type(payload) is bytes and 0 < len(payload) <= max_fragment <= MAX_FRAGMENT_LENGTH:
+        # One fragment, the common case: one concatenation, no list of pieces.
+        return _pack_header(LAST_FRAGMENT | len(payload)) + payload
     return b"".join(record_pieces(payload, max_fragment))
 
 
