@@ -91,3 +91,19 @@ def test_a_lock_held_for_ever_is_queue_unavailable(path: Path) -> None:
     finally:
         holder.close()
         backend.close()
+
+
+def test_only_init_creates_the_file(tmp_path: Path) -> None:
+    """A producer or a command with a mistyped path gets the error that says to run
+    init, and leaves no empty database behind; init() makes the file."""
+    path = tmp_path / "typo.db"
+    url = f"sqlite:{path}"
+    with pytest.raises(sql.SchemaError, match=r"no servekit queue tables.*init"):
+        sql.enqueue(url, {"n": 1})
+    with sql.open_backend(url) as backend, pytest.raises(sql.SchemaError):
+        backend.stats()
+    assert not path.exists()
+    with sql.open_backend(url) as backend:
+        backend.init()
+        backend.enqueue({"n": 1})
+        assert backend.stats()["default"]["pending"] == 1

@@ -180,12 +180,20 @@ class SQLiteBackend(BackendBase):
         self._lock = threading.RLock()
         self._checked = False
         self._conn: sqlite3.Connection | None = None
-        self._conn = self._open()
+        if os.path.exists(self._path()):
+            self._conn = self._open()  # a file we cannot use fails here, not at first use
 
     # -- connection -----------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        path = os.path.expanduser(self._url.path)
+    def _path(self) -> str:
+        return os.path.expanduser(self._url.path)
+
+    def _open(self, *, create: bool = False) -> sqlite3.Connection:
+        """A connection to the file; only init() (``create``) may make the file: a
+        producer or a command with a mistyped path must not leave an empty one."""
+        path = self._path()
+        if not create and not os.path.exists(path):
+            check_version(None, self._url.redacted())  # raises: run init
         try:
             conn = sqlite3.connect(
                 path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
@@ -212,7 +220,7 @@ class SQLiteBackend(BackendBase):
             # the parent's alone (closing it could disturb the parent's locks).
             self._conn = None
             self._checked = False
-            self._conn = self._open()
+            self._conn = self._open(create=not check)
         if check and not self._checked:
             check_version(self._version(self._conn), self._url.redacted())
             self._checked = True
