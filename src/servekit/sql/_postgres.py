@@ -252,6 +252,17 @@ class PostgresBackend(BackendBase):
             raise QueueUnavailable(
                 f"cannot connect to PostgreSQL at {where}: {_reason(exc)}"
             ) from None
+        try:
+            # Until the table is first analyzed the planner believes it nearly empty
+            # and claims through the _due index and a sort of every pending row (80 ms
+            # a claim at 200,000 rows, against 0.1 ms on the claim index): a queue
+            # just filled is exactly that table. The backend's queries have indexes
+            # in their order; this makes a sort the planner's last resort, not
+            # forbidden (a query with no such index still sorts).
+            conn.execute("SET enable_sort = off")
+        except self._pg.Error as exc:
+            conn.close()
+            raise QueueUnavailable(f"PostgreSQL at {where}: {_reason(exc)}") from None
         if self._failures or self._lost_at is not None:
             since = "" if self._lost_at is None else f" {time.monotonic() - self._lost_at:.1f} s"
             logger.info("connected to PostgreSQL at %s again%s after losing it", where, since)
