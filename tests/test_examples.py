@@ -217,6 +217,23 @@ def test_kvstore_example() -> None:
         assert proc.wait(WAIT) == 0
 
 
+@pytest.mark.parametrize("concurrency", ["pool", "threads", "sync", "fork"])
+def test_reports_example(concurrency: str) -> None:
+    """Quick answers inline, PRIMES in a forked child that serves the rest of the
+    connection; SIGTERM stops the server with status 0."""
+    with _serve(
+        "examples.reports:Reports", "--listen", "127.0.0.1:0", "--concurrency", concurrency
+    ) as (proc, _, port):
+        with connect(("127.0.0.1", port)) as client:
+            client.sendall(b"SQUARE 12\nPRIMES 100000\nSQUARE 3\nPRIMES 1\n")
+            assert recv_until(client, b")\n") == (
+                b"144\nprimes below 100000: 9592, sum 454396537\n9\n"
+                b"ERROR commands: SQUARE <n>, PRIMES <n> (2 <= n <= 100000000)\n"
+            )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
 def test_chat_example() -> None:
     with _serve("examples.chat:Chat", "--concurrency", "async", "--listen", "127.0.0.1:0") as (
         proc,
@@ -244,8 +261,9 @@ def test_chat_example() -> None:
         ["examples.echo:AsyncLineEcho", "--concurrency", "async"],
         ["examples.kvstore:KeyValue"],
         ["examples.chat:Chat", "--concurrency", "async"],
+        ["examples.reports:Reports"],
     ],
-    ids=["echo", "echo-async", "kvstore", "chat"],
+    ids=["echo", "echo-async", "kvstore", "chat", "reports"],
 )
 def test_cli_example_ctrl_c(target: list[str]) -> None:
     """Ctrl-C with a client connected: a graceful stop within --shutdown-timeout, then
@@ -595,6 +613,13 @@ def test_readme_kvstore_command() -> None:
     with _served(serve, 6380) as (_, _, port):
         result = _client(command, port, 6380)
     assert result.stdout == "OK\nVALUE 1\n"
+
+
+def test_readme_reports_command() -> None:
+    serve, command = _readme_examples()["reports (fork)"]
+    with _served(serve, 7070) as (_, _, port):
+        result = _client(command, port, 7070)
+    assert result.stdout == "144\nprimes below 100000: 9592, sum 454396537\n"
 
 
 @requires_logger

@@ -39,6 +39,8 @@ REFUSED: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"max_workers": 0}, ValueError, "max_workers must be a whole number >= 1"),
     ({"max_pending": "8"}, TypeError, "max_pending must be a whole number"),
     ({"max_pending": -1}, ValueError, "max_pending must be a whole number >= 0"),
+    ({"max_handler_threads": None}, TypeError, "max_handler_threads must be a whole number >= 1"),
+    ({"max_handler_threads": 0}, ValueError, "max_handler_threads must be a whole number >= 1"),
     ({"max_connections": True}, TypeError, "max_connections must be a whole number"),
     ({"max_connections": 0}, ValueError, "max_connections must be a whole number >= 1"),
     ({"shutdown_timeout": "25"}, TypeError, "shutdown_timeout must be a number of seconds"),

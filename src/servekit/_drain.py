@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator
+from time import monotonic
 from typing import Any
+
+from servekit import _handoff
 
 __all__ = ["CUT_GRACE", "Plan", "drain", "plan"]
 
@@ -43,11 +46,27 @@ def plan(server: Any, *, cut: Callable[[], object] | None = None) -> Plan:
 
 def drain(server: Any, wait: Callable[[float | None], bool]) -> bool:
     """Drive plan() with a blocking ``wait(timeout)``, which returns True once every
-    request has finished, False if ``timeout`` passed first."""
+    request has finished, False if ``timeout`` passed first. The children of
+    handlers' fork() (servekit._handoff) are waited for within the same time, cut
+    with the connections (cut_requests), and killed if they outlive the grace."""
     steps = plan(server)
     timeout = next(steps)
+    wait = _with_forked_children(server, wait)
     try:
         while True:
             timeout = steps.send(wait(timeout))
     except StopIteration as done:
+        _handoff.kill_children(server)
         return bool(done.value)
+
+
+def _with_forked_children(
+    server: Any, wait: Callable[[float | None], bool]
+) -> Callable[[float | None], bool]:
+    def both(timeout: float | None) -> bool:
+        deadline = None if timeout is None else monotonic() + timeout
+        done = wait(timeout)
+        left = None if deadline is None else max(0.0, deadline - monotonic())
+        return _handoff.wait_children(server, left) and done
+
+    return both

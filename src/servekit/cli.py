@@ -248,6 +248,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         "--threads": ("max_workers", pool, "--concurrency pool"),
         "--max-pending": ("max_pending", pool, "--concurrency pool"),
         "--loop": ("loop", args.concurrency == "async", "--concurrency async"),
+        "--max-handler-threads": (
+            "max_handler_threads", args.concurrency == "async", "--concurrency async",
+        ),
         "--trusted-proxy": ("trusted_proxy", args.proxy_protocol, "--proxy-protocol"),
         "--worker-timeout": ("worker_timeout", args.workers is not None, "--workers N"),
         "--max-requests": (

@@ -313,10 +313,7 @@ class ThreadingMixIn(_RequestThreads):
 
     def server_close(self) -> None:
         super().server_close()
-        if self.shutdown_timeout is None:
-            self._threads.join()
-        else:
-            _drain(self, self._threads.join)
+        _drain(self, self._threads.join)  # shutdown_timeout None: join(None), for ever
 
 
 class ThreadPoolMixIn(_RequestThreads):

@@ -162,6 +162,8 @@ class BaseServer:
     _hands_off_requests = False
     _shutdown_flag = False
     _requests_resume_at = 0.0
+    #: True in a child forked to serve a request (see _in_forked_child).
+    _request_in_child = False
 
     def __init__(self, server_address: Any, RequestHandlerClass: RequestHandlerFactory) -> None:
         """Constructor.  May be extended, do not override."""
@@ -402,13 +404,21 @@ class BaseServer:
             self.shutdown_request(request)
 
     def _in_forked_child(self) -> None:
-        """First thing in a child forked to serve a request (ForkingMixIn): the
-        loop's signal guard, held while the request was handed off, is the
-        parent's; the child must get its own signals (a Ctrl-C, a SIGTERM that
-        cuts it) at once."""
+        """First thing in a child forked to serve a request (ForkingMixIn, a
+        handler's fork()): the loop's signal guard, held while the request was
+        handed off, is the parent's; the child must get its own signals (a
+        Ctrl-C, a SIGTERM that cuts it) at once. The loop, its wake-up and its
+        lock (maybe held by a thread the child lacks) are the parent's too: a
+        shutdown() in the child returns at once, and fork() forks no further."""
         guard, self.__signal_guard = self.__signal_guard, None
         if guard is not None:
             guard.abandon()
+        waker, self.__waker = self.__waker, None
+        if waker is not None:
+            waker.close()
+        self.__loop_lock = threading.Lock()
+        self.__serving_thread = None
+        self._request_in_child = True
 
     # -- the hooks of a request source: stats, limits, a graceful stop --------
     #

@@ -133,6 +133,7 @@ def make_server(
     max_packet_size: int | None = _DEFAULTS["max_packet_size"],
     max_workers: int = _DEFAULTS["max_workers"],
     max_pending: int = _DEFAULTS["max_pending"],
+    max_handler_threads: int = _DEFAULTS["max_handler_threads"],
     max_connections: int | None = _DEFAULTS["max_connections"],
     shutdown_timeout: float | None = _DEFAULTS["shutdown_timeout"],
     idle_timeout: float | None = _DEFAULTS["idle_timeout"],
@@ -167,7 +168,8 @@ def make_server(
     ``max_workers`` threads and ``max_pending`` queued requests), ``"threads"``
     (a thread per request), ``"fork"`` (a process per request) or ``"sync"``
     (one at a time), or ``"async"`` (asyncio tasks; the handler is a
-    ``servekit.aio.AsyncStreamRequestHandler``).
+    ``servekit.aio.AsyncStreamRequestHandler``, whose ``to_thread()`` calls run
+    on at most ``max_handler_threads`` threads).
     ``backlog`` raises the listen backlog above ``socket.SOMAXCONN``;
     ``rpcbind`` (for an ``rpc.Program``) registers it with the host's rpcbind;
     ``reuse_port`` sets SO_REUSEPORT; ``socket_file_mode`` sets the permission
@@ -285,9 +287,10 @@ def make_source_server(
     ``source`` is a ``servekit.BaseServer`` subclass with ``fileno()`` and a
     non-blocking ``get_request()`` (see docs/architecture.md); ``address`` is
     given to it as it is. Of the config, what applies to any source applies:
-    ``concurrency``, ``shutdown_timeout``, and for the pool ``max_workers`` and
-    ``max_pending``; the socket options must stay at their defaults (TypeError
-    or ValueError otherwise, before the source is made).
+    ``concurrency``, ``shutdown_timeout``, for the pool ``max_workers`` and
+    ``max_pending``, for async ``max_handler_threads``; the socket options must
+    stay at their defaults (TypeError or ValueError otherwise, before the source
+    is made).
     """
     if config is None:
         config = ServerConfig()
@@ -313,6 +316,8 @@ def make_source_server(
     if config.concurrency == "pool":
         server.max_workers = config.max_workers  # type: ignore[attr-defined]
         server.max_pending = config.max_pending  # type: ignore[attr-defined]
+    if config.concurrency == "async":
+        server.max_handler_threads = config.max_handler_threads  # type: ignore[attr-defined]
     logger.info("serving %s from %s (%s, %s)", server.server_address, source.__name__,
                 config.concurrency, type(server).__name__)  # fmt: skip
     return server
@@ -403,6 +408,8 @@ def _build(
         if concurrency == "pool":
             server.max_workers = config.max_workers  # type: ignore[attr-defined]
             server.max_pending = config.max_pending  # type: ignore[attr-defined]
+        if concurrency == "async":
+            server.max_handler_threads = config.max_handler_threads  # type: ignore[attr-defined]
         # The engines read these attributes (set on the class by the stdlib
         # names, on the instance here), not the config itself.
         server.shutdown_timeout = config.shutdown_timeout

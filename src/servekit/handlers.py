@@ -12,6 +12,7 @@ import socket
 from io import BufferedIOBase, BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+from servekit import _handoff
 from servekit.limits import ConnectionLimits, LimitedReader, LimitedSocketIO
 
 if TYPE_CHECKING:
@@ -48,8 +49,29 @@ class BaseRequestHandler:
         self.setup()
         try:
             self.handle()
+        except BaseException as exc:
+            if self._forked_child:  # never back into the server's loop: see fork()
+                _handoff.end_forked_child(self, exc)
+            raise
         finally:
+            if self._forked_child:
+                _handoff.end_forked_child(self, None)
             self.finish()
+
+    #: True in the child fork() made: the end of handle() ends the process.
+    _forked_child = False
+
+    def fork(self) -> int:
+        """Finish this request in a child process, as ``os.fork()`` tells: the
+        child's pid in the parent, 0 in the child (docs/handoff.md).
+
+        The child serves the rest of the connection and exits when handle()
+        returns (after finish(), and handle_error() if it raised); the parent's
+        handle() should return at once, its copy of the connection closed. The
+        child counts against ``max_children``, is reaped, and a stop waits for it.
+        Under ForkingMixIn the request runs in a child already: 0, no new process.
+        """
+        return _handoff.fork(self)
 
     def setup(self) -> None:
         """Prepare for handle(). Called before it."""

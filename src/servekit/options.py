@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_HANDLER_THREADS",
     "DEFAULT_MAX_LINE_LENGTH",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_WORKERS",
@@ -54,6 +55,7 @@ __all__ = [
 # OPTIONS below, shown with it in help(ServerConfig).
 DEFAULT_MAX_WORKERS: Final = 64  #: threads of the pool kept warm
 DEFAULT_MAX_PENDING: Final = 256  #: requests queued for a full pool
+DEFAULT_MAX_HANDLER_THREADS: Final = 32  #: async: to_thread() calls running at once
 DEFAULT_MAX_CONNECTIONS: Final = 1024  #: open connections at once, in every model
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 25.0  #: seconds a stop lets requests in flight run
 DEFAULT_IDLE_TIMEOUT: Final = 300.0  #: seconds a connection may carry no traffic either way
@@ -103,6 +105,12 @@ OPTIONS: Final[dict[str, Option]] = {
         Option("max_pending", "count", DEFAULT_MAX_PENDING,
                "pool: requests queued for a thread before accepting pauses", none=False,
                why="beyond it, clients wait in the kernel backlog at no cost to the server"),
+        Option("max_handler_threads", "count", DEFAULT_MAX_HANDLER_THREADS,
+               "async: handlers' to_thread() calls running at once; more wait their turn",
+               minimum=1, none=False,
+               why="asyncio's own executor stops at 32 threads: enough for the blocking "
+               "calls of many connections, few enough that their stacks stay small and "
+               "a library they share is not swamped"),
         Option("max_connections", "count", DEFAULT_MAX_CONNECTIONS,
                "open connections at once; past it, clients wait in the backlog", minimum=1,
                why="each holds a descriptor and, in the thread models, a thread; 1,024 "
@@ -157,7 +165,7 @@ OPTIONS: Final[dict[str, Option]] = {
 QUEUE_OPTIONS: Final = frozenset({"lease", "retry_backoff", "max_attempts", "claim_batch"})
 #: The options that apply to every request source, sockets or not.
 ANY_SOURCE_OPTIONS: Final = frozenset(
-    {"concurrency", "shutdown_timeout", "max_workers", "max_pending"}
+    {"concurrency", "shutdown_timeout", "max_workers", "max_pending", "max_handler_threads"}
 )
 
 #: How requests run, by name (also the names of ``--concurrency``).
@@ -211,6 +219,8 @@ class ServerConfig:
     max_workers: int = DEFAULT_MAX_WORKERS
     #: "pool": requests queued for a thread before accepting pauses.
     max_pending: int = DEFAULT_MAX_PENDING
+    #: "async": handlers' to_thread() calls running at once.
+    max_handler_threads: int = DEFAULT_MAX_HANDLER_THREADS
     #: Open connections at once (streams).
     max_connections: int | None = DEFAULT_MAX_CONNECTIONS
     #: Seconds a stop lets requests in flight run before cutting them.

@@ -27,6 +27,7 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from servekit import _handoff
 from servekit._preface import (
     PrefaceFailed,
     check_proxy_peer,
@@ -252,6 +253,8 @@ class TCPServer(BaseServer):
         May be overridden.
         """
         self.socket.close()
+        if not self._hands_off_requests:  # a model that does drains them with its own
+            _handoff.stop_children(self)
 
     def fileno(self) -> int:
         """Return socket file number.
@@ -444,7 +447,7 @@ class TCPServer(BaseServer):
                 conn.shutdown(socket.SHUT_RDWR)
             except (AttributeError, OSError):
                 pass  # already closed, or not a socket
-        return len(open_now)
+        return len(open_now) + _handoff.terminate_children(self)  # those a handler's fork() made
 
     def get_request_failed(self, exc: OSError) -> None:
         if exc.errno is None or exc.errno in _SKIP_ERRNOS:
@@ -576,6 +579,16 @@ class _Connections:
     def snapshot(self) -> list[Any]:
         with self._lock:
             return list(self._open.values())
+
+    def keep_only(self, conn: Any) -> list[Any]:
+        """In a child forked to finish ``conn``'s request: track ``conn`` alone and
+        return the others, for the child to close. A new lock: a thread that held
+        the old one is the parent's."""
+        self._lock = threading.Lock()
+        others = [c for c in self._open.values() if c is not conn]
+        self._open = {id(conn): conn}
+        self._pinned = set()
+        return others
 
     def prune(self) -> None:
         """Forget connections closed without close_request() (a subclass's doing)."""

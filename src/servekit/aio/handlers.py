@@ -20,8 +20,9 @@ once, and the connection is closed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from servekit.aio.stream import Stream
 from servekit.limits import (
@@ -34,11 +35,14 @@ from servekit.limits import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from servekit.aio.server import AsyncServerMixIn
 
 __all__ = ["AsyncBaseRequestHandler", "AsyncDatagramRequestHandler", "AsyncStreamRequestHandler"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 #: The write buffer size past which asyncio's and uvloop's transports pause
 #: writing, unless set_write_buffer_limits() changed it.
@@ -69,6 +73,27 @@ class AsyncBaseRequestHandler:
 
     async def finish(self) -> None:
         """Clean up after handle(); runs even if it raised."""
+
+    async def to_thread(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)`` on a thread of the server's, its result or its
+        exception here (docs/handoff.md): for slow or blocking work, which would
+        stall every connection on the loop. At most ``max_handler_threads`` run
+        at once, more wait their turn; a stop waits for them within
+        ``shutdown_timeout``. Outside an async server: ``asyncio.to_thread``."""
+        context = contextvars.copy_context()  # as asyncio.to_thread: the caller's context
+        run = getattr(self.server, "_to_thread", None)
+        if run is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        result: _T = await run(context.run, (fn, *args), kwargs)
+        return result
+
+    def fork(self) -> NoReturn:
+        """Refused: see to_thread()."""
+        raise TypeError(
+            f"{type(self).__name__}.fork(): an async handler cannot fork (the child would "
+            "inherit the server's event loop and every connection on it); finish slow or "
+            "blocking work with `await self.to_thread(fn, *args)` instead"
+        )
 
 
 class AsyncStreamRequestHandler(AsyncBaseRequestHandler):

@@ -39,10 +39,13 @@ from servekit._preface import (
     remaining,
     tls_failed,
 )
+from servekit.aio._threads import HandlerThreads
+from servekit.aio._threads import stop as stop_handler_threads
 from servekit.aio.accept import Acceptor
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.stream import Stream, Watchdog
 from servekit.limits import drop_datagram, report, too_long_datagram
+from servekit.options import DEFAULT_MAX_HANDLER_THREADS
 from servekit.sockets import (
     TCPServer,
     UDPServer,
@@ -130,6 +133,10 @@ class AsyncServerMixIn(_Base):
     #: source until one finishes; an unbounded server would queue tasks, and
     #: memory, for as long as a flood lasts.
     max_in_flight: int = 1024
+    #: The most handlers' ``to_thread()`` calls running at once, each on a thread
+    #: of the server's (see servekit.aio._threads); more wait their turn.
+    max_handler_threads: int = DEFAULT_MAX_HANDLER_THREADS
+    _aio_threads: HandlerThreads | None = None
 
     _aio_loop: asyncio.AbstractEventLoop | None = None
     _aio_stop: asyncio.Event | None = None
@@ -263,7 +270,9 @@ class AsyncServerMixIn(_Base):
                     self._aio_acceptor.stop()
                 if datagrams is not None:
                     datagrams.taking = False
+                stopping = loop.time()
                 await self._drain()
+                await self._stop_handler_threads(stopping)
                 if datagrams is not None:
                     datagrams.transport.close()  # after the drain: replies go out through it
         finally:
@@ -321,6 +330,28 @@ class AsyncServerMixIn(_Base):
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+    def _to_thread(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """A handler's to_thread(): ``fn`` on one of the server's handler threads."""
+        threads = self._aio_threads
+        if threads is None:
+            threads = self._aio_threads = HandlerThreads(
+                self.max_handler_threads, type(self).__name__
+            )
+        return asyncio.wrap_future(threads.submit(fn, args, kwargs))
+
+    async def _stop_handler_threads(self, stopping: float) -> None:
+        """After the drain: to_thread() calls still running (a handler that did not
+        await one) get what is left of shutdown_timeout since the stop began."""
+        threads, self._aio_threads = self._aio_threads, None
+        if threads is None:
+            return
+        timeout = self.shutdown_timeout
+        if timeout is not None:
+            timeout = max(0.0, timeout - (asyncio.get_running_loop().time() - stopping))
+        await stop_handler_threads(threads, self, timeout)
 
     async def _service_loop(self, poll_interval: float) -> None:
         while True:
