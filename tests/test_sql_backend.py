@@ -392,6 +392,18 @@ def test_purge_removes_old_done_rows(backend: Any) -> None:
         backend.purge(-1)
 
 
+def test_purge_of_one_queue_leaves_the_others(backend: Any, make: Factory) -> None:
+    backend.enqueue_many(range(2), queue="mail")
+    backend.enqueue_many(range(3))
+    worker = make(queues=["mail", "default"])
+    worker.complete_many(worker.claim(limit=5))
+    until(lambda: backend.purge(0.001, queue="mail") == 2, "mail's done rows purged", timeout=2)
+    assert backend.stats()["default"]["done"] == 3
+    assert backend.purge(0.001, queue="default") == 3
+    with pytest.raises(ValueError, match="queue"):
+        backend.purge(0.001, queue="")
+
+
 # -- payloads that cannot be read -----------------------------------------------------------
 
 

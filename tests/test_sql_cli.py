@@ -236,6 +236,9 @@ def test_dead_retry_and_purge_on_sqlite(tmp_path: Path) -> None:
     assert ok(cli(url, "retry", str(ids[1]))) == "retried 1 row\n"
     assert ok(cli(url, "retry", "--all", "--queue", "mail")) == "retried 0 rows\n"
     assert ok(cli(url, "retry", "--all")) == "retried 1 row\n"  # ids[2]
+    assert ok(cli(url, "purge", "--older-than", "7d", "--queue", "mail")) == (
+        "purged 0 done rows of mail\n"
+    )
     assert ok(cli(url, "purge", "--older-than", "7d")) == "purged 2 done rows\n"
     assert json.loads(ok(cli(url, "stats", "--json")))["queues"] == {
         "default": {"pending": 3, "running": 0, "done": 1, "dead": 0},

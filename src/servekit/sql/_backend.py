@@ -279,8 +279,9 @@ class Backend(Protocol):
         """``retry()`` every dead row of ``queue`` (None: of every queue)."""
         ...
 
-    def purge(self, older_than: float) -> int:
-        """Delete done rows finished more than ``older_than`` seconds ago; how many."""
+    def purge(self, older_than: float, queue: str | None = None) -> int:
+        """Delete done rows finished more than ``older_than`` seconds ago, of ``queue``
+        (None: of every queue); how many."""
         ...
 
     def close(self) -> None:

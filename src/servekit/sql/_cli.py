@@ -208,10 +208,14 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     purge = actions.add_parser(
         "purge",
         help="delete done rows older than a given age",
-        description="Delete the done rows (of every queue) finished more than DURATION ago.",
+        description="Delete the done rows finished more than DURATION ago: of --queue, or "
+        "of the queues the URL names (?queue=), else of every queue.",
     )
     purge.add_argument("--older-than", type=_type("duration", parse_duration), required=True,
                        metavar="DURATION", help="7d, 12h, 30m, 90s or seconds")  # fmt: skip
+    purge.add_argument(
+        "--queue", type=queue_name, metavar="Q", help="default: the URL's ?queue=, else all"
+    )
     return queue  # type: ignore[no-any-return]
 
 
@@ -583,9 +587,13 @@ def _fetch(sql: str, params: Sequence[object], conn: Any, *_: object) -> list[An
 
 
 def _purge(args: argparse.Namespace, url: QueueURL) -> int:
+    queues: Sequence[str | None] = (
+        (args.queue,) if args.queue is not None else _explicit_queues(args.url, url) or (None,)
+    )
     with _open(url) as backend:
-        count = backend.purge(args.older_than)
-    print(f"purged {_plural(count, 'done row')}")  # noqa: T201
+        count = sum(backend.purge(args.older_than, queue) for queue in queues)
+    where = "" if queues == (None,) else f" of {', '.join(str(q) for q in queues)}"
+    print(f"purged {_plural(count, 'done row')}{where}")  # noqa: T201
     return 0
 
 

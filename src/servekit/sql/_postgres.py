@@ -751,14 +751,17 @@ class PostgresBackend(BackendBase):
 
         return len(self._write(body))
 
-    def purge(self, older_than: float) -> int:
+    def purge(self, older_than: float, queue: str | None = None) -> int:
         if not older_than >= 0:
             raise ValueError(f"older_than must be seconds >= 0, not {older_than!r}")
+        where = "" if queue is None else " AND queue = %(queue)s"
         sql = (
             f"DELETE FROM {JOBS} WHERE id IN (SELECT id FROM {JOBS} WHERE state = 'done' "
-            f"AND finished_at < now() - %(age)s LIMIT {_PURGE_BATCH})"
+            f"AND finished_at < now() - %(age)s{where} LIMIT {_PURGE_BATCH})"
         )
-        params = {"age": timedelta(seconds=older_than)}
+        params: dict[str, object] = {"age": timedelta(seconds=older_than)}
+        if queue is not None:
+            params["queue"] = check_queue_name(queue)
         total = 0
         while True:
             count = self._run(lambda conn: conn.execute(sql, params).rowcount)

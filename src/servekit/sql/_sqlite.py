@@ -622,17 +622,20 @@ class SQLiteBackend(BackendBase):
             self._waker.wake()
         return count
 
-    def purge(self, older_than: float) -> int:
+    def purge(self, older_than: float, queue: str | None = None) -> int:
         if not older_than >= 0:
             raise ValueError(f"older_than must be seconds >= 0, not {older_than!r}")
+        where, params = "", ()
+        if queue is not None:
+            where, params = " AND queue = ?", (check_queue_name(queue),)
         total = 0
         while True:
 
             def body(conn: sqlite3.Connection, now: float) -> int:
                 return conn.execute(
                     f"DELETE FROM {JOBS} WHERE id IN (SELECT id FROM {JOBS} "
-                    "WHERE state = 'done' AND finished_at < ? LIMIT ?)",
-                    (now - older_than, _PURGE_BATCH),
+                    f"WHERE state = 'done' AND finished_at < ?{where} LIMIT ?)",
+                    (now - older_than, *params, _PURGE_BATCH),
                 ).rowcount
 
             count = self._write(body)
