@@ -32,7 +32,7 @@ from servekit.rpc.client import (
     SystemErr,
 )
 from servekit.rpc.message import AuthNone, AuthSys, Call, Credential
-from servekit.rpc.program import Procedure, Program, Version, procedure
+from servekit.rpc.program import Procedure, Program, Version, procedure, unimplemented
 
 __all__ = [
     "AsyncClient",
@@ -54,4 +54,5 @@ __all__ = [
     "SystemErr",
     "Version",
     "procedure",
+    "unimplemented",
 ]

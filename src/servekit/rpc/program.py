@@ -45,13 +45,14 @@ if typing.TYPE_CHECKING:
     from servekit.rpc.message import Call, Credential
 from servekit.rpc.replycache import IN_PROGRESS, ReplyCache
 
-__all__ = ["Procedure", "Program", "Version", "procedure"]
+__all__ = ["Procedure", "Program", "Version", "procedure", "unimplemented"]
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NUMBER = "__rpc_procedure__"
+_UNIMPLEMENTED = "__rpc_unimplemented__"
 
 
 def procedure(number: int) -> Callable[[F], F]:
@@ -64,6 +65,14 @@ def procedure(number: int) -> Callable[[F], F]:
         return method
 
     return mark
+
+
+def unimplemented(method: F) -> F:
+    """Mark a procedure as not served (what ``servekit rpcgen``'s server base classes
+    declare): a Program answers a call to it PROC_UNAVAIL until a subclass overrides
+    it. A client still calls it by this declaration."""
+    setattr(method, _UNIMPLEMENTED, True)
+    return method
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +241,7 @@ class Program:
             (version.version, number): (version, proc)
             for version in versions
             for number, proc in version.procedures().items()
+            if not getattr(getattr(version, proc.name), _UNIMPLEMENTED, False)
         }
 
     def __repr__(self) -> str:

@@ -54,6 +54,7 @@ import dataclasses
 import enum
 import math
 import struct as _struct
+import sys
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Generic, TypeVar, overload
@@ -66,6 +67,7 @@ __all__ = [
     "Hyper",
     "Int",
     "Limits",
+    "Quadruple",
     "UHyper",
     "UInt",
     "XdrError",
@@ -442,6 +444,7 @@ UHyper = Annotated[int, uint64]
 Float = Annotated[float, float32]
 Double = Annotated[float, float64]
 Bool = Annotated[bool, boolean]
+Quadruple = Annotated[float, quadruple]
 
 
 # -- bytes and strings -------------------------------------------------------------------
@@ -553,7 +556,7 @@ def _check_size(size: int, kind: str) -> None:
 def array(element: Any, size: int) -> XdrType[list[Any]]:
     """``T name[size]``: exactly ``size`` elements."""
     _check_size(size, "array")
-    item = _lazy(element)
+    item = _lazy(element, _caller_names(element))
 
     def make() -> tuple[Pack, Unpack]:
         pack_item, unpack_item = item().pack, item().unpack
@@ -582,7 +585,7 @@ def var_array(element: Any, maximum: int | None = None) -> XdrType[list[Any]]:
     """``T name<maximum>`` (None: ``<>``, bounded by ``Limits.max_array`` when read)."""
     if maximum is not None:
         _check_size(maximum, "array")
-    item = _lazy(element)
+    item = _lazy(element, _caller_names(element))
     shown = f"{_name(element)}<{'' if maximum is None else maximum}>"
 
     def make() -> tuple[Pack, Unpack]:
@@ -619,7 +622,7 @@ def var_array(element: Any, maximum: int | None = None) -> XdrType[list[Any]]:
 def optional(element: Any) -> XdrType[Any]:
     """``T *name``: None, or a value of ``T`` (a string names a class of the module
     that declares the field, for a type that refers to itself)."""
-    item = _lazy(element)
+    item = _lazy(element, _caller_names(element))
 
     def make() -> tuple[Pack, Unpack]:
         target = item()
@@ -675,6 +678,15 @@ def _lazy(declared: Any, namespace: dict[str, Any] | None = None) -> Callable[[]
 
     get.declared = declared  # type: ignore[attr-defined]
     return get
+
+
+def _caller_names(element: Any) -> dict[str, Any] | None:
+    """For a type named by a string: the names of the code that named it (a module, or
+    the namespace annotations are evaluated in), where it is looked up first; a name
+    two modules declare is then each one's own."""
+    if not isinstance(element, str):
+        return None
+    return sys._getframe(2).f_globals
 
 
 def _resolve(name: str, namespace: dict[str, Any] | None) -> Any:
