@@ -40,6 +40,7 @@ from servekit.factory import _build, _describe, make_server, make_source_server
 from servekit.handlers import BaseRequestHandler
 from servekit.options import CONCURRENCY_MODELS, QUEUE_OPTIONS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
+from servekit.rpc import _rpcgen_cli as rpcgen_cli
 from servekit.rpc import rpcbind
 from servekit.rpc import server as rpc_server
 from servekit.rpc.program import Program
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False, prefix_chars="\0",  # every argument is rpcinfo's, as rpcinfo reads it
     )  # fmt: skip
     rpcinfo_command.add_argument("rpcinfo_args", nargs=argparse.REMAINDER)
+    rpcgen_cli.add_parser(commands)
     queue_cli.add_parser(commands)
     return parser
 
@@ -579,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(rpcinfo.main(args.rpcinfo_args))
     if args.command == "queue":
         sys.exit(queue_cli.run(args))
+    if args.command == "rpcgen":
+        sys.exit(rpcgen_cli.run(args))
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
