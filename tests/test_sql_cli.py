@@ -268,8 +268,7 @@ def test_errors_are_one_line_with_the_right_status(
          ("no SQLite database at 'missing.db': create it with `servekit queue sqlite:missing.db "
          "init`")),
         (("sqlite:/no/such/folder/jobs.db", "init"), 1,
-         ("cannot open the SQLite database '/no/such/folder/jobs.db': unable to open database "
-         "file (does its directory exist?)")),
+         "cannot open the SQLite database '/no/such/folder/jobs.db': its folder does not exist"),
         (("sqlite:empty.db", "dead"), 1,
          ("sqlite:empty.db has no servekit queue tables: create them with "
          "`servekit queue sqlite:empty.db init`")),

@@ -180,8 +180,13 @@ class SQLiteBackend(BackendBase):
         self._lock = threading.RLock()
         self._checked = False
         self._conn: sqlite3.Connection | None = None
-        if os.path.exists(self._path()):
+        path = self._path()
+        if os.path.exists(path):
             self._conn = self._open()  # a file we cannot use fails here, not at first use
+        elif not os.path.isdir(os.path.dirname(path) or "."):
+            raise QueueUnavailable(
+                f"cannot open the SQLite database {path!r}: its folder does not exist"
+            )
 
     # -- connection -----------------------------------------------------------------------
 
@@ -625,7 +630,8 @@ class SQLiteBackend(BackendBase):
     def purge(self, older_than: float, queue: str | None = None) -> int:
         if not older_than >= 0:
             raise ValueError(f"older_than must be seconds >= 0, not {older_than!r}")
-        where, params = "", ()
+        where = ""
+        params: tuple[str, ...] = ()
         if queue is not None:
             where, params = " AND queue = ?", (check_queue_name(queue),)
         total = 0
