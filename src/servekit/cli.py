@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
-from servekit import options
+from servekit import _cliconfig, options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
 from servekit.factory import _build, _describe, make_server, make_source_server
@@ -49,7 +49,7 @@ from servekit.sql import _cli as queue_cli
 from servekit.sql.source import is_queue_address
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from servekit.core import BaseServer
 
@@ -131,17 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a handler class or a server factory",
         description="Serve MODULE:ATTR, a request handler class or a function returning a server.",
     )
-    serve.add_argument("target", metavar="MODULE:ATTR")
+    serve.add_argument("target", metavar="MODULE:ATTR", nargs="?", default=_UNSET,
+                       help="what to serve (or app in the -c file, or SERVEKIT_APP)")  # fmt: skip
+    serve.add_argument("-c", "--config", dest="config_file", metavar="FILE",
+                       help="a TOML file of options: make_server's names, plus app, listen "
+                       "and workers; the command line and SERVEKIT_* variables win over it "
+                       "(see docs/cli.md)")  # fmt: skip
+    serve.add_argument("--check-config", action="store_true",
+                       help="check the configuration, print each option's value and source, "
+                       "and exit")  # fmt: skip
+    serve.add_argument("--json", action="store_true", help="--check-config: as JSON")
     serve.add_argument(
         "--listen", action="append", metavar="ADDRESS",
         help="listen address, repeatable (default 127.0.0.1:8000); see docs/addresses.md",
     )  # fmt: skip
     serve.add_argument(
-        "--source", metavar="MODULE:ATTR",
+        "--source", metavar="MODULE:ATTR", default=_UNSET,
         help="a request source class that is not a socket (a servekit.BaseServer subclass "
         "taking (address, handler)); each --listen ADDRESS is given to it as it is",
     )  # fmt: skip
-    serve.add_argument("--concurrency", choices=CONCURRENCY_MODELS, default="pool",
+    serve.add_argument("--concurrency", choices=CONCURRENCY_MODELS, default=_UNSET,
                        help="how requests run (default: pool)")  # fmt: skip
     serve.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default=_UNSET,
                        help="--concurrency async: its loop (default: auto, uvloop if any)",
@@ -156,16 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N" if option.kind == "count" else "SECONDS",
             help=f"{option.help} (default: {_shown(option.default)})",
         )  # fmt: skip
-    serve.add_argument("--certfile", help="TLS certificate chain (PEM)")
-    serve.add_argument("--keyfile", help="TLS private key, if not in --certfile")
-    serve.add_argument("--cafile", help="require client certificates signed by these CAs")
-    serve.add_argument("--proxy-protocol", action="store_true",
+    serve.add_argument("--certfile", default=_UNSET, help="TLS certificate chain (PEM)")
+    serve.add_argument("--keyfile", default=_UNSET, help="TLS private key, if not in --certfile")
+    serve.add_argument("--cafile", default=_UNSET,
+                       help="require client certificates signed by these CAs")  # fmt: skip
+    serve.add_argument("--proxy-protocol", action="store_true", default=_UNSET,
                        help="read a PROXY v1/v2 header from trusted proxies")  # fmt: skip
-    serve.add_argument("--trusted-proxy", action="append", default=[], metavar="NETWORK",
+    serve.add_argument("--trusted-proxy", action="append", metavar="NETWORK",
                        help="address, network or 'unix' allowed to send PROXY headers")  # fmt: skip
-    serve.add_argument("--no-rpcbind", action="store_true",
+    serve.add_argument("--no-rpcbind", action="store_true", default=_UNSET,
                        help="an RPC program: leave the host's rpcbind alone")  # fmt: skip
-    serve.add_argument("--workers", type=_whole("workers", 1), default=None,
+    serve.add_argument("--workers", type=_whole("workers", 1), default=_UNSET,
                        help="prefork: this many worker processes under a supervisor "
                        "(default: one process, no supervisor)")  # fmt: skip
     serve.add_argument("--worker-timeout", type=_seconds("worker-timeout"), default=_UNSET,
@@ -178,11 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_UNSET,
                        help="--max-requests: add up to this many at random, so workers "
                        "restart apart (default: 0)")  # fmt: skip
-    serve.add_argument("--log-level", default="INFO",
+    serve.add_argument("--log-level", default=_UNSET,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                        help="(default: INFO)")  # fmt: skip
     serve.add_argument("--status-interval", type=_seconds("status-interval"),
-                       default=DEFAULT_STATUS_INTERVAL,
+                       default=_UNSET,
                        help="seconds between status lines; 'none' for none "
                        f"(default: {DEFAULT_STATUS_INTERVAL:g})")  # fmt: skip
     rpcbind_command = commands.add_parser(
@@ -242,8 +252,71 @@ def _shown(default: object) -> str:
     )
 
 
+#: The defaults of serve's own options (those of make_server are servekit.options').
+_COMMAND_DEFAULTS: dict[str, Any] = {
+    "concurrency": "pool", "certfile": None, "keyfile": None, "cafile": None,
+    "proxy_protocol": False, "no_rpcbind": False, "workers": None, "log_level": "INFO",
+    "status_interval": DEFAULT_STATUS_INTERVAL, "source": None,
+}  # fmt: skip
+
+
+def configure(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+) -> None:
+    """What the command line left out, from SERVEKIT_* variables, then the -c file,
+    then the defaults of serve's own options; ``args.origins`` says which gave each."""
+    if args.json and not args.check_config:
+        raise UsageError("--json goes with --check-config")
+    try:
+        args.origins = _cliconfig.layer(
+            _serve_parser(parser), args, unset=_UNSET, environ=environ, path=args.config_file
+        )
+    except _cliconfig.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    for name, default in _COMMAND_DEFAULTS.items():
+        if getattr(args, name) is _UNSET:
+            setattr(args, name, default)
+    if args.trusted_proxy is None:
+        args.trusted_proxy = []
+    if args.target is _UNSET:
+        raise UsageError(
+            "nothing to serve: give MODULE:ATTR, app in the configuration file (-c), "
+            "or SERVEKIT_APP"
+        )
+
+
+def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve: argparse.ArgumentParser = commands.choices["serve"]
+    return serve
+
+
+def _named(args: argparse.Namespace, name: str, flag: str) -> str:
+    """How to name an option in an error: as its source gave it."""
+    key = _cliconfig.key_of(name)
+    origin = getattr(args, "origins", {}).get(key)
+    if origin == _cliconfig.ENVIRONMENT:
+        return _cliconfig.ENV_PREFIX + key.upper()
+    if origin == _cliconfig.FILE:
+        return f"{args.config_file}: {key}"
+    return flag
+
+
+def check_configuration(args: argparse.Namespace) -> str:
+    """--check-config: the application imports; each option's value and source."""
+    load_target(args.target)
+    values = {_cliconfig.key_of(dest): value for dest, value in vars(args).items()}
+    values["rpcbind"] = not args.no_rpcbind
+    return _cliconfig.describe(values, args.origins, as_json=args.json)
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse what would be ignored, then fill in the defaults; UsageError names the flag."""
+    for name, default in _COMMAND_DEFAULTS.items():  # when configure() did not run
+        if getattr(args, name, _UNSET) is _UNSET:
+            setattr(args, name, default)
+    if getattr(args, "trusted_proxy", None) is None:
+        args.trusted_proxy = []
     pool = args.concurrency == "pool"
     given = {name: value is not _UNSET for name, value in vars(args).items()}
     needs = {
@@ -265,7 +338,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     }  # fmt: skip
     for flag, (name, applies, what) in needs.items():
         if given[name] and getattr(args, name) != [] and not applies:
-            raise UsageError(f"{flag} does nothing without {what}")
+            raise UsageError(f"{_named(args, name, flag)} does nothing without {what}")
     _queue_source(args)
     if args.source is None:
         queue_flags = [options.OPTIONS[n].cli_flag for n in sorted(QUEUE_OPTIONS) if given[n]]
@@ -583,6 +656,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(queue_cli.run(args))
     if args.command == "rpcgen":
         sys.exit(rpcgen_cli.run(args))
+    if args.command == "serve":
+        try:
+            configure(parser, args, os.environ)
+        except UsageError as exc:
+            _usage_error(exc)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -590,6 +668,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(_rpcbind(args))
     try:
         check_arguments(args)
+        if args.check_config:
+            print(check_configuration(args))  # noqa: T201 - the CLI's own output
+            sys.exit(0)
         if args.workers is not None:
             sys.exit(_prefork(args))
         servers = make_servers(load_target(args.target), args)
