@@ -336,3 +336,19 @@ def test_cli(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert (failed.returncode, failed.stdout) == (1, "")
     assert failed.stderr == f"{bad}:1:11: bad constant '0x'\n"
+
+
+def test_a_type_named_by_a_string_is_its_own_modules(tmp_path: Path) -> None:
+    """Two modules that declare the same name: a typedef's late reference (a string) is
+    looked up in the module that wrote it, not in whichever declared the name first."""
+    first = "typedef node *link; struct node { int a; link next; };"
+    second = "typedef node *link; struct node { hyper b; string s<>; link next; };"
+    modules = []
+    for index, source in enumerate((first, second)):
+        path = tmp_path / f"same_name_{index}.py"
+        path.write_text(compile_x(source, f"same_name_{index}.x"))
+        modules.append(_load(path, f"rpcgen_same_name_{index}"))
+    one, two = modules
+    assert xdr.decode(one.node, xdr.encode(one.node, one.node(1, one.node(2, None)))).next.a == 2
+    value = two.node(b=2**40, s="x", next=two.node(b=3, s="", next=None))
+    assert xdr.decode(two.node, xdr.encode(two.node, value)) == value
