@@ -43,13 +43,13 @@ C_TYPES = {
     "bool_t": "bool",
     "rpcprog_t": "unsigned int", "rpcvers_t": "unsigned int", "rpcproc_t": "unsigned int",
     "rpcprot_t": "unsigned int", "rpcport_t": "unsigned int",
-}
+}  # fmt: skip
 #: Constants of libtirpc's headers that real files use as their own.
 C_CONSTANTS = {"MAXNETNAMELEN": 255, "MAX_NETOBJ_SZ": 1024}
 #: libtirpc's types that are not numbers, as xdr_netobj and xdr_des_block write them.
 C_TYPEDEFS: dict[str, tuple[str, int | None]] = {
     "netobj": ("var_opaque", 1024), "des_block": ("opaque", 8), "netbuf": ("var_opaque", None),
-}
+}  # fmt: skip
 _SWITCHABLE = ("int", "unsigned int", "bool")
 _UINT_MAX = 2**32 - 1
 

@@ -39,12 +39,12 @@ __all__ = ["generate"]
 _RESERVED = frozenset({
     "enum", "xdr", "rpc", "Annotated", "TypeAlias", "annotations", "list", "bytes", "str",
     "int", "float", "bool", "None", "super", "self",
-})
+})  # fmt: skip
 #: What a Version or a client already has: a procedure cannot take these names.
 _TAKEN_BY_CLASSES = frozenset({
     "call", "close", "credential", "client_address", "server", "program", "version",
     "procedures", "procedure", "request", "result", "open", "timeout", "cred",
-})
+})  # fmt: skip
 #: Each built-in type: its Python type, its XDR type, its field annotation.
 _BUILTIN = {
     "int": ("int", "xdr.int32", "xdr.Int"),
@@ -132,8 +132,9 @@ class _Generator:
             enum = self.symbols.enum_of(definition.discriminant.type)  # type: ignore[arg-type]
             if enum is not None:
                 found.append(enum.name)
-            return found + [n for arm in definition.arms for v, _ in arm.labels
-                            for n in _value_names(v)]
+            return found + [
+                n for arm in definition.arms for v, _ in arm.labels for n in _value_names(v)
+            ]
         if isinstance(definition, Program):
             return _value_names(definition.number) + [
                 n for version in definition.versions for n in _value_names(version.number)
@@ -294,8 +295,11 @@ class _Generator:
     def program(self, program: Program) -> str:
         blocks = [f"{py(program.name)} = {self.value(program.number)}"]
         for version in program.versions:
-            blocks += [self.server(program, version), self.client(version, asynchronous=False),
-                       self.client(version, asynchronous=True)]
+            blocks += [
+                self.server(program, version),
+                self.client(version, asynchronous=False),
+                self.client(version, asynchronous=True),
+            ]
         return "\n\n\n".join(blocks)
 
     def signature(self, version: Version, index: int) -> tuple[str, str, str, list[str]]:
@@ -355,8 +359,11 @@ class _Generator:
             method, params, result, args = self.signature(version, index)
             call = f"self.call({name}.{method}{''.join(', ' + a for a in args)})"
             statement = f"{wait}{call}" if result == "None" else f"return {wait}{call}"
-            lines += ["", f"    {prefix}def {method}(self{params}) -> {result}:",
-                      f"        {statement}"]
+            lines += [
+                "",
+                f"    {prefix}def {method}(self{params}) -> {result}:",
+                f"        {statement}",
+            ]
         return "\n".join(lines)
 
 

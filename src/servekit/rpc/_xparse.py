@@ -42,9 +42,15 @@ KEYWORDS = frozenset({
     "bool", "case", "const", "default", "double", "enum", "float", "hyper", "int", "opaque",
     "program", "quadruple", "string", "struct", "switch", "typedef", "union", "unsigned",
     "version", "void",
-})
-_SIMPLE = {"int": "int", "hyper": "hyper", "float": "float", "double": "double",
-           "quadruple": "quadruple", "bool": "bool"}
+})  # fmt: skip
+_SIMPLE = {
+    "int": "int",
+    "hyper": "hyper",
+    "float": "float",
+    "double": "double",
+    "quadruple": "quadruple",
+    "bool": "bool",
+}
 #: rpcgen's ``unsigned char``, ``unsigned short``, ``unsigned long``: the C names it maps.
 _UNSIGNED_C = {"char": "u_char", "short": "u_short", "long": "u_long"}
 
@@ -247,8 +253,9 @@ class _Parser:
             if not self.is_("<"):
                 raise self.unexpected(f"'<' after {kind} {name.text}")
             maximum = self.maximum()
-            return Decl(name.text, "var_opaque" if kind == "opaque" else "string", None, maximum,
-                        name), None
+            return Decl(
+                name.text, "var_opaque" if kind == "opaque" else "string", None, maximum, name
+            ), None
         type_ref, inline = self.type_specifier()
         if self.accept("*"):
             name = self.identifier()
