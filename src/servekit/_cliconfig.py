@@ -135,6 +135,8 @@ def _from_toml(action: argparse.Action, value: Any, where: str) -> Any:
         return [_parsed(action, item, where) for item in items]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(f"{where}: not a {_wanted(action)}")
+    if isinstance(value, int) and getattr(action.type, "octal", False):
+        return _parsed(action, format(value, "o"), where)  # umask = 0o027 is 23, in octal 27
     return _parsed(action, str(value), where)
 
 

@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
-from servekit import _cliconfig, options
+from servekit import _cliconfig, _process, options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
 from servekit.factory import _build, _describe, make_server, make_source_server
@@ -106,6 +106,16 @@ def _seconds(flag: str, *, none: bool = True) -> Callable[[str], float | None]:
 
     parse.__name__ = flag
     return parse
+
+
+def _umask(text: str) -> int:
+    try:
+        return _process.parse_umask(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_umask.octal = True  # type: ignore[attr-defined]  # a TOML integer is written in octal
 
 
 def _whole(flag: str, minimum: int) -> Callable[[str], int]:
@@ -188,6 +198,25 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_UNSET,
                        help="--max-requests: add up to this many at random, so workers "
                        "restart apart (default: 0)")  # fmt: skip
+    serve.add_argument("--reuse-port", action="store_true", default=_UNSET,
+                       help="set SO_REUSEPORT on the listening sockets")  # fmt: skip
+    serve.add_argument("--pid", metavar="FILE", default=_UNSET,
+                       help="write the pid of the process that takes signals here (the "
+                       "supervisor under --workers); removed at exit")  # fmt: skip
+    serve.add_argument("--user", default=_UNSET,
+                       help="started as root: bind, then serve as this user "
+                       "(name or uid)")  # fmt: skip
+    serve.add_argument("--group", default=_UNSET,
+                       help="with or without --user: serve as this group (default: the "
+                       "user's own)")  # fmt: skip
+    serve.add_argument("--umask", type=_umask, default=_UNSET, metavar="MODE",
+                       help="the process's umask, octal (e.g. 027)")  # fmt: skip
+    serve.add_argument("--chdir", metavar="DIR", default=_UNSET,
+                       help="change to this directory first (before --pid and the "
+                       "import)")  # fmt: skip
+    serve.add_argument("--app-dir", metavar="DIR", default=_UNSET,
+                       help="import MODULE:ATTR from this directory (as well as the "
+                       "current one)")  # fmt: skip
     serve.add_argument("--log-level", default=_UNSET,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                        help="(default: INFO)")  # fmt: skip
@@ -225,9 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: An option not given: told apart from "none", which turns a limit off.
 _UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "default"})()
 
-# make_server takes these, the command line does not (the backlog and the
-# datagram size are a later issue's options; see docs/cli.md).
-_NOT_ON_THE_COMMAND_LINE = frozenset({"backlog", "max_packet_size"})
+# make_server takes these, the command line does not.
+_NOT_ON_THE_COMMAND_LINE: frozenset[str] = frozenset()
 
 
 #: The supervisor's servers only hold the listening sockets, and serve nothing:
@@ -256,7 +284,8 @@ def _shown(default: object) -> str:
 _COMMAND_DEFAULTS: dict[str, Any] = {
     "concurrency": "pool", "certfile": None, "keyfile": None, "cafile": None,
     "proxy_protocol": False, "no_rpcbind": False, "workers": None, "log_level": "INFO",
-    "status_interval": DEFAULT_STATUS_INTERVAL, "source": None,
+    "status_interval": DEFAULT_STATUS_INTERVAL, "source": None, "reuse_port": False,
+    "pid": None, "user": None, "group": None, "umask": None, "chdir": None, "app_dir": None,
 }  # fmt: skip
 
 
@@ -307,6 +336,8 @@ def check_configuration(args: argparse.Namespace) -> str:
     load_target(args.target)
     values = {_cliconfig.key_of(dest): value for dest, value in vars(args).items()}
     values["rpcbind"] = not args.no_rpcbind
+    if args.umask is not None:
+        values["umask"] = f"{args.umask:03o}"  # as a shell's umask shows it
     return _cliconfig.describe(values, args.origins, as_json=args.json)
 
 
@@ -424,7 +455,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             concurrency=args.concurrency,
             certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
             proxy_protocol=args.proxy_protocol, trusted_proxies=args.trusted_proxy,
-            rpcbind=not args.no_rpcbind,
+            rpcbind=not args.no_rpcbind, reuse_port=args.reuse_port,
             **{name: getattr(args, name) for name in _cli_options()},
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
@@ -671,12 +702,74 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         if args.check_config:
             print(check_configuration(args))  # noqa: T201 - the CLI's own output
             sys.exit(0)
-        if args.workers is not None:
-            sys.exit(_prefork(args))
-        servers = make_servers(load_target(args.target), args)
+        pid_file = _set_up_process(args)
     except UsageError as exc:
         _usage_error(exc)
-    sys.exit(Runner(servers, args.status_interval).run())
+    try:
+        sys.exit(_serve(args))
+    finally:
+        if pid_file is not None:
+            pid_file.remove()
+
+
+def _set_up_process(args: argparse.Namespace) -> _process.PidFile | None:
+    """--umask, --chdir, --app-dir, the user and group looked up, the pid file: before
+    anything is bound or imported."""
+    if args.umask is not None:
+        os.umask(args.umask)
+    try:
+        if args.chdir is not None:
+            os.chdir(args.chdir)
+        if args.app_dir is not None:
+            sys.path.insert(0, os.path.abspath(args.app_dir))
+        args.identity = _process.resolve_identity(args.user, args.group)
+        pid_file = None if args.pid is None else _process.PidFile(args.pid)
+        if pid_file is not None:
+            pid_file.write()
+    except OSError as exc:
+        raise UsageError(f"--chdir {args.chdir}: {exc.strerror}") from None
+    except _process.ProcessError as exc:
+        raise UsageError(str(exc)) from None
+    return pid_file
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve until stopped; the exit status."""
+    try:
+        if args.workers is not None:
+            return _prefork(args)
+        servers, listeners = _single_process(args)
+    except UsageError as exc:
+        _usage_error(exc)
+    try:
+        return Runner(servers, args.status_interval).run()
+    finally:
+        for listener in listeners:
+            listener.server_close()
+
+
+def _single_process(args: argparse.Namespace) -> tuple[list[BaseServer], list[BaseServer]]:
+    """The servers, and the listening sockets bound before a drop to --user (closed
+    after the servers: a Unix socket's file goes then)."""
+    identity: _process.Identity | None = args.identity
+    if identity is None or args.source is not None:
+        if identity is not None:
+            identity.take()  # a source that is not a socket binds nothing
+        return make_servers(load_target(args.target), args), []
+    addresses = args.listen or ["127.0.0.1:8000"]
+    listeners = [_bind(address, args) for address in addresses]
+    identity.take()
+    target = load_target(args.target)  # imported as the user, not as root
+    if not _is_handler_class(target):
+        raise UsageError(
+            f"--user/--group need a request handler class: {args.target} makes its own "
+            "server, which would bind after the drop"
+        )
+    servers = [
+        _make(f"fd://{os.dup(listener.fileno())}", target, args, shown=address)
+        for listener, address in zip(listeners, addresses, strict=True)
+    ]
+    return servers, listeners
 
 
 #: Where ``servekit rpcbind`` serves by default: where rpcbind does.
@@ -766,7 +859,8 @@ def _unregister_rpc(listener: BaseServer) -> None:
 def _bind(address: str, args: argparse.Namespace) -> BaseServer:
     """A server that only holds the listening socket, for the workers to inherit."""
     try:
-        return _build(address, BaseRequestHandler, _LISTENER)
+        config = replace(_LISTENER, backlog=args.config.backlog, reuse_port=args.reuse_port)
+        return _build(address, BaseRequestHandler, config)
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"cannot serve {address}: {exc}") from exc
 
@@ -775,6 +869,9 @@ def _serve_in_worker(
     args: argparse.Namespace, listeners: list[BaseServer], channel: WorkerChannel
 ) -> int:
     try:
+        identity: _process.Identity | None = getattr(args, "identity", None)
+        if identity is not None:
+            identity.take()  # before the application is imported
         target = load_target(args.target)
         if not _is_handler_class(target):
             raise UsageError(f"--workers needs a request handler class; {args.target} is not one")
