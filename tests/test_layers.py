@@ -26,8 +26,8 @@ IO_MODULES = frozenset({"socket", "ssl", "select", "selectors", "asyncio"})
 SANS_IO = (
     "proxy.py", "errors.py", "options.py", "rpc/xdr.py", "rpc/_declare.py", "rpc/message.py",
     "rpc/record.py", "rpc/rpcgen.py", "rpc/_xlex.py", "rpc/_xparse.py", "rpc/_xast.py",
-    "rpc/_xcheck.py", "rpc/_xgen.py", "sql/_url.py", "sql/_job.py", "sql/_backoff.py", "sql/_schema.py",
-    "sql/_errors.py",
+    "rpc/_xcheck.py", "rpc/_xgen.py", "sql/_url.py", "sql/_job.py", "sql/_backoff.py",
+    "sql/_schema.py", "sql/_errors.py",
 )  # fmt: skip
 
 

@@ -334,7 +334,7 @@ def test_a_missing_file_is_named(
          "holds no PEM certificate: give the certificates of the authorities"),
         ("cert.pem", "cert.key", "cert.key", "cert.key", "holds no PEM certificate"),
         ("cert.pem", "encrypted.key", None, "encrypted.key",
-         "the private key is encrypted and needs a password, which the command line cannot"),
+         "the private key is encrypted and needs a password: give keyfile_password"),
         ("cert.pem", "encrypted_old.key", None, "encrypted_old.key",
          "the private key is encrypted and needs a password"),
         (".", "cert.key", None, ".", "is a directory"),

@@ -36,7 +36,7 @@ import servekit
 from servekit import _cliconfig, _process, options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
-from servekit.factory import _build, _describe, make_server, make_source_server
+from servekit.factory import _build, _describe, make_server, make_source_server, tls_context
 from servekit.handlers import BaseRequestHandler
 from servekit.options import CONCURRENCY_MODELS, QUEUE_OPTIONS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
@@ -72,6 +72,12 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """Errors in one line, ``servekit: error: ...``, as every other error here;
     the usage is one ``--help`` away, not printed over the mistake."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: --keyfile-password SECRET would be taken for
+        # --keyfile-password-file, and a later flag could change what one means.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         _usage_error(UsageError(message))
@@ -178,7 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", default=_UNSET, help="TLS certificate chain (PEM)")
     serve.add_argument("--keyfile", default=_UNSET, help="TLS private key, if not in --certfile")
     serve.add_argument("--cafile", default=_UNSET,
-                       help="require client certificates signed by these CAs")  # fmt: skip
+                       help="ask for client certificates signed by these CAs")  # fmt: skip
+    serve.add_argument("--client-cert", choices=["optional", "required"], default=_UNSET,
+                       help="with --cafile: refuse clients without a certificate, or let them "
+                       "in (default: required)")  # fmt: skip
+    serve.add_argument("--keyfile-password-file", metavar="FILE", default=_UNSET,
+                       help="the encrypted key's password, read from this file (or give it in "
+                       "SERVEKIT_KEYFILE_PASSWORD; never on the command line)")  # fmt: skip
+    serve.add_argument("--tls-min-version", choices=["1.2", "1.3"], default=_UNSET,
+                       help="the oldest TLS version accepted (default: 1.2)")  # fmt: skip
+    serve.add_argument("--tls-ciphers", metavar="CIPHERS", default=_UNSET,
+                       help="OpenSSL cipher list for TLS 1.2 (default: the system's)")  # fmt: skip
     serve.add_argument("--proxy-protocol", action="store_true", default=_UNSET,
                        help="read a PROXY v1/v2 header from trusted proxies")  # fmt: skip
     serve.add_argument("--trusted-proxy", action="append", metavar="NETWORK",
@@ -286,7 +302,12 @@ _COMMAND_DEFAULTS: dict[str, Any] = {
     "proxy_protocol": False, "no_rpcbind": False, "workers": None, "log_level": "INFO",
     "status_interval": DEFAULT_STATUS_INTERVAL, "source": None, "reuse_port": False,
     "pid": None, "user": None, "group": None, "umask": None, "chdir": None, "app_dir": None,
+    "client_cert": "required", "keyfile_password_file": None, "tls_min_version": None,
+    "tls_ciphers": None,
 }  # fmt: skip
+
+#: The variable that may hold an encrypted key's password (a flag would show it in ps).
+KEYFILE_PASSWORD_VARIABLE = "SERVEKIT_KEYFILE_PASSWORD"
 
 
 def configure(
@@ -307,6 +328,7 @@ def configure(
             setattr(args, name, default)
     if args.trusted_proxy is None:
         args.trusted_proxy = []
+    args.keyfile_password = environ.get(KEYFILE_PASSWORD_VARIABLE)
     if args.target is _UNSET:
         raise UsageError(
             "nothing to serve: give MODULE:ATTR, app in the configuration file (-c), "
@@ -448,12 +470,32 @@ def _check_source_arguments(args: argparse.Namespace, given: dict[str, bool]) ->
             setattr(args, name, options.OPTIONS[name].default)
 
 
+def _keyfile_password(args: argparse.Namespace) -> str | None:
+    """The key's password: --keyfile-password-file's first line, or the variable's."""
+    from_variable: str | None = getattr(args, "keyfile_password", None)
+    path = args.keyfile_password_file
+    if path is None:
+        return from_variable
+    if from_variable is not None:
+        raise UsageError(
+            f"--keyfile-password-file and {KEYFILE_PASSWORD_VARIABLE} both give the key's "
+            "password: keep one"
+        )
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise UsageError(f"--keyfile-password-file {path}: {exc.strerror}") from None
+
+
 def server_config(args: argparse.Namespace) -> ServerConfig:
     """make_server's options from the arguments, checked; UsageError says what is wrong."""
     try:
         return ServerConfig(
             concurrency=args.concurrency,
             certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
+            client_cert=args.client_cert, keyfile_password=_keyfile_password(args),
+            tls_min_version=args.tls_min_version, tls_ciphers=args.tls_ciphers,
             proxy_protocol=args.proxy_protocol, trusted_proxies=args.trusted_proxy,
             rpcbind=not args.no_rpcbind, reuse_port=args.reuse_port,
             **{name: getattr(args, name) for name in _cli_options()},
@@ -552,7 +594,7 @@ def _make(
     return server
 
 
-_RUNNER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
+_RUNNER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP})
 
 
 class Runner:
@@ -594,6 +636,9 @@ class Runner:
             if signum == signal.SIGUSR1:
                 self.log_status()
                 continue
+            if signum == signal.SIGHUP:
+                self.reload_tls()
+                continue
             self._stop_signals += 1
             name = signal.strsignal(signum)
             if self._stop_signals == 1 or not self.escalate:
@@ -611,6 +656,24 @@ class Runner:
     def log_status(self) -> None:
         for server in self.servers:
             logger.info("status %s: %s", server, server.stats.summary())
+
+    def reload_tls(self) -> None:
+        """SIGHUP: read each server's certificate and key again. New connections
+        get the new ones; those open keep theirs. Files that fail leave the old."""
+        reloaded = 0
+        for server in self.servers:
+            config: ServerConfig | None = getattr(server, "config", None)
+            if config is None or config.certfile is None:
+                continue
+            try:
+                server.ssl_context = tls_context(config)  # type: ignore[attr-defined]
+            except (ValueError, OSError) as exc:
+                logger.error("SIGHUP: %s keeps its TLS certificate: %s", server, exc)
+                continue
+            reloaded += 1
+            logger.info("SIGHUP: %s reloaded its TLS certificate from %s", server, config.certfile)
+        if not reloaded:
+            logger.info("SIGHUP: no TLS certificate was reloaded")
 
     def run(self, started: Callable[[], None] | None = None) -> int:
         """Serve until stopped; ``started()`` is called once every loop runs."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from servekit import concurrency as concurrency_module
 from servekit.activation import inherited_sockets
@@ -143,6 +143,10 @@ def make_server(
     certfile: StrPath | None = _DEFAULTS["certfile"],
     keyfile: StrPath | None = _DEFAULTS["keyfile"],
     cafile: StrPath | None = _DEFAULTS["cafile"],
+    client_cert: Literal["optional", "required"] = _DEFAULTS["client_cert"],
+    keyfile_password: str | bytes | None = _DEFAULTS["keyfile_password"],
+    tls_min_version: Literal["1.2", "1.3"] | None = _DEFAULTS["tls_min_version"],
+    tls_ciphers: str | None = _DEFAULTS["tls_ciphers"],
     handshake_timeout: float | None = _DEFAULTS["handshake_timeout"],
     proxy_protocol: bool = _DEFAULTS["proxy_protocol"],
     trusted_proxies: Iterable[str] = _DEFAULTS["trusted_proxies"],
@@ -180,8 +184,11 @@ def make_server(
     flight at a stop, and per connection ``idle_timeout``, ``read_timeout``
     and ``max_line_length``. None turns a limit off.
 
-    TLS: pass ``ssl_context``, or ``certfile`` (and ``keyfile``) to build one;
-    ``cafile`` then requires client certificates signed by its authorities.
+    TLS: pass ``ssl_context``, or ``certfile`` (and ``keyfile``, decrypted with
+    ``keyfile_password``) to build one; ``cafile`` then asks for client
+    certificates signed by its authorities (``client_cert`` "required", the
+    default, or "optional"); ``tls_min_version`` ("1.2", "1.3") and
+    ``tls_ciphers`` (an OpenSSL cipher list) narrow what is accepted.
     The handshake runs in the worker within ``handshake_timeout``.
     PROXY protocol: ``proxy_protocol=True`` reads a v1 or v2 header from peers
     in ``trusted_proxies`` (addresses, networks, "unix") and refuses others.
@@ -359,7 +366,7 @@ def _build(
     # only the shape, since options.py imports no ssl.
     ssl_context = cast("ssl.SSLContext | None", config.ssl_context)
     if config.certfile is not None:
-        ssl_context = server_context(config.certfile, config.keyfile, config.cafile)
+        ssl_context = tls_context(config)
     trusted = parse_networks(config.trusted_proxies)
     if spec.transport == "fd":
         try:
@@ -435,6 +442,16 @@ def _build(
         server.server_close()
         raise
     return server
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext:
+    """The TLS context of a config with certfile (built anew: read the files now)."""
+    assert config.certfile is not None
+    return server_context(
+        config.certfile, config.keyfile, config.cafile, password=config.keyfile_password,
+        min_version=config.tls_min_version, ciphers=config.tls_ciphers,
+        client_cert=config.client_cert,
+    )  # fmt: skip
 
 
 def _check_callable(handler: Any) -> None:

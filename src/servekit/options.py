@@ -19,7 +19,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, get_args
 
 from servekit.proxy import parse_networks
@@ -237,8 +237,18 @@ class ServerConfig:
     certfile: StrPath | None = None
     #: The private key of certfile, if not in certfile itself.
     keyfile: StrPath | None = None
-    #: With certfile: require client certificates signed by these authorities.
+    #: With certfile: client certificates signed by these authorities (see client_cert).
     cafile: StrPath | None = None
+    #: With cafile: "required" (a client without a certificate is refused) or
+    #: "optional" (let in; one it presents is checked).
+    client_cert: Literal["optional", "required"] = "required"
+    #: With certfile: the password of an encrypted private key.
+    keyfile_password: str | bytes | None = field(default=None, repr=False)
+    #: With certfile: the oldest TLS version accepted, "1.2" or "1.3" (None: the
+    #: system's default, TLS 1.2).
+    tls_min_version: Literal["1.2", "1.3"] | None = None
+    #: With certfile: the OpenSSL cipher list for TLS 1.2 (None: the system's).
+    tls_ciphers: str | None = None
     #: Seconds for the TLS handshake and the PROXY header together.
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
     #: Read a PROXY v1 or v2 header from peers in trusted_proxies, refuse others.
@@ -305,6 +315,35 @@ class ServerConfig:
             raise ValueError("pass ssl_context or certfile, not both")
         if self.certfile is None and (self.keyfile is not None or self.cafile is not None):
             raise ValueError("keyfile and cafile need certfile (the server's certificate)")
+        self._check_tls_settings()
+
+    def _check_tls_settings(self) -> None:
+        if self.client_cert not in ("optional", "required"):
+            raise ValueError(
+                f"client_cert must be 'optional' or 'required', not {self.client_cert!r}"
+            )
+        if self.tls_min_version not in (None, "1.2", "1.3"):
+            raise ValueError(
+                f"tls_min_version must be '1.2' or '1.3', not {self.tls_min_version!r}"
+            )
+        for name, kinds in (("tls_ciphers", str), ("keyfile_password", (str, bytes))):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kinds):
+                raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+        given = [
+            name
+            for name in ("keyfile_password", "tls_min_version", "tls_ciphers")
+            if getattr(self, name) is not None
+        ]
+        if self.client_cert != "required":
+            given.append("client_cert")
+        if given and self.certfile is None:
+            raise ValueError(
+                f"{', '.join(given)} need certfile (servekit builds the TLS context from "
+                "it); with ssl_context, set them on that context"
+            )
+        if self.client_cert != "required" and self.cafile is None:
+            raise ValueError("client_cert needs cafile: the authorities that sign them")
 
 
 def _proxies(value: object) -> tuple[str, ...]:

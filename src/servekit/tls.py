@@ -76,25 +76,49 @@ class _PasswordNeeded(Exception):
     """Raised by the password callback when the key is encrypted and no password was given."""
 
 
+#: The protocol versions ``min_version`` takes (TLS 1.2 is the system default's floor).
+TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+#: What ``client_cert`` takes, with ``cafile``: a client may present a certificate
+#: (checked if it does), or must.
+CLIENT_CERT_MODES: dict[str, ssl.VerifyMode] = {
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
+
+
 def server_context(
     certfile: StrPath,
     keyfile: StrPath | None = None,
     cafile: StrPath | None = None,
     *,
     password: Password | None = None,
+    min_version: str | None = None,
+    ciphers: str | None = None,
+    client_cert: str = "required",
 ) -> ssl.SSLContext:
     """A server-side context with the system's secure defaults.
 
     ``certfile`` (and ``keyfile``, if the key is not in it) is the server's
     certificate chain, in PEM. ``password`` decrypts an encrypted key. With
-    ``cafile``, clients must present a certificate signed by one of its
-    authorities (mutual TLS); the handler finds it with
-    ``self.request.getpeercert()``.
+    ``cafile``, clients present a certificate signed by one of its
+    authorities (mutual TLS): ``client_cert="required"`` (the default) refuses
+    a client without one, ``"optional"`` lets it in (a certificate it does
+    present is still checked); the handler finds it with
+    ``self.request.getpeercert()``. ``min_version`` ("1.2", "1.3") raises the
+    oldest protocol accepted; ``ciphers`` (an OpenSSL cipher list) narrows the
+    ciphers of TLS 1.2 (TLS 1.3's are OpenSSL's own, all strong).
 
     Raises ``TLSFileError`` (a ValueError; for a missing or unreadable file,
-    also a FileNotFoundError or PermissionError) naming the file at fault.
+    also a FileNotFoundError or PermissionError) naming the file at fault, and
+    ValueError for a version, a cipher list or a mode it does not know.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _settle_protocol(context, min_version, ciphers)
+    if client_cert not in CLIENT_CERT_MODES:
+        raise ValueError(f"client_cert must be 'optional' or 'required', not {client_cert!r}")
     cert = _read("certfile", certfile, "the server's certificate chain")
     key = cert if keyfile is None else _read("keyfile", keyfile, "the certificate's private key")
     ca = b"" if cafile is None else _read("cafile", cafile, "the signers of client certificates")
@@ -109,8 +133,22 @@ def server_context(
             context.load_verify_locations(cafile)
         except ssl.SSLError as exc:
             raise _ca_error(exc, cafile, ca) from None
-        context.verify_mode = ssl.CERT_REQUIRED
+        context.verify_mode = CLIENT_CERT_MODES[client_cert]
     return context
+
+
+def _settle_protocol(context: ssl.SSLContext, min_version: str | None, ciphers: str | None) -> None:
+    if min_version is not None:
+        if min_version not in TLS_VERSIONS:
+            raise ValueError(f"min_version must be '1.2' or '1.3', not {min_version!r}")
+        context.minimum_version = TLS_VERSIONS[min_version]
+    if ciphers is not None:
+        try:
+            context.set_ciphers(ciphers)
+        except ssl.SSLError:
+            raise ValueError(
+                f"ciphers {ciphers!r} names no cipher OpenSSL has (see openssl ciphers -v)"
+            ) from None
 
 
 def _never_prompt() -> str:
@@ -143,10 +181,10 @@ def _read(option: str, path: StrPath, what: str) -> bytes:
 def _encrypted(keyfile: StrPath | None, certfile: StrPath) -> TLSFileError:
     option, path = ("certfile", certfile) if keyfile is None else ("keyfile", keyfile)
     return TLSFileError(
-        f"{option} {os.fspath(path)!r}: the private key is encrypted and needs a password, "
-        "which the command line cannot take yet. Decrypt it (openssl pkey -in KEY -out "
-        "PLAIN_KEY) and keep it readable by this server only, or build the context in Python "
-        "with servekit.tls.server_context(certfile, keyfile, password=...) and pass ssl_context",
+        f"{option} {os.fspath(path)!r}: the private key is encrypted and needs a password: "
+        "give keyfile_password (servekit serve: --keyfile-password-file FILE, or the "
+        "SERVEKIT_KEYFILE_PASSWORD variable), or decrypt the key (openssl pkey -in KEY -out "
+        "PLAIN_KEY) and keep it readable by this server only",
         path,
     )
 
