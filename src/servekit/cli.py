@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
-from servekit import _cliconfig, _process, options
+from servekit import _cliconfig, _process, _systemd, options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
 from servekit.factory import _build, _describe, make_server, make_source_server, tls_context
@@ -607,10 +607,17 @@ class Runner:
     """
 
     def __init__(
-        self, servers: list[BaseServer], status_interval: float | None, *, escalate: bool = True
+        self,
+        servers: list[BaseServer],
+        status_interval: float | None,
+        *,
+        escalate: bool = True,
+        notifier: _systemd.Notifier | None = None,
     ) -> None:
         self.servers = servers
         self.status_interval = status_interval
+        #: systemd's notifications (one process; a prefork's are the supervisor's).
+        self.notifier = notifier or _systemd.Notifier(None)
         # In a prefork worker a repeated signal is not a request to hurry: a
         # service manager signals every process of the group, and the supervisor
         # forwards its own; stopping at once is the supervisor's call (SIGKILL).
@@ -637,7 +644,9 @@ class Runner:
                 self.log_status()
                 continue
             if signum == signal.SIGHUP:
+                self.notifier.reloading()
                 self.reload_tls()
+                self.notifier.ready("reloaded")
                 continue
             self._stop_signals += 1
             name = signal.strsignal(signum)
@@ -645,6 +654,7 @@ class Runner:
                 if not self._stop.is_set():
                     again = " (again to stop at once)" if self.escalate else ""
                     logger.info("%s: stopping gracefully%s", name, again)
+                    self.notifier.stopping()
                     self._stop.set()
                 continue
             logger.warning("%s again: stopping at once", name)
@@ -694,7 +704,10 @@ class Runner:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _RUNNER_SIGNALS)
             if started is not None:
                 started()
+            self.notifier.ready(f"serving {len(self.servers)} address(es)")
+            self.notifier.start_watchdog(lambda: all(loop.is_alive() for loop in loops))
             self._serve_until_stopped()
+            self.notifier.stopping()
             self._close(loops)  # our handlers stay: a second signal must still stop at once
         finally:
             for sig, handler in previous.items():
@@ -751,6 +764,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if args.command == "rpcgen":
         sys.exit(rpcgen_cli.run(args))
     if args.command == "serve":
+        # Before any worker or child is forked: only this process speaks to systemd.
+        args.notifier = _systemd.Notifier.from_environment()
         try:
             configure(parser, args, os.environ)
         except UsageError as exc:
@@ -805,7 +820,7 @@ def _serve(args: argparse.Namespace) -> int:
     except UsageError as exc:
         _usage_error(exc)
     try:
-        return Runner(servers, args.status_interval).run()
+        return Runner(servers, args.status_interval, notifier=args.notifier).run()
     finally:
         for listener in listeners:
             listener.server_close()
