@@ -51,6 +51,7 @@ def _env() -> dict[str, str]:
 def _serving(cwd: Path, *args: str) -> Iterator[tuple[Any, ProcessLog, int]]:
     command = [SERVEKIT, "serve", *args, "--listen", "127.0.0.1:0", "--status-interval", "none"]
     with running(command, cwd=cwd, env=_env(), start_new_session=True) as served:
+        _ask(served[2])  # answered: it serves, and minds its signals (SIGTERM is graceful)
         yield served
 
 
@@ -212,3 +213,44 @@ def test_umask_from_a_file_in_octal(app_dir: Path) -> None:
     with _serving(app_dir, "app:Handler", "-c", str(config)) as (proc, log, _port):
         assert _status(proc.pid)["Umask"] == "0027"
         _stop(proc, log)
+
+
+VERSIONED = """
+import servekit
+class Handler(servekit.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(b"{version} " + line)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_reload_serves_an_edit(tmp_path: Path, workers: str | None) -> None:
+    (tmp_path / "app.py").write_text(VERSIONED.format(version="v1"))
+    port = _free_port()  # the same address after a restart
+    command = [SERVEKIT, "serve", "app:Handler", "--reload", "--listen", f"127.0.0.1:{port}",
+               "--status-interval", "none"]  # fmt: skip
+    if workers:
+        command += ["--workers", workers]
+    with running(
+        command, cwd=tmp_path, env=_env(), start_new_session=True,
+        listening=r"listening on tcp://127\.0\.0\.1:(\d+)",
+    ) as (proc, log, _):  # fmt: skip
+        if workers:
+            log.wait_for(r"worker \d \(pid \d+\) is serving", 2)
+        assert _ask(port) == b"v1 hi\n"
+        (tmp_path / "app.py").write_text(VERSIONED.format(version="v2"))
+        log.wait_for(r"reloading: app\.py changed")
+        if workers:  # SIGHUP: the workers replaced on the same socket
+            log.wait_for(r"worker \d \(pid \d+\) is serving", 4)
+        else:  # the server stopped and started again
+            log.wait_for(r"listening on tcp://127\.0\.0\.1:\d+", 2)
+        assert _ask(port) == b"v2 hi\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0, "".join(log.lines)

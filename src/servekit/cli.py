@@ -30,10 +30,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
-from servekit import _cliconfig, _process, _systemd, options
+from servekit import _cliconfig, _process, _reload, _systemd, options
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
 from servekit.factory import _build, _describe, make_server, make_source_server, tls_context
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "user's own)")  # fmt: skip
     serve.add_argument("--umask", type=_umask, default=_UNSET, metavar="MODE",
                        help="the process's umask, octal (e.g. 027)")  # fmt: skip
+    serve.add_argument("--reload", action="store_true", default=_UNSET,
+                       help="development: serve the code anew when a .py file under the "
+                       "working directory or --app-dir changes")  # fmt: skip
     serve.add_argument("--chdir", metavar="DIR", default=_UNSET,
                        help="change to this directory first (before --pid and the "
                        "import)")  # fmt: skip
@@ -302,6 +306,7 @@ _COMMAND_DEFAULTS: dict[str, Any] = {
     "proxy_protocol": False, "no_rpcbind": False, "workers": None, "log_level": "INFO",
     "status_interval": DEFAULT_STATUS_INTERVAL, "source": None, "reuse_port": False,
     "pid": None, "user": None, "group": None, "umask": None, "chdir": None, "app_dir": None,
+    "reload": False,
     "client_cert": "required", "keyfile_password_file": None, "tls_min_version": None,
     "tls_ciphers": None,
 }  # fmt: skip
@@ -780,6 +785,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         if args.check_config:
             print(check_configuration(args))  # noqa: T201 - the CLI's own output
             sys.exit(0)
+        if args.reload:
+            sys.exit(_reloading(args, sys.argv[1:] if argv is None else list(argv)))
         pid_file = _set_up_process(args)
     except UsageError as exc:
         _usage_error(exc)
@@ -788,6 +795,17 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     finally:
         if pid_file is not None:
             pid_file.remove()
+
+
+def _reloading(args: argparse.Namespace, argv: list[str]) -> int:
+    """--reload: this process watches the files and runs the server as a child."""
+    top = Path(args.chdir) if args.chdir is not None else Path.cwd()
+    roots = [top] + ([top / args.app_dir] if args.app_dir is not None else [])
+    files = [top / args.config_file] if args.config_file is not None else []
+    reloader = _reload.Reloader(
+        _reload.child_command(argv), roots, files, prefork=args.workers is not None
+    )
+    return reloader.run()
 
 
 def _set_up_process(args: argparse.Namespace) -> _process.PidFile | None:
