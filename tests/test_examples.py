@@ -622,6 +622,38 @@ def test_readme_reports_command() -> None:
     assert result.stdout == "144\nprimes below 100000: 9592, sum 454396537\n"
 
 
+def test_readme_interrupt_command() -> None:
+    serve, command = _readme_examples()["interrupt (urgent data)"]
+    with _served(serve, 7071) as (_, _, port):
+        result = _client(command, port, 7071)
+    assert result.stdout == "1\n2\ndone\n"
+
+
+@pytest.mark.parametrize("concurrency", ["pool", "threads", "sync", "fork"])
+def test_interrupt_example(concurrency: str) -> None:
+    """An urgent byte stops the running command (count, then sleep), which says
+    so; the next command is answered as usual."""
+    with _serve(
+        "examples.interrupt:Commands", "--listen", "127.0.0.1:0", "--concurrency", concurrency
+    ) as (proc, _, port):
+        with connect(("127.0.0.1", port)) as client, client.makefile("rb") as reader:
+            client.sendall(b"count 100000\n")
+            assert reader.readline() == b"1\n"
+            client.send(b"!", socket.MSG_OOB)
+            while (line := reader.readline()) != b"interrupted\n":
+                assert line.rstrip().isdigit()
+            client.sendall(b"sleep 3600\n")
+            client.send(b"!", socket.MSG_OOB)
+            assert reader.readline() == b"interrupted\n"
+            client.sendall(b"count 3\nfly\n")
+            assert [reader.readline() for _ in range(5)] == [
+                b"1\n", b"2\n", b"3\n", b"done\n",
+                b"ERROR commands: count <n>, sleep <seconds>\n",
+            ]  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
 @requires_logger
 def test_readme_syslog_command() -> None:
     serve, talk = _readme_examples()["syslog collector (UDP)"]

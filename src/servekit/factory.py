@@ -18,6 +18,7 @@ import socket
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from servekit import _oob
 from servekit import concurrency as concurrency_module
 from servekit.activation import inherited_sockets
 from servekit.addresses import ListenAddress, format_address, parse_address
@@ -393,6 +394,7 @@ def _build(
         else:
             serves = handler
         check_handler_fits(serves, transport, concurrency, address)
+        _oob.check_fits(serves, transport, ssl_context is not None, address)
     except BaseException:
         if sock is not None:
             sock.detach()  # an inherited descriptor is not ours to close
@@ -487,6 +489,7 @@ def check_handler_fits(handler: Any, transport: str | None, concurrency: str, ad
             "servekit.aio.AsyncStreamRequestHandler subclasses (async def handle). Serve a "
             "sync handler with concurrency='pool' or 'threads' instead."
         )
+    _oob.check_fits(handler, transport, False, address)
     if transport is None:
         return
     datagram = transport in ("udp", "unix-dgram")

@@ -12,7 +12,7 @@ import socket
 from io import BufferedIOBase, BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from servekit import _handoff
+from servekit import _handoff, _oob
 from servekit.limits import ConnectionLimits, LimitedReader, LimitedSocketIO
 
 if TYPE_CHECKING:
@@ -101,6 +101,10 @@ class StreamRequestHandler(BaseRequestHandler):
     - timeout: a timeout applied to the connection, if not None
     - disable_nagle_algorithm: set TCP_NODELAY (useful when wbufsize != 0)
 
+    Define ``handle_oob(self, data: bytes)`` to be called with each byte of TCP
+    urgent data (MSG_OOB) as it arrives, on servekit's watcher thread, even while
+    handle() is busy; keep it quick (set a flag or an event). See docs/oob.md.
+
     On a server with ``idle_timeout``, ``read_timeout`` or ``max_line_length``
     set (make_server sets all three), rfile and wfile enforce them: see
     ``servekit.limits``. ``timeout``, when set, replaces ``idle_timeout``.
@@ -129,19 +133,24 @@ class StreamRequestHandler(BaseRequestHandler):
 
     def setup(self) -> None:
         self.connection = self.request
+        oob = _oob.wants_oob(self)
+        if oob:  # before the files: their reads must take urgent data first
+            _oob.prepare_reads(self, self.connection)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         limits = self._connection_limits()
         if limits is not None:
             self._setup_limited(limits)
-            return
-        if self.timeout is not None:
-            self.connection.settimeout(self.timeout)
-        self.rfile = cast("BinaryIO", self.connection.makefile("rb", self.rbufsize))
-        if self.wbufsize == 0:
-            self.wfile = cast("BinaryIO", _SocketWriter(self.connection))
         else:
-            self.wfile = cast("BinaryIO", self.connection.makefile("wb", self.wbufsize))
+            if self.timeout is not None:
+                self.connection.settimeout(self.timeout)
+            self.rfile = cast("BinaryIO", self.connection.makefile("rb", self.rbufsize))
+            if self.wbufsize == 0:
+                self.wfile = cast("BinaryIO", _SocketWriter(self.connection))
+            else:
+                self.wfile = cast("BinaryIO", self.connection.makefile("wb", self.wbufsize))
+        if oob:  # once the files are there: handle_oob may use them
+            _oob.watch(self, self.connection, None)
 
     def _connection_limits(self) -> ConnectionLimits | None:
         """The server's stream limits (servekit servers), or None: the stdlib's files."""
@@ -170,6 +179,7 @@ class StreamRequestHandler(BaseRequestHandler):
             self.wfile = cast("BinaryIO", io.BufferedWriter(raw, size))
 
     def finish(self) -> None:
+        _oob.unwatch(self)
         if not self.wfile.closed:
             try:
                 self.wfile.flush()
@@ -222,3 +232,5 @@ class DatagramRequestHandler(BaseRequestHandler):
     def finish(self) -> None:
         sent = self.socket.sendto(self.wfile.getvalue(), self.client_address)
         self.server._counters.sent(sent)
+        if self.server._access is not None:  # the connection log's bytes out
+            self.server._access.sent(self.request, sent)

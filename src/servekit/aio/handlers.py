@@ -24,6 +24,7 @@ import contextvars
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
+from servekit._oob import unwatch, wants_oob, watch
 from servekit.aio.stream import Stream
 from servekit.limits import (
     IdleTimeout,
@@ -102,6 +103,10 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
     ``self.request`` is the connection's ``Stream``; ``self.transport`` its
     asyncio transport (``get_extra_info("peercert")`` and the like);
     ``close()`` closes it.
+
+    Define ``handle_oob(self, data: bytes)`` (``def`` or ``async def``) to be called
+    on the loop with each byte of TCP urgent data (MSG_OOB) as it arrives, even
+    while handle() is busy; ``async def`` ones run one after another. See docs/oob.md.
     """
 
     #: Bytes written and not yet sent that write() accepts before it raises.
@@ -130,8 +135,11 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
             await loop.connect_accepted_socket(lambda: stream, request)
             self._attach(stream)
         self._buffer = self._stream.buffer
+        if wants_oob(self):
+            watch(self, self._stream.sock, self._stream.loop)
 
     async def finish(self) -> None:
+        unwatch(self)  # before the transport closes the socket
         transport = self.transport
         if not transport.is_closing():
             try:
@@ -280,7 +288,7 @@ class AsyncStreamRequestHandler(AsyncBaseRequestHandler):
         return self._stream.drain()
 
     def _trip(self, error: LimitExceeded) -> LimitExceeded:
-        return report(self.server, self.client_address, error)
+        return report(self.server, self.client_address, error, self.request)
 
     # -- requests answered while the next is read -------------------------------
 
@@ -329,6 +337,8 @@ class AsyncDatagramRequestHandler(AsyncBaseRequestHandler):
     def send(self, data: bytes) -> None:
         self._transport.sendto(data, self.client_address)
         self.server._counters.sent(len(data))
+        if self.server._access is not None:  # the connection log's bytes out
+            self.server._access.sent(self.request, len(data))
 
     async def finish(self) -> None:
         if self._wfile is not None:
