@@ -7,7 +7,9 @@
  *
  *   rpc_demo_server --proto tcp|udp --host 127.0.0.1 --port P
  *
- * (The bench builds it: benchmarks/rpc_bench.py, build().)
+ * Ready to serve, it says where on stderr: "rpc_demo_server: listening on tcp://HOST:PORT",
+ * the port the kernel chose with --port 0. (The bench builds it: benchmarks/rpc_bench.py,
+ * build(); so does tests/test_rpcgen_c.py, which calls it with servekit's generated clients.)
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -66,6 +68,13 @@ int main(int argc, char **argv)
         fputs("rpc_demo_server: svc_register failed\n", stderr);
         return 1;
     }
+    socklen_t size = sizeof sin;
+    if (getsockname(fd, (struct sockaddr *)&sin, &size) < 0) {
+        perror("rpc_demo_server: getsockname");
+        return 1;
+    }
+    fprintf(stderr, "rpc_demo_server: listening on %s://%s:%u\n", proto, host,
+            (unsigned)ntohs(sin.sin_port));
     svc_run();
     fputs("rpc_demo_server: svc_run returned\n", stderr);
     return 1;
