@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).parent.parent / "src" / "servekit"
 #: and the signal guard.
 CORE_MAY_IMPORT = frozenset({
     "servekit.errors", "servekit.stats", "servekit._wakeup", "servekit._signalguard",
+    "servekit.access",
 })  # fmt: skip
 #: Modules that do I/O or run an engine: core and the sans-IO modules import none.
 IO_MODULES = frozenset({"socket", "ssl", "select", "selectors", "asyncio"})
@@ -27,7 +28,7 @@ SANS_IO = (
     "proxy.py", "errors.py", "options.py", "rpc/xdr.py", "rpc/_declare.py", "rpc/message.py",
     "rpc/record.py", "rpc/rpcgen.py", "rpc/_xlex.py", "rpc/_xparse.py", "rpc/_xast.py",
     "rpc/_xcheck.py", "rpc/_xgen.py", "sql/_url.py", "sql/_job.py", "sql/_backoff.py",
-    "sql/_schema.py", "sql/_errors.py",
+    "sql/_schema.py", "sql/_errors.py", "_promtext.py",
 )  # fmt: skip
 
 

@@ -234,6 +234,9 @@ def _flush_standard_streams() -> None:
 
 def _give_up(server: Any, request: socket.socket) -> None:
     """The parent's copy of a connection its child now serves."""
+    access = getattr(server, "_access", None)
+    if access is not None:
+        access.forget(request)  # the child writes its line
     server.close_request(request)  # forgotten: max_connections, stats
     # close() waits for makefile()'s files; detaching closes now, so that the
     # model's shutdown_request() after handle() finds nothing to shut (a

@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import servekit
-from servekit import _cliconfig, _process, _reload, _systemd, options
+from servekit import _cliconfig, _logsetup, _process, _reload, _systemd, access, options
+from servekit._metrics_http import MetricsEndpoint, Reporter, bind_error, collector
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn
 from servekit.factory import _build, _describe, make_server, make_source_server, tls_context
 from servekit.handlers import BaseRequestHandler
+from servekit.metrics import WorkerReports
 from servekit.options import CONCURRENCY_MODELS, QUEUE_OPTIONS, ServerConfig
 from servekit.prefork import WORKER_BOOT_FAILED, Supervisor, WorkerChannel
 from servekit.rpc import _rpcgen_cli as rpcgen_cli
@@ -240,10 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=_UNSET,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                        help="(default: INFO)")  # fmt: skip
+    serve.add_argument("--log-config", metavar="FILE", type=_logsetup.check_log_config,
+                       default=_UNSET,
+                       help="a logging.config dictionary, JSON or TOML (by the file's "
+                       "extension), in place of servekit's own set-up (default: none)")  # fmt: skip
+    serve.add_argument("--log-file", metavar="FILE", default=_UNSET,
+                       help="servekit's log lines go to this file, appended, not stderr; "
+                       "SIGUSR2 reopens it (default: stderr)")  # fmt: skip
+    serve.add_argument("--access-log", metavar="FILE", default=_UNSET,
+                       help="the connection log: a line per connection or datagram, to this "
+                       "file or - for stderr (default: none)")  # fmt: skip
+    serve.add_argument("--access-log-format", metavar="FORMAT", default=_UNSET,
+                       type=_logsetup.check_access_format,
+                       help="the connection log's line, a format over named fields (see "
+                       "docs/cli.md; default: "
+                       f"{access.DEFAULT_FORMAT.replace('%', '%%')})")  # fmt: skip
     serve.add_argument("--status-interval", type=_seconds("status-interval"),
                        default=_UNSET,
                        help="seconds between status lines; 'none' for none "
                        f"(default: {DEFAULT_STATUS_INTERVAL:g})")  # fmt: skip
+    serve.add_argument("--metrics", metavar="ADDRESS", default=_UNSET,
+                       help="serve Prometheus metrics at http://ADDRESS/metrics, e.g. "
+                       "127.0.0.1:9100 (default: none)")  # fmt: skip
     rpcbind_command = commands.add_parser(
         "rpcbind",
         help="a small rpcbind and portmapper (versions 2, 3 and 4)",
@@ -309,6 +329,9 @@ _COMMAND_DEFAULTS: dict[str, Any] = {
     "reload": False,
     "client_cert": "required", "keyfile_password_file": None, "tls_min_version": None,
     "tls_ciphers": None,
+    "metrics": None,
+    "log_config": None, "log_file": None, "access_log": None,
+    "access_log_format": access.DEFAULT_FORMAT,
 }  # fmt: skip
 
 #: The variable that may hold an encrypted key's password (a flag would show it in ps).
@@ -596,10 +619,22 @@ def _make(
         raise UsageError(f"cannot serve {shown or address}: {exc}") from exc
     if isinstance(server, AsyncServerMixIn):
         server.loop = args.loop
+        try:
+            server.event_loop()  # a handler the loop cannot serve: refused before serving
+        except ValueError as exc:
+            server.server_close()
+            raise UsageError(f"cannot serve {shown or address}: {exc}") from None
     return server
 
 
-_RUNNER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP})
+_RUNNER_SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP}
+)
+
+
+def reopen_logs() -> None:
+    """SIGUSR2: reopen the log files (logrotate moved them); said in the new ones."""
+    logger.info("SIGUSR2: reopened %d log file(s)", _logsetup.reopen())
 
 
 class Runner:
@@ -647,6 +682,9 @@ class Runner:
             signum = self._pending.popleft()
             if signum == signal.SIGUSR1:
                 self.log_status()
+                continue
+            if signum == signal.SIGUSR2:
+                reopen_logs()
                 continue
             if signum == signal.SIGHUP:
                 self.notifier.reloading()
@@ -775,9 +813,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             configure(parser, args, os.environ)
         except UsageError as exc:
             _usage_error(exc)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if args.command == "serve":
+        try:
+            args.log_connections = _set_up_logging(args)
+        except UsageError as exc:
+            _usage_error(exc)
+    else:
+        logging.basicConfig(level=args.log_level, format=_logsetup.LOG_FORMAT)
     if args.command == "rpcbind":
         sys.exit(_rpcbind(args))
     try:
@@ -795,6 +837,38 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     finally:
         if pid_file is not None:
             pid_file.remove()
+
+
+def _set_up_logging(args: argparse.Namespace) -> bool:
+    """--log-config, --log-file, --log-level, --access-log: True if connections are
+    logged. Files open before --chdir, so a relative path is the starting folder's."""
+    if args.log_config is not None and args.log_file is not None:
+        raise UsageError(
+            f"{_named(args, 'log_file', '--log-file')} does nothing with "
+            f"{_named(args, 'log_config', '--log-config')}: name the file in the latter"
+        )
+    given_level = args.origins.get("log_level") != _cliconfig.DEFAULT
+    try:
+        return _logsetup.set_up(
+            level=args.log_level if given_level or args.log_config is None else None,
+            log_config=args.log_config, log_file=args.log_file,
+            access_log=args.access_log, access_format=args.access_log_format,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(f"{_named(args, 'log_config', '--log-config')} {exc}") from None
+    except OSError as exc:
+        access_file = args.access_log not in (None, "-") and exc.filename == os.path.abspath(
+            args.access_log
+        )
+        name, flag = ("access_log", "--access-log") if access_file else ("log_file", "--log-file")
+        raise UsageError(f"{_named(args, name, flag)} {exc.filename}: {exc.strerror}") from None
+
+
+def _log_connections(servers: list[BaseServer], args: argparse.Namespace) -> None:
+    """--access-log (or a --log-config naming servekit.access): each server's connections."""
+    if getattr(args, "log_connections", False):
+        for server in servers:
+            access.enable(server, args.access_log_format)
 
 
 def _reloading(args: argparse.Namespace, argv: list[str]) -> int:
@@ -832,16 +906,32 @@ def _set_up_process(args: argparse.Namespace) -> _process.PidFile | None:
 def _serve(args: argparse.Namespace) -> int:
     """Serve until stopped; the exit status."""
     try:
+        args.metrics_endpoint = _metrics_endpoint(args.metrics)
         if args.workers is not None:
             return _prefork(args)
         servers, listeners = _single_process(args)
     except UsageError as exc:
         _usage_error(exc)
+    if args.metrics_endpoint is not None:
+        args.metrics_endpoint.start(collector(servers))
     try:
+        _log_connections(servers, args)
         return Runner(servers, args.status_interval, notifier=args.notifier).run()
     finally:
+        if args.metrics_endpoint is not None:
+            args.metrics_endpoint.close()
         for listener in listeners:
             listener.server_close()
+
+
+def _metrics_endpoint(address: str | None) -> MetricsEndpoint | None:
+    """--metrics: bound before anything serves, so a bad address is one error line."""
+    if address is None:
+        return None
+    try:
+        return MetricsEndpoint(address)
+    except (OSError, ValueError) as exc:
+        raise UsageError(bind_error(address, exc)) from None
 
 
 def _single_process(args: argparse.Namespace) -> tuple[list[BaseServer], list[BaseServer]]:
@@ -919,10 +1009,17 @@ def _prefork(args: argparse.Namespace) -> int:
             _describe(listener), args.workers, args.concurrency,
         )  # fmt: skip
 
+    endpoint: MetricsEndpoint | None = args.metrics_endpoint
+    reports = None if endpoint is None else WorkerReports()
+
     def worker_main(channel: WorkerChannel) -> int:
+        if endpoint is not None:
+            endpoint.close_in_child()
         return _serve_in_worker(args, listeners, channel)
 
     def close_listeners() -> None:
+        if endpoint is not None:
+            endpoint.close()
         for listener in listeners:
             if not args.no_rpcbind:
                 _unregister_rpc(listener)
@@ -930,8 +1027,10 @@ def _prefork(args: argparse.Namespace) -> int:
 
     supervisor = Supervisor(
         worker_main, workers=args.workers, worker_timeout=args.worker_timeout,
-        shutdown_timeout=args.config.shutdown_timeout, on_exit=close_listeners,
+        shutdown_timeout=args.config.shutdown_timeout, on_exit=close_listeners, reports=reports,
     )  # fmt: skip
+    if endpoint is not None and reports is not None:
+        endpoint.start(lambda: reports.render(supervisor.counts()))
     status = supervisor.run()
     if supervisor.boot_error is not None:
         _usage_error(UsageError(supervisor.boot_error))
@@ -989,13 +1088,21 @@ def _serve_in_worker(
         # the losers must get EAGAIN from accept(), not block in it.
         if isinstance(getattr(server, "socket", None), socket.socket):
             server.socket.setblocking(False)  # type: ignore[attr-defined]
+    _log_connections(servers, args)
     runner = Runner(servers, args.status_interval, escalate=False)
     limit = None
     if args.max_requests is not None:
         limit = args.max_requests + random.randint(0, args.max_requests_jitter)
     for server in servers:
         _beat_from_loop(server, channel, runner, limit)
-    return runner.run(started=channel.ready)
+    reporter = Reporter(servers, channel) if args.metrics is not None else None
+    if reporter is not None:
+        reporter.start()
+    try:
+        return runner.run(started=channel.ready)
+    finally:
+        if reporter is not None:
+            reporter.stop()
 
 
 def _beat_from_loop(

@@ -30,7 +30,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from servekit._drain import drain as _drain
-from servekit._pool import WorkerPool
+from servekit._pool import PoolLoad, WorkerPool
 from servekit.errors import LimitExceeded
 from servekit.limits import ThrottledLog
 from servekit.sockets import TCPServer, UDPServer
@@ -179,6 +179,8 @@ if hasattr(os, "fork"):
                 if self.active_children is None:
                     self.active_children = set()
                 self.active_children.add(pid)
+                if self._access is not None:
+                    self._access.forget(request)  # the child writes its line
                 self.close_request(request)
                 return
             # Child process. This must never return, hence os._exit()!
@@ -396,6 +398,11 @@ class ThreadPoolMixIn(_RequestThreads):
         # A saturated pool fills again as soon as a request ends: once a line
         # per fill was a line per accepted connection (1,111 for 1,880).
         return ThrottledLog(logger)
+
+    def pool_load(self) -> PoolLoad:
+        """The pool's threads, busy threads and queued requests now."""
+        pool = self._pool
+        return PoolLoad(0, 0, 0) if pool is None else pool.load()
 
     def _pool_has_room(self) -> None:
         if self._pool_full:

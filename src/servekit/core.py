@@ -31,12 +31,15 @@ import time
 from collections.abc import Callable
 from functools import cached_property
 from time import monotonic
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from servekit._signalguard import SignalGuard
 from servekit._wakeup import Waker
 from servekit.errors import LimitExceeded
 from servekit.stats import Stats, StatsSnapshot
+
+if TYPE_CHECKING:
+    from servekit.access import AccessLog
 
 __all__ = ["BaseServer"]
 
@@ -164,6 +167,9 @@ class BaseServer:
     _requests_resume_at = 0.0
     #: True in a child forked to serve a request (see _in_forked_child).
     _request_in_child = False
+    #: The connection log, when servekit.access.enable() turned it on; every
+    #: use is behind one ``is not None`` test, so that off it costs nothing.
+    _access: AccessLog | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: RequestHandlerFactory) -> None:
         """Constructor.  May be extended, do not override."""
@@ -401,6 +407,8 @@ class BaseServer:
                 self.shutdown_request(request)
                 raise
         else:
+            if self._access is not None:
+                self._access.refused(request)
             self.shutdown_request(request)
 
     def _in_forked_child(self) -> None:
@@ -471,6 +479,8 @@ class BaseServer:
         A client that went past a limit is not a handler error: the limit
         logged and counted it when it tripped.
         """
+        if self._access is not None:
+            self._access.failed(request)
         if isinstance(sys.exception(), LimitExceeded):
             return
         self._counters.error()

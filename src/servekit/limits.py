@@ -127,7 +127,7 @@ class IdleSocket(socket.socket):
         except OSError:
             client = "a client gone"
         error = IdleTimeout(f"{waiting} for {getattr(server, 'idle_timeout', None)}s")
-        report(server, client, error)
+        report(server, client, error, self)
         return error
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
@@ -238,15 +238,19 @@ class ConnectionLimits:
 
     def trip(self, error: LimitExceeded) -> LimitExceeded:
         """Log and count ``error``; return it for the caller to raise."""
-        return report(self.server, self.client, error)
+        return report(self.server, self.client, error, self.sock)
 
 
-def report(server: Any, client: Any, error: LimitExceeded) -> LimitExceeded:
+def report(server: Any, client: Any, error: LimitExceeded, request: Any = None) -> LimitExceeded:
     """Log a tripped limit once (INFO for idleness, WARNING for the rest), count it in
-    ``server.stats``, and return it for the caller to raise."""
+    ``server.stats``, note it on ``request``'s line of the connection log (when on),
+    and return it for the caller to raise."""
     counters = getattr(server, "_counters", None)
     if counters is not None:
         counters.limit(error.limit)
+    access = getattr(server, "_access", None)
+    if access is not None and request is not None:
+        access.limit(request, error)
     level = logging.INFO if isinstance(error, IdleTimeout) else logging.WARNING
     logger.log(level, "%s: closing connection from %s: %s", server, client, error)
     return error
@@ -295,6 +299,9 @@ def drop_datagram(server: Any, client: Any, limit: str, why: str) -> None:
     counters = getattr(server, "_counters", None)
     if counters is not None:
         counters.limit(limit)
+    access = getattr(server, "_access", None)
+    if access is not None:
+        access.dropped(client, limit)
     logs = server.__dict__.setdefault("_servekit_drop_logs", {})
     log = logs.get(limit)
     if log is None:

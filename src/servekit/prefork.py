@@ -20,6 +20,8 @@ Supervisor, by signal:
   drops, and a worker imports the application afresh, so new code is served.
 - SIGTTIN, SIGTTOU: one worker more, one fewer.
 - SIGUSR1: passed on to the workers, which log their statistics.
+- SIGUSR2: reopen the log files (after logrotate moved them), and pass it on
+  to the workers, which reopen theirs.
 
 A worker that dies is logged (its exit status or signal) and replaced, at
 once if it had been serving, after a growing delay if workers keep dying
@@ -55,12 +57,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from servekit import _logsetup
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["WORKER_BOOT_FAILED", "Supervisor", "WorkerChannel"]
+__all__ = ["WORKER_BOOT_FAILED", "ReportSink", "Supervisor", "WorkerChannel", "WorkerCounts"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ STOP_GRACE = 10.0
 #: What the supervisor handles; SIGTERM and SIGINT stop it, the others steer it.
 _SUPERVISOR_SIGNALS = frozenset({
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+    signal.SIGUSR2,
 })  # fmt: skip
 
 _READY = b"R"
@@ -87,6 +92,11 @@ _REPLACE = b"M"  # max_requests served: start my replacement, then retire me
 _FAILED = b"E"  # then the error's text, to the end of what the pipe holds
 #: A failure's text is cut to this: a pipe write up to PIPE_BUF arrives whole.
 _FAILED_MAX = 4000
+#: A report (--metrics: a server's counters) is _REPORT, its bytes in lowercase
+#: hex, then _REPORT_END: hex holds none of the one-byte messages above, so a
+#: report cannot be mistaken for them, nor they for part of one.
+_REPORT = b"S"
+_REPORT_END = b";"
 
 
 class WorkerChannel:
@@ -109,6 +119,17 @@ class WorkerChannel:
         """The application cannot start; ``message`` says why, in one line."""
         self._send(_FAILED + message.encode("utf-8", "replace")[:_FAILED_MAX])
 
+    def report(self, payload: bytes) -> bool:
+        """Pass ``payload`` (opaque here) to the supervisor's ReportSink. False if
+        it was not sent: too long to arrive whole (PIPE_BUF), or the pipe is full."""
+        message = _REPORT + payload.hex().encode("ascii") + _REPORT_END
+        if len(message) > select.PIPE_BUF:
+            return False
+        try:
+            return os.write(self._fd, message) == len(message)
+        except (BlockingIOError, BrokenPipeError):
+            return False
+
     def beat(self) -> None:
         """Say the worker is alive; cheap to call often (sends at most once per interval)."""
         now = time.monotonic()
@@ -123,6 +144,27 @@ class WorkerChannel:
             pass  # the supervisor is gone or behind: it will find out by other means
 
 
+class ReportSink(Protocol):
+    """Where the supervisor hands the workers' reports (see WorkerChannel.report)."""
+
+    def received(self, worker: int, payload: bytes) -> None:
+        """Worker number ``worker`` sent ``payload``."""
+
+    def gone(self, worker: int) -> None:
+        """Worker number ``worker`` exited; its last report has been received."""
+
+
+class WorkerCounts(NamedTuple):
+    """The supervisor's state, for metrics: workers alive and wanted, and how many
+    were started, replaced after exiting unasked, and could not start the application."""
+
+    alive: int
+    target: int
+    started: int
+    restarts: int
+    boot_failures: int
+
+
 @dataclass
 class _Worker:
     pid: int
@@ -135,6 +177,7 @@ class _Worker:
     killed_for: str = ""
     boot_error: str | None = None
     replace_asked: bool = False
+    report_part: bytes = b""  # a report cut by the end of a read
 
 
 @dataclass
@@ -156,6 +199,7 @@ class Supervisor:
         worker_timeout: float | None = 30.0,
         shutdown_timeout: float | None = 25.0,
         on_exit: Callable[[], None] | None = None,
+        reports: ReportSink | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
@@ -164,6 +208,9 @@ class Supervisor:
         self.worker_timeout = worker_timeout
         self.shutdown_timeout = shutdown_timeout
         self._on_exit = on_exit
+        self._reports = reports
+        self._restarts = 0
+        self._boot_failures = 0
         self._workers: dict[int, _Worker] = {}
         self._spawned = 0
         self._failures = 0
@@ -182,6 +229,13 @@ class Supervisor:
         self._life_r: int | None = None
         #: Why the first worker could not start the application, when run() returns 2.
         self.boot_error: str | None = None
+
+    def counts(self) -> WorkerCounts:
+        """The workers' numbers now (from any thread: plain reads of ints)."""
+        return WorkerCounts(
+            alive=len(self._workers), target=self.target, started=self._spawned,
+            restarts=self._restarts, boot_failures=self._boot_failures,
+        )  # fmt: skip
 
     # -- the supervisor's loop ----------------------------------------------
 
@@ -259,6 +313,9 @@ class Supervisor:
             data = os.read(fd, 8192)
         except BlockingIOError:
             return
+        # Reports come from a worker's own thread, not its serving loop: they are
+        # no heartbeat, so a stuck loop is still found out.
+        data = self._take_reports(worker, data)
         if data:
             worker.last_beat = time.monotonic()
             failed = data.find(_FAILED)
@@ -273,6 +330,30 @@ class Supervisor:
                 self._ever_ready = True
                 self._failures = 0
                 logger.info("worker %d (pid %d) is serving", worker.number, worker.pid)
+
+    def _take_reports(self, worker: _Worker, data: bytes) -> bytes:
+        """Hand the reports in ``data`` to the sink; return the other messages."""
+        failed = data.find(_FAILED)  # its text, to the end, is no report
+        head, tail = (data, b"") if failed < 0 else (data[:failed], data[failed:])
+        head = worker.report_part + head
+        worker.report_part = b""
+        rest = []
+        while (start := head.find(_REPORT)) >= 0:
+            rest.append(head[:start])
+            end = head.find(_REPORT_END, start)
+            if end < 0:
+                worker.report_part = head[start : start + select.PIPE_BUF]
+                head = b""
+                break
+            if self._reports is not None:
+                try:
+                    self._reports.received(
+                        worker.number, bytes.fromhex(head[start + 1 : end].decode())
+                    )
+                except ValueError:
+                    logger.debug("worker %d: a report that is not hex", worker.pid)
+            head = head[end + 1 :]
+        return b"".join(rest) + head + tail
 
     # -- workers ------------------------------------------------------------
 
@@ -304,7 +385,8 @@ class Supervisor:
         try:
             signal.set_wakeup_fd(-1)
             # The supervisor's signals; a hangup of the terminal is its business too.
-            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+                        signal.SIGUSR2):  # fmt: skip
                 signal.signal(sig, signal.SIG_IGN)  # until worker_main installs its own
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
@@ -351,6 +433,8 @@ class Supervisor:
             if worker is not None:
                 self._read_pipe(worker.pipe, worker)  # what it said before it exited
                 os.close(worker.pipe)
+                if self._reports is not None:
+                    self._reports.gone(worker.number)
                 self._worker_exited(worker, status)
 
     def _worker_exited(self, worker: _Worker, status: int) -> None:
@@ -369,8 +453,10 @@ class Supervisor:
         if worker.retiring or self._stopping is not None:
             return
         if code == WORKER_BOOT_FAILED and not worker.ready:
+            self._boot_failures += 1
             self._worker_could_not_start(worker)
             return
+        self._restarts += 1
         if worker.ready:
             self._failures = 0
             self._next_spawn = 0.0  # it was serving: replace it at once
@@ -457,6 +543,9 @@ class Supervisor:
                 self._roll = _Roll(old=old)
             elif signum == signal.SIGUSR1:
                 self._kill_all(signal.SIGUSR1)  # each worker logs its own statistics
+            elif signum == signal.SIGUSR2:
+                logger.info("SIGUSR2: reopened %d log file(s)", _logsetup.reopen())
+                self._kill_all(signal.SIGUSR2)  # each worker reopens its own copies
             elif signum == signal.SIGTTIN:
                 self.target += 1
                 logger.info("SIGTTIN: %d worker(s) now", self.target)

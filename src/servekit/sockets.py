@@ -293,11 +293,20 @@ class TCPServer(BaseServer):
         except PrefaceFailed:
             self._counters.not_a_request()  # the loop counted it when it took the connection
             raise
+        access = self._access
+        if access is not None:
+            access.preface_done(request, conn, address)
         try:
             if self.verify_request(conn, address):
                 self.finish_request(conn, address)
             else:
                 self._counters.not_a_request()
+                if access is not None:
+                    access.refused(conn)
+        except Exception:
+            if access is not None:  # now: a TLS connection's line is written just below
+                access.failed(conn)
+            raise
         finally:
             if conn is not request:
                 self.shutdown_request(conn)
@@ -321,9 +330,11 @@ class TCPServer(BaseServer):
                 self._connections.pin(request)
                 conn = start_tls(request, context)
                 self._connections.replace(request, conn)
+                if self._access is not None:
+                    self._access.alias(request, conn)
                 handshake(conn, deadline)
         except PrefaceFailed as exc:
-            report(self, client_address, exc)
+            report(self, client_address, exc, request)
             if conn is not request:  # the caller closes the plain socket; the wrapped one is ours
                 self._forget_failed_handshake(conn)
                 conn.close()
@@ -358,6 +369,8 @@ class TCPServer(BaseServer):
     def request_accepted(self, request: Any, client_address: Any) -> None:
         self._counters.connection()
         self._connections.add(request)
+        if self._access is not None:
+            self._access.opened(request, client_address)
         if self.idle_timeout is not None:
             self._limit_idle(request)
 
@@ -387,7 +400,12 @@ class TCPServer(BaseServer):
         if not self._connections.remove(request):
             return
         if self.address_family in _TCP_FAMILIES:
-            self._counters.transferred(*_tcp_bytes(request))
+            received, sent = _tcp_bytes(request)
+            self._counters.transferred(received, sent)
+            if self._access is not None:
+                self._access.closed(request, received, sent)
+        elif self._access is not None:
+            self._access.closed(request, None, None)  # a Unix socket: no TCP_INFO
         if self._at_max_connections:
             self.wake_loop()
 
@@ -397,6 +415,8 @@ class TCPServer(BaseServer):
         hears of the failure), and every model counts alike."""
         if self._connections.remove(conn) and self._at_max_connections:
             self.wake_loop()
+        if self._access is not None:
+            self._access.closed(conn, None, None)
 
     def open_requests(self) -> int:
         return len(self._connections)
@@ -520,6 +540,8 @@ class UDPServer(TCPServer):
 
     def request_accepted(self, request: Any, client_address: Any) -> None:
         self._counters.bytes_in += len(request[0])  # Stats.datagram(), a call less each
+        if self._access is not None:
+            self._access.opened(request, client_address, datagram=True)
 
     # The connection limits are a stream's: a datagram opens nothing that
     # max_connections would count, and nothing idles.
@@ -535,7 +557,8 @@ class UDPServer(TCPServer):
 
     def close_request(self, request: Any) -> None:
         # No need to close anything.
-        pass
+        if self._access is not None:
+            self._access.closed(request, len(request[0]), None)
 
 
 class _Connections:

@@ -30,6 +30,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 from servekit._drain import plan
+from servekit._oob import wants_oob
 from servekit._preface import (
     PrefaceFailed,
     check_proxy_peer,
@@ -199,7 +200,10 @@ class AsyncServerMixIn(_Base):
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         )
         self._aio_interrupts = 0
-        run(self._serve(poll_interval, interruptible), self.loop)
+        choice = self.event_loop()
+        if choice != self.loop:
+            logger.info("%s: on asyncio's loop, not uvloop: the handler has handle_oob", self)
+        run(self._serve(poll_interval, interruptible), choice)
         if self._aio_interrupts:
             raise KeyboardInterrupt
         return None
@@ -231,6 +235,21 @@ class AsyncServerMixIn(_Base):
     async def __aexit__(self, *exc_info: object) -> None:
         self.shutdown()
         self.server_close()
+
+    def event_loop(self) -> LoopChoice:
+        """The loop serve_forever() starts: ``loop``, except that a handler with
+        ``handle_oob`` gets asyncio's, whose transports read through the socket
+        object, where an urgent byte is taken before the read passes its mark;
+        uvloop reads in C and would lose it (docs/oob.md). ValueError if the
+        server asks for uvloop for such a handler."""
+        if self.loop == "asyncio" or not wants_oob(self.RequestHandlerClass):
+            return self.loop
+        if self.loop == "uvloop":
+            raise ValueError(
+                f"{self.RequestHandlerClass.__name__} has handle_oob, which needs asyncio's "
+                "event loop (uvloop reads past an urgent byte): use loop='asyncio' or 'auto'"
+            )
+        return "asyncio"
 
     async def _serve(self, poll_interval: float, interruptible: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -431,6 +450,8 @@ class AsyncServerMixIn(_Base):
             if allowed is not True and inspect.isawaitable(allowed):
                 allowed = await allowed
             if not allowed:
+                if self._access is not None:
+                    self._access.refused(request)
                 return
             self._counters.requests += 1  # Stats.request(), a call less per request
             # The bound method is not kept: this frame lives as long as the connection.
@@ -473,6 +494,8 @@ class AsyncServerMixIn(_Base):
         on the class or the instance, runs as ever."""
         if vars(self).keys() & {"shutdown_request", "close_request"}:
             return False
+        if self._access is not None:
+            return False  # the connection log writes each datagram's line at its close
         cls = type(self)
         if (
             cls.shutdown_request is not AsyncServerMixIn.shutdown_request
@@ -531,7 +554,9 @@ class AsyncServerMixIn(_Base):
             )
             await self._open(request, stream, deadline)
         except PrefaceFailed as exc:
-            raise report(self, client_address, exc) from None
+            raise report(self, client_address, exc, request) from None
+        if self._access is not None:
+            self._access.preface_done(request, stream, client_address)
         return stream, client_address
 
     async def _proxy_preface(
@@ -563,6 +588,8 @@ class AsyncServerMixIn(_Base):
             return
         # Its bytes are not counted, as on the other models: after a TLS error the
         # transport has closed the socket already, after a timeout not yet.
+        if self._access is not None:
+            self._access.limit(conn, failure)  # before its line is written, just below
         self._forget_failed_handshake(conn)
         raise failure
 

@@ -99,7 +99,7 @@ def record_failed(handler: Any, error: RecordError) -> None:
     """The stream broke the record marking: log it (and count and raise a limit's)."""
     if error.limit is not None:
         exceeded = RecordLimitExceeded(str(error), error.limit)
-        raise report(handler.server, handler.client_address, exceeded)
+        raise report(handler.server, handler.client_address, exceeded, handler.request)
     logger.info("%s: closing connection from %s: %s", handler.server, handler.client_address, error)
 
 

@@ -105,6 +105,8 @@ class RpcDatagramHandler(BaseRequestHandler):
         if reply is not None:
             sent = sock.sendto(reply, self.client_address)
             self.server._counters.sent(sent)
+            if self.server._access is not None:  # the connection log's bytes out
+                self.server._access.sent(self.request, sent)
             answered(self.server)
 
 
