@@ -22,18 +22,26 @@ import logging
 import threading
 from collections import deque
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["WorkerPool"]
+__all__ = ["PoolLoad", "WorkerPool"]
 
 logger = logging.getLogger(__name__)
 
 #: An extra thread (past max_workers) idle this long leaves. Long enough that a
 #: burst's threads serve the next burst, short enough to give memory back soon.
 EXTRA_IDLE = 10.0
+
+
+class PoolLoad(NamedTuple):
+    """A pool's state at one moment (``servekit serve --metrics`` exports it)."""
+
+    threads: int
+    busy: int
+    queued: int
 
 
 class WorkerPool:
@@ -83,6 +91,11 @@ class WorkerPool:
     def threads(self) -> int:
         """Threads now, warm and extra."""
         return len(self._threads)
+
+    def load(self) -> PoolLoad:
+        """Threads now, those running a request, and requests waiting for one."""
+        with self._lock:
+            return PoolLoad(len(self._threads), self._busy, len(self._jobs))
 
     def has_room(self) -> bool:
         """True if submit() would not exceed the bounds."""
