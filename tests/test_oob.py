@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -159,12 +160,12 @@ def test_each_urgent_byte_once_in_order_and_the_stream_intact(concurrency: str) 
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
 @pytest.mark.parametrize("handler", [AsyncUrgent, AsyncDefUrgent], ids=["def", "async-def"])
 def test_async_handlers_get_each_urgent_byte_once_in_order(handler: Any, loop: str) -> None:
-    pytest.importorskip(loop)
     server = make_server("127.0.0.1:0", handler, concurrency="async")
     server.loop = loop  # type: ignore[union-attr]
+    assert server.event_loop() == "asyncio"  # type: ignore[union-attr]  # even with uvloop
     with no_handler_errors(), serving(server) as served:
         clients = [Client(served.connect()) for _ in range(3)]
         for client in clients:
@@ -180,9 +181,7 @@ def test_urgent_byte_followed_at_once_by_data_is_taken_first(concurrency: str) -
     """No wait between the urgent byte and the rest of the line: the handler's reads
     take the urgent byte before they pass its mark (asyncio's loop: uvloop reads in C)."""
     handler = AsyncUrgent if concurrency == "async" else Urgent
-    server = make_server("127.0.0.1:0", handler, concurrency=concurrency)
-    if concurrency == "async":
-        server.loop = "asyncio"  # type: ignore[union-attr]
+    server = make_server("127.0.0.1:0", handler, concurrency=concurrency)  # loop "auto"
     with no_handler_errors(), serving(server) as served, served.connect() as sock:
         client = Client(sock)
         for n, byte in enumerate(URGENT):
@@ -193,6 +192,26 @@ def test_urgent_byte_followed_at_once_by_data_is_taken_first(concurrency: str) -
             assert answers == {b"urgent %c\n" % byte, b"line %d before and after\n" % n}
         sock.sendall(b"end\n")
         client.end()
+
+
+def test_uvloop_is_refused_for_a_handler_with_handle_oob(tmp_path: Path) -> None:
+    """uvloop reads in C, past an urgent byte's mark: asked for by name, it is refused
+    before serving (in Python, and as one line from the command line)."""
+    pytest.importorskip("uvloop")
+    server = make_server("127.0.0.1:0", AsyncUrgent, concurrency="async")
+    server.loop = "uvloop"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="AsyncUrgent has handle_oob, which needs asyncio's"):
+        server.event_loop()  # type: ignore[union-attr]
+    server.server_close()
+    (tmp_path / "app.py").write_text(APP)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "servekit"), "serve", "app:AsyncUrgent",
+         "--concurrency", "async", "--loop", "uvloop", "--listen", "127.0.0.1:0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT * 3,
+    )  # fmt: skip
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("servekit: error: cannot serve 127.0.0.1:0: AsyncUrgent has handle_oob")
 
 
 @pytest.mark.timeout(90)

@@ -37,7 +37,7 @@ import servekit
 from servekit import _cliconfig, _logsetup, _process, _reload, _systemd, access, options
 from servekit._metrics_http import MetricsEndpoint, Reporter, bind_error, collector
 from servekit.aio.handlers import AsyncBaseRequestHandler
-from servekit.aio.server import AsyncServerMixIn
+from servekit.aio.server import AsyncServerMixIn, loop_for
 from servekit.factory import _build, _describe, make_server, make_source_server, tls_context
 from servekit.handlers import BaseRequestHandler
 from servekit.metrics import WorkerReports
@@ -613,17 +613,17 @@ def _make(
 ) -> BaseServer:
     if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise UsageError("--loop uvloop, but uvloop is not installed: pip install 'servekit[fast]'")
+    if args.concurrency == "async":
+        try:
+            loop_for(handler, args.loop)  # a handler the loop cannot serve: before binding
+        except ValueError as exc:
+            raise UsageError(f"cannot serve {shown or address}: {exc}") from None
     try:
         server = make_server(address, handler, config=args.config)
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"cannot serve {shown or address}: {exc}") from exc
     if isinstance(server, AsyncServerMixIn):
         server.loop = args.loop
-        try:
-            server.event_loop()  # a handler the loop cannot serve: refused before serving
-        except ValueError as exc:
-            server.server_close()
-            raise UsageError(f"cannot serve {shown or address}: {exc}") from None
     return server
 
 

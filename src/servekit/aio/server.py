@@ -69,11 +69,27 @@ __all__ = [
     "AsyncUDPServer",
     "AsyncUnixDatagramServer",
     "AsyncUnixStreamServer",
+    "loop_for",
 ]
 
 logger = logging.getLogger(__name__)
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
+
+
+def loop_for(handler: Any, loop: LoopChoice) -> LoopChoice:
+    """The loop to serve ``handler`` on: ``loop``, except that a handler with
+    ``handle_oob`` gets asyncio's, whose transports read through the socket object,
+    where an urgent byte is taken before the read passes its mark; uvloop reads in
+    C and would lose it (docs/oob.md). ValueError if uvloop is asked for by name."""
+    if loop == "asyncio" or not wants_oob(handler):
+        return loop
+    if loop == "uvloop":
+        raise ValueError(
+            f"{getattr(handler, '__name__', handler)} has handle_oob, which needs asyncio's "
+            "event loop (uvloop reads past an urgent byte): use loop='asyncio' or 'auto'"
+        )
+    return "asyncio"
 
 
 def run(coroutine: Coroutine[Any, Any, None], loop: LoopChoice = "auto") -> None:
@@ -237,19 +253,8 @@ class AsyncServerMixIn(_Base):
         self.server_close()
 
     def event_loop(self) -> LoopChoice:
-        """The loop serve_forever() starts: ``loop``, except that a handler with
-        ``handle_oob`` gets asyncio's, whose transports read through the socket
-        object, where an urgent byte is taken before the read passes its mark;
-        uvloop reads in C and would lose it (docs/oob.md). ValueError if the
-        server asks for uvloop for such a handler."""
-        if self.loop == "asyncio" or not wants_oob(self.RequestHandlerClass):
-            return self.loop
-        if self.loop == "uvloop":
-            raise ValueError(
-                f"{self.RequestHandlerClass.__name__} has handle_oob, which needs asyncio's "
-                "event loop (uvloop reads past an urgent byte): use loop='asyncio' or 'auto'"
-            )
-        return "asyncio"
+        """The loop serve_forever() starts (see loop_for)."""
+        return loop_for(self.RequestHandlerClass, self.loop)
 
     async def _serve(self, poll_interval: float, interruptible: bool = False) -> None:
         loop = asyncio.get_running_loop()
