@@ -41,6 +41,7 @@ class Notifier:
         self.watchdog_interval = watchdog  # seconds; None: no watchdog
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_beat = 0.0
 
     @classmethod
     def from_environment(cls, environ: MutableMapping[str, str] | None = None) -> Notifier:
@@ -78,6 +79,17 @@ class Notifier:
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")
         self.stop_watchdog()
+
+    def beat(self) -> None:
+        """From a loop that runs at least every quarter period: WATCHDOG=1 once half
+        a period has passed since the last (the prefork supervisor's loop)."""
+        interval = self.watchdog_interval
+        if self._address is None or interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_beat >= interval / 2:
+            self._last_beat = now
+            self.send("WATCHDOG=1")
 
     def start_watchdog(self, alive: Callable[[], bool]) -> None:
         """Send WATCHDOG=1 every half period while ``alive()``; once it is not, stop

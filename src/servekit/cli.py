@@ -1028,6 +1028,7 @@ def _prefork(args: argparse.Namespace) -> int:
     supervisor = Supervisor(
         worker_main, workers=args.workers, worker_timeout=args.worker_timeout,
         shutdown_timeout=args.config.shutdown_timeout, on_exit=close_listeners, reports=reports,
+        notifier=getattr(args, "notifier", None),
     )  # fmt: skip
     if endpoint is not None and reports is not None:
         endpoint.start(lambda: reports.render(supervisor.counts()))

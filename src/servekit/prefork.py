@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from servekit import _logsetup
+from servekit._systemd import Notifier
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -200,6 +201,7 @@ class Supervisor:
         shutdown_timeout: float | None = 25.0,
         on_exit: Callable[[], None] | None = None,
         reports: ReportSink | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
@@ -209,6 +211,10 @@ class Supervisor:
         self.shutdown_timeout = shutdown_timeout
         self._on_exit = on_exit
         self._reports = reports
+        #: systemd's notifications: READY once every worker first serves, RELOADING
+        #: and READY around a SIGHUP's roll, STOPPING, and the watchdog from the loop.
+        self._notifier = notifier or Notifier(None)
+        self._announced = False
         self._restarts = 0
         self._boot_failures = 0
         self._workers: dict[int, _Worker] = {}
@@ -274,6 +280,7 @@ class Supervisor:
             status = self._handle_signals()
             if status is not None:
                 return status
+            self._notifier.beat()
             self._reap()
             if self._boot_failed:
                 self._kill_all(signal.SIGKILL)
@@ -330,6 +337,14 @@ class Supervisor:
                 self._ever_ready = True
                 self._failures = 0
                 logger.info("worker %d (pid %d) is serving", worker.number, worker.pid)
+                self._announce()
+
+    def _announce(self) -> None:
+        """READY=1 once, when as many workers serve as were asked for."""
+        if self._announced or sum(w.ready for w in self._workers.values()) < self.target:
+            return
+        self._announced = True
+        self._notifier.ready(f"serving: {self.target} worker(s)")
 
     def _take_reports(self, worker: _Worker, data: bytes) -> bytes:
         """Hand the reports in ``data`` to the sink; return the other messages."""
@@ -492,6 +507,7 @@ class Supervisor:
                 error, kept,
             )  # fmt: skip
             self._roll = None
+            self._notifier.ready(f"reload failed: {kept} worker(s) serve the old code")
             return
         # A replacement for a worker that died: the others serve on, and it is
         # tried again after a growing delay, in case the code is fixed meanwhile.
@@ -530,6 +546,7 @@ class Supervisor:
                     self._reap(block=True)
                     return 1
                 logger.info("%s: stopping the workers gracefully (again to stop at once)", name)
+                self._notifier.stopping()
                 self._stopping = time.monotonic()
                 self._roll = None
                 self._kill_all(signal.SIGTERM)
@@ -538,6 +555,7 @@ class Supervisor:
             elif signum == signal.SIGHUP:
                 old = deque(w.pid for w in self._workers.values() if not w.retiring)
                 logger.info("SIGHUP: replacing %d worker(s) one by one", len(old))
+                self._notifier.reloading()
                 self._replace_queue.clear()  # the roll replaces them all
                 self._replacing = None
                 self._roll = _Roll(old=old)
@@ -595,6 +613,7 @@ class Supervisor:
         if not roll.old:
             self._roll = None
             logger.info("SIGHUP: all workers replaced")
+            self._notifier.ready(f"reloaded: {self.target} worker(s)")
         elif time.monotonic() >= self._next_spawn:
             roll.waiting_for = self._spawn().pid
 
