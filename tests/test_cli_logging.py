@@ -235,7 +235,8 @@ def test_workers_share_the_files_and_sigusr2_reopens_them(app: Path) -> None:
         command, cwd=app, env=_env(), start_new_session=True, stderr=subprocess.PIPE, text=True
     )
     try:
-        (listening,) = _lines(log, 1, r"listening on tcp://127\.0\.0\.1:\d+")
+        # The supervisor's line; a worker's may be there already too.
+        listening = _lines(log, 1, r"listening on tcp://127\.0\.0\.1:\d+")[0]
         port = int(re.search(r":(\d+) ", listening).group(1))  # type: ignore[union-attr]
         _lines(log, 2, r"worker \d+ started")
         for _ in range(4):
