@@ -254,3 +254,18 @@ def test_reload_serves_an_edit(tmp_path: Path, workers: str | None) -> None:
         assert _ask(port) == b"v2 hi\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0, "".join(log.lines)
+
+
+def test_max_packet_size_through_the_console_script(tmp_path: Path) -> None:
+    command = [SERVEKIT, "serve", "examples.echo:DatagramEcho", "--listen", "udp://127.0.0.1:0",
+               "--max-packet-size", "16", "--status-interval", "none"]  # fmt: skip
+    root = Path(__file__).parent.parent
+    with running(command, cwd=root, env=_env()) as (proc, log, port):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(WAIT)
+            client.sendto(b"x" * 17, ("127.0.0.1", port))  # dropped: one byte too long
+            log.wait_for(r"dropped a datagram .* longer than max_packet_size=16")
+            client.sendto(b"y" * 16, ("127.0.0.1", port))
+            assert client.recv(64) == b"y" * 16
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0

@@ -263,3 +263,37 @@ def test_sighup_without_tls_does_not_stop_the_server() -> None:
             assert recv_until(client) == b"up\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+def test_the_tls_flags_through_the_console_script(pki: dict[str, Path]) -> None:
+    command = [SERVEKIT, "serve", "examples.echo:LineEcho", "--listen", "127.0.0.1:0",
+               "--certfile", str(pki["server_pem"]), "--keyfile", str(pki["server_key"]),
+               "--status-interval", "none"]  # fmt: skip
+    tls12 = {"maximum_version": ssl.TLSVersion.TLSv1_2}
+    strict = ["--tls-min-version", "1.3", "--cafile", str(pki["ca_pem"]), "--client-cert",
+              "optional"]  # fmt: skip
+    with running([*command, *strict], cwd=ROOT, env=_env()) as (proc, _log, port):
+        _refused(("127.0.0.1", port), _client(pki, **tls12))
+        reply, tls = _ask(("127.0.0.1", port), _client(pki))  # TLS 1.3, no certificate
+        assert (reply, tls.version()) == (b"hi\n", "TLSv1.3")
+        tls.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    ciphers = ["--tls-ciphers", "ECDHE-RSA-AES256-GCM-SHA384"]
+    with running([*command, *ciphers], cwd=ROOT, env=_env()) as (proc, _log, port):
+        other = _client(pki, ciphers="ECDHE-RSA-AES128-GCM-SHA256", **tls12)
+        _refused(("127.0.0.1", port), other)
+        _, tls = _ask(("127.0.0.1", port), _client(pki, **tls12))
+        assert tls.cipher()[0] == "ECDHE-RSA-AES256-GCM-SHA384"
+        tls.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    result = subprocess.run(
+        [*command, "--client-cert", "optional"], cwd=ROOT, env=_env(),
+        capture_output=True, text=True, timeout=WAIT * 3,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "servekit: error: client_cert needs cafile: the authorities that sign them\n"
+    )
