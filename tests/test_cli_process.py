@@ -269,3 +269,35 @@ def test_max_packet_size_through_the_console_script(tmp_path: Path) -> None:
             assert client.recv(64) == b"y" * 16
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
+
+
+def test_a_sigterm_while_starting_is_a_graceful_stop(tmp_path: Path) -> None:
+    """SIGTERM before the server serves (here: while the application is imported)
+    stops it gracefully once it serves, with status 0, rather than ending the process
+    with the signal's default action."""
+    fifo = tmp_path / "import-gate"
+    os.mkfifo(fifo)
+    (tmp_path / "slow.py").write_text(
+        f"open({str(fifo)!r}).read()  # the import waits for the test\n"
+        "from examples.echo import LineEcho\n"
+    )
+    root = Path(__file__).parent.parent
+    env = _env() | {"PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [SERVEKIT, "serve", "slow:LineEcho", "--listen", "127.0.0.1:0", "--status-interval",
+         "none"],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with open(fifo, "w") as gate:  # returns once the import has opened it
+            proc.send_signal(signal.SIGTERM)
+            gate.write("go")
+        assert proc.wait(WAIT) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+        assert "stopping gracefully" in log
+        assert "stopped" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)

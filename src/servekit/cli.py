@@ -17,6 +17,7 @@ with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -52,7 +53,7 @@ from servekit.sql import _cli as queue_cli
 from servekit.sql.source import is_queue_address
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from servekit.core import BaseServer
 
@@ -728,6 +729,16 @@ class Runner:
         if not reloaded:
             logger.info("SIGHUP: no TLS certificate was reloaded")
 
+    @contextlib.contextmanager
+    def noting_signals(self) -> Iterator[None]:
+        """Note the runner's signals from now on, to act on them once run() runs."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _RUNNER_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def run(self, started: Callable[[], None] | None = None) -> int:
         """Serve until stopped; ``started()`` is called once every loop runs."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _RUNNER_SIGNALS}
@@ -909,19 +920,27 @@ def _serve(args: argparse.Namespace) -> int:
         args.metrics_endpoint = _metrics_endpoint(args.metrics)
         if args.workers is not None:
             return _prefork(args)
-        servers, listeners = _single_process(args)
     except UsageError as exc:
         _usage_error(exc)
-    if args.metrics_endpoint is not None:
-        args.metrics_endpoint.start(collector(servers))
-    try:
-        _log_connections(servers, args)
-        return Runner(servers, args.status_interval, notifier=args.notifier).run()
-    finally:
+    runner = Runner([], args.status_interval, notifier=args.notifier)
+    # From before the first bind: a SIGTERM while the servers are made is a graceful
+    # stop once they serve, not the default action that ends the process at once.
+    with runner.noting_signals():
+        try:
+            servers, listeners = _single_process(args)
+        except UsageError as exc:
+            _usage_error(exc)
         if args.metrics_endpoint is not None:
-            args.metrics_endpoint.close()
-        for listener in listeners:
-            listener.server_close()
+            args.metrics_endpoint.start(collector(servers))
+        try:
+            _log_connections(servers, args)
+            runner.servers = servers
+            return runner.run()
+        finally:
+            if args.metrics_endpoint is not None:
+                args.metrics_endpoint.close()
+            for listener in listeners:
+                listener.server_close()
 
 
 def _metrics_endpoint(address: str | None) -> MetricsEndpoint | None:
