@@ -78,7 +78,8 @@ def test_check_config_prints_every_option_with_its_source(tmp_path: Path) -> Non
     assert (value.strip(), source.strip()) == ('["127.0.0.1:7001", "unix:/tmp/x.sock"]', "file")
     assert lines["workers"].split() == ["2", "#", "file"]
     assert lines["rpcbind"].split() == ["false", "#", "file"]
-    assert lines["max_connections"].split() == ['"none"', "#", "file"]
+    assert lines["max_connections"].split() == ["none", "#", "file"]
+    assert lines["certfile"].split() == ["none", "#", "default"]
     assert lines["read_timeout"].split() == ["5", "#", "command", "line"]
     assert lines["proxy_protocol"].split() == ["true", "#", "environment"]
     assert lines["trusted_proxies"].split("#")[1].strip() == "environment"

@@ -247,8 +247,9 @@ def test_reload_serves_an_edit(tmp_path: Path, workers: str | None) -> None:
         assert _ask(port) == b"v1 hi\n"
         (tmp_path / "app.py").write_text(VERSIONED.format(version="v2"))
         log.wait_for(r"reloading: app\.py changed")
-        if workers:  # SIGHUP: the workers replaced on the same socket
+        if workers:  # SIGHUP: the workers replaced on the same socket, the old ones gone
             log.wait_for(r"worker \d \(pid \d+\) is serving", 4)
+            log.wait_for(r"worker [12] \(pid \d+\) exited", 2)
         else:  # the server stopped and started again
             log.wait_for(r"listening on tcp://127\.0\.0\.1:\d+", 2)
         assert _ask(port) == b"v2 hi\n"

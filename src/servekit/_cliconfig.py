@@ -37,6 +37,8 @@ FILE: Final = "file"
 DEFAULT: Final = "default"
 
 ENV_PREFIX: Final = "SERVEKIT_"
+#: --check-config's sources start in this column, after a shorter ``key = value``.
+_ALIGN_AT: Final = 40
 
 #: Command-line destinations whose key (make_server's name) differs.
 _KEYS: Final = {"target": "app", "trusted_proxy": "trusted_proxies", "no_rpcbind": "rpcbind"}
@@ -174,7 +176,7 @@ def _wanted(action: argparse.Action) -> str:
 def _toml(value: Any) -> str:
     """A value as the file would write it (for a line that names it)."""
     if value is None:
-        return '"none"'
+        return "none"  # TOML has no null: off, or not set (a limit takes "none" in a file)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and math.isfinite(value) and value == int(value):
@@ -195,7 +197,8 @@ def describe(values: Mapping[str, Any], origins: Origins, *, as_json: bool) -> s
             {key: {"value": _plain(values[key]), "source": origins[key]} for key in keys},
             indent=2,
         )
-    width = max(len(f"{key} = {_toml(values[key])}") for key in keys)
+    # Aligned sources, unless one long value (a log format) would push them all out.
+    width = min(max(len(f"{key} = {_toml(values[key])}") for key in keys), _ALIGN_AT)
     return "\n".join(
         f"{f'{key} = {_toml(values[key])}':<{width}}  # {origins[key]}" for key in keys
     )
