@@ -8,8 +8,8 @@ serving). Around a SIGHUP it sends ``RELOADING=1`` (with ``MONOTONIC_USEC``, as
 ``Type=notify-reload`` asks) and ``READY=1`` again when the reload is done;
 ``STOPPING=1`` when a stop begins. With ``WatchdogSec=`` systemd passes
 ``WATCHDOG_USEC`` and kills the service unless ``WATCHDOG=1`` comes at least
-that often: a thread sends it every half period while the serving loops are
-alive.
+that often: the process's main loop sends it every half period (the runner's
+while every serving loop is alive; the prefork supervisor's).
 
 As sd_notify does with ``unset_environment``, the variables are taken out of
 the environment once read: a worker or a child process must not speak for the
@@ -21,12 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, MutableMapping
+    from collections.abc import MutableMapping
 
 __all__ = ["Notifier"]
 
@@ -39,8 +38,6 @@ class Notifier:
     def __init__(self, address: str | None, watchdog: float | None = None) -> None:
         self._address = address
         self.watchdog_interval = watchdog  # seconds; None: no watchdog
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_beat = 0.0
 
     @classmethod
@@ -78,11 +75,11 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")
-        self.stop_watchdog()
 
     def beat(self) -> None:
-        """From a loop that runs at least every quarter period: WATCHDOG=1 once half
-        a period has passed since the last (the prefork supervisor's loop)."""
+        """From a loop that looks at least every quarter period (the runner's, the
+        prefork supervisor's): WATCHDOG=1 once half a period has passed since the
+        last. A loop that stops looking stops the pings, and systemd restarts it."""
         interval = self.watchdog_interval
         if self._address is None or interval is None:
             return
@@ -90,23 +87,3 @@ class Notifier:
         if now - self._last_beat >= interval / 2:
             self._last_beat = now
             self.send("WATCHDOG=1")
-
-    def start_watchdog(self, alive: Callable[[], bool]) -> None:
-        """Send WATCHDOG=1 every half period while ``alive()``; once it is not, stop
-        sending (systemd then restarts the service) and log why."""
-        interval = self.watchdog_interval
-        if self._address is None or interval is None or self._thread is not None:
-            return
-
-        def run() -> None:
-            while not self._stop.wait(interval / 2):
-                if not alive():
-                    logger.error("a serving loop has stopped: no more watchdog pings to systemd")
-                    return
-                self.send("WATCHDOG=1")
-
-        self._thread = threading.Thread(target=run, name="servekit systemd watchdog", daemon=True)
-        self._thread.start()
-
-    def stop_watchdog(self) -> None:
-        self._stop.set()

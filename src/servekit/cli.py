@@ -393,12 +393,8 @@ def check_configuration(args: argparse.Namespace) -> str:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse what would be ignored, then fill in the defaults; UsageError names the flag."""
-    for name, default in _COMMAND_DEFAULTS.items():  # when configure() did not run
-        if getattr(args, name, _UNSET) is _UNSET:
-            setattr(args, name, default)
-    if getattr(args, "trusted_proxy", None) is None:
-        args.trusted_proxy = []
+    """Refuse what would be ignored, then fill in the defaults of make_server's options
+    (configure() has filled those of serve's own); UsageError names the flag."""
     pool = args.concurrency == "pool"
     given = {name: value is not _UNSET for name, value in vars(args).items()}
     needs = {
@@ -759,8 +755,7 @@ class Runner:
             if started is not None:
                 started()
             self.notifier.ready(f"serving {len(self.servers)} address(es)")
-            self.notifier.start_watchdog(lambda: all(loop.is_alive() for loop in loops))
-            self._serve_until_stopped()
+            self._serve_until_stopped(loops)
             self.notifier.stopping()
             self._close(loops)  # our handlers stay: a second signal must still stop at once
         finally:
@@ -768,17 +763,25 @@ class Runner:
                 signal.signal(sig, handler)
         return 0
 
-    def _serve_until_stopped(self) -> None:
+    def _serve_until_stopped(self, loops: list[threading.Thread]) -> None:
         interval = self.status_interval
         next_status = None if interval is None else time.monotonic() + interval
+        # systemd's watchdog is fed from here, while every serving loop is alive: at
+        # least four looks a period, so that a ping is never late.
+        watchdog = self.notifier.watchdog_interval
+        look = None if watchdog is None else watchdog / 4
         while not self._stop.is_set():
             timeout = None if next_status is None else max(0.0, next_status - time.monotonic())
+            if look is not None:
+                timeout = look if timeout is None else min(timeout, look)
             if self._wake.wait(timeout):
                 self._wake.clear()
                 self._handle_signals()
             if interval is not None and next_status is not None and time.monotonic() >= next_status:
                 self.log_status()
                 next_status = time.monotonic() + interval
+            if look is not None and all(loop.is_alive() for loop in loops):
+                self.notifier.beat()
 
     def _close(self, loops: list[threading.Thread]) -> None:
         """Stop every server, each in a thread of its own, and wait for them and their
