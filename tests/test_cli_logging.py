@@ -100,11 +100,14 @@ def _stop(proc: Any) -> None:
     assert proc.wait(WAIT) == 0
 
 
-def test_access_log_served_error_and_limit(app: Path) -> None:
+@pytest.mark.parametrize(
+    "engine", [["app:Echo"], ["app:AsyncEcho", "--concurrency", "async"]], ids=["sync", "async"]
+)
+def test_access_log_served_error_and_limit(app: Path, engine: list[str]) -> None:
     log = app / "access.log"
     with _serving(
         app,
-        "app:Echo",
+        *engine,
         "--access-log",
         str(log),
         "--access-log-format",
@@ -181,33 +184,6 @@ def test_proxy_protocol_real_client_and_a_failed_preface(app: Path) -> None:
     assert re.fullmatch(
         r"127\.0\.0\.1:\d+ - stream in=\d+ out=0 preface proxy_protocol \d+", lines[1]
     )
-
-
-def test_async_engine(app: Path) -> None:
-    log = app / "access.log"
-    with _serving(
-        app,
-        "app:AsyncEcho",
-        "--concurrency",
-        "async",
-        "--access-log",
-        str(log),
-        "--access-log-format",
-        FORMAT,
-        "--idle-timeout",
-        "0.3",
-    ) as (proc, _, port):
-        assert _ask(port, b"hello\n") == b"hello\n"
-        _lines(log, 1)
-        assert _ask(port, b"boom\n") == b""
-        _lines(log, 2)
-        with connect(("127.0.0.1", port)) as idle:
-            assert recv_until(idle) == b""
-        lines = _lines(log, 3)
-        _stop(proc)
-    assert re.fullmatch(r"127\.0\.0\.1:\d+ - stream in=6 out=6 served - \d+", lines[0])
-    assert re.fullmatch(r"127\.0\.0\.1:\d+ - stream in=5 out=0 error - \d+", lines[1])
-    assert re.fullmatch(r"127\.0\.0\.1:\d+ - stream in=0 out=0 limit idle_timeout \d+", lines[2])
 
 
 def test_workers_share_the_files_and_sigusr2_reopens_them(app: Path) -> None:
