@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import threading
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import servekit
 import servekit._pool
+from servekit import _drain
 from tests.conftest import WAIT, LogWatcher, connect, recv_until, serving
 
 LOCAL = ("127.0.0.1", 0)
@@ -423,3 +427,104 @@ def test_a_forked_child_gets_its_signals_at_once() -> None:
     finally:
         signal.signal(signal.SIGALRM, previous)
     assert replies == [b"alarm fired\n"]
+
+
+# -- a Ctrl-C during the stop -------------------------------------------------
+
+
+@contextlib.contextmanager
+def _default_ctrl_c() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_in_another_thread(
+    when: threading.Event, answered: threading.Event, give_up: Callable[[], object]
+) -> None:
+    """SIGINT delivered to this thread, as the kernel may deliver a Ctrl-C to any
+    thread: CPython notes it for the main thread, but wakes no wait there. If the
+    main thread does not answer within WAIT, ``give_up()`` ends what it waits for."""
+    when.wait(WAIT)
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    if not answered.wait(WAIT):
+        give_up()
+
+
+def test_a_ctrl_c_no_wait_woke_for_still_interrupts_the_drain() -> None:
+    """The drain waits in slices in the main thread, so that a signal that woke
+    none of its waits (sent to another thread, or just before the wait blocked)
+    still interrupts it: before, a second Ctrl-C at a 600 s drain was seen at its end."""
+    waiting, answered, gave_up = threading.Event(), threading.Event(), threading.Event()
+
+    def wait(timeout: float | None) -> bool:  # requests that never finish
+        waiting.set()
+        gave_up.wait(timeout)
+        return False
+
+    server = SimpleNamespace(shutdown_timeout=3600, _cut_late_requests=lambda: None)
+    interrupter = threading.Thread(
+        target=_ctrl_c_in_another_thread, args=(waiting, answered, gave_up.set)
+    )
+    with _default_ctrl_c():
+        interrupter.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _drain.drain(server, wait)
+            answered.set()
+            assert not gave_up.is_set(), "the interrupt came only when the wait gave up"
+        finally:
+            answered.set()
+            interrupter.join(WAIT)
+
+
+def test_a_ctrl_c_during_the_drain_loses_no_request_thread(servekit_log: LogWatcher) -> None:
+    """A KeyboardInterrupt inside the threads model's drain leaves its requests
+    counted: the next server_close() (shutdown_timeout 0, as a second Ctrl-C
+    sets) cuts the connection and waits for the thread. (On CPython before 3.13
+    one landing inside Thread.join() marked the running thread stopped; nothing
+    was cut, and the handler outlived the stop.)"""
+    reading = threading.Event()
+
+    class Reader(servekit.StreamRequestHandler):
+        def handle(self) -> None:
+            reading.set()
+            self.wfile.write(self.rfile.readline())  # until the client sends, or a cut
+
+    server = servekit.ThreadingTCPServer(LOCAL, Reader)
+    server.shutdown_timeout = 3600
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    with connect(server.server_address) as client:
+        assert reading.wait(WAIT)
+        server.shutdown()
+        loop.join(WAIT)
+        threads = server._threads
+        draining, answered = threading.Event(), threading.Event()
+        join = threads.join
+
+        def noted_join(timeout: float | None = None) -> bool:
+            draining.set()
+            return join(timeout)
+
+        threads.join = noted_join  # type: ignore[method-assign]
+        interrupter = threading.Thread(
+            target=_ctrl_c_in_another_thread,
+            args=(draining, answered, lambda: client.shutdown(socket.SHUT_WR)),
+        )
+        with _default_ctrl_c():
+            interrupter.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    server.server_close()
+            finally:
+                answered.set()
+                interrupter.join(WAIT)
+        assert threads, "the request's thread was forgotten by the interrupted drain"
+        server.shutdown_timeout = 0
+        server.server_close()
+        assert servekit_log.wait_for("cut 1 connection(s)")
+        assert client.recv(100) == b""  # cut: the handler's read ended, it wrote nothing
+    assert not threads

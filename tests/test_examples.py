@@ -102,6 +102,30 @@ def test_echo_example_udp(concurrency: str) -> None:
 
 
 @pytest.mark.parametrize("concurrency", ["pool", "threads", "fork"])
+def test_echo_example_ctrl_c_lets_the_request_in_flight_finish(concurrency: str) -> None:
+    """Ctrl-C reaches every process of the group, a forked child too: the stop is
+    the parent's, and the connection open goes on being served until its client
+    leaves (a child forked for it used to die of the KeyboardInterrupt at once)."""
+    with (
+        _echo("--listen", "127.0.0.1:0", "--concurrency", concurrency,
+              "--shutdown-timeout", "600") as (proc, log, port),
+        connect(("127.0.0.1", port)) as client,
+    ):  # fmt: skip
+        client.sendall(b"one\n")
+        assert recv_until(client) == b"one\n"
+        _ctrl_c(proc)
+        log.wait_for("interrupted, stopping")
+        client.sendall(b"two\n")
+        assert recv_until(client) == b"two\n"
+        client.close()  # the request ends, and with it the stop
+        assert proc.wait(WAIT) == 0
+    output = _output(log)
+    assert "interrupted again" not in output
+    assert "cut" not in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("concurrency", ["pool", "threads", "fork"])
 def test_echo_example_ctrl_c_twice(concurrency: str) -> None:
     """A second Ctrl-C while the stop waits for requests in flight cuts them at once,
     with a log line, not a KeyboardInterrupt traceback out of server_close().

@@ -12,19 +12,27 @@ waiting (joining threads, reaping children, awaiting tasks).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator
 from time import monotonic
 from typing import Any
 
 from servekit import _handoff
 
-__all__ = ["CUT_GRACE", "Plan", "drain", "plan"]
+__all__ = ["CUT_GRACE", "SIGNAL_LOOK", "Plan", "drain", "plan"]
 
 logger = logging.getLogger(__name__)
 
 #: After shutdown_timeout, connections are cut; their handlers then get this
 #: long to notice (a read returns EOF, a write fails) and return.
 CUT_GRACE = 5.0
+
+#: How often a wait of the stop in the main thread looks for a signal. CPython
+#: runs a signal's handler (a second Ctrl-C's KeyboardInterrupt) between
+#: bytecodes: a signal that lands just before a lock wait blocks, or in another
+#: thread, interrupts nothing, and was seen when the wait ended, at a drain of
+#: 600 s ten minutes later.
+SIGNAL_LOOK = 0.2
 
 #: Yields the seconds to wait (None: for ever); is sent True when all finished.
 Plan = Generator[float | None, bool, bool]
@@ -51,7 +59,7 @@ def drain(server: Any, wait: Callable[[float | None], bool]) -> bool:
     with the connections (cut_requests), and killed if they outlive the grace."""
     steps = plan(server)
     timeout = next(steps)
-    wait = _with_forked_children(server, wait)
+    wait = _minding_signals(_with_forked_children(server, wait))
     try:
         while True:
             timeout = steps.send(wait(timeout))
@@ -70,3 +78,20 @@ def _with_forked_children(
         return _handoff.wait_children(server, left) and done
 
     return both
+
+
+def _minding_signals(wait: Callable[[float | None], bool]) -> Callable[[float | None], bool]:
+    """``wait`` in slices of SIGNAL_LOOK in the main thread, where signals are handled."""
+    if threading.current_thread() is not threading.main_thread():
+        return wait
+
+    def sliced(timeout: float | None) -> bool:
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - monotonic())
+            if left is not None and left <= SIGNAL_LOOK:
+                return wait(left)
+            if wait(SIGNAL_LOOK):
+                return True
+
+    return sliced

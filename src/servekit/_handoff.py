@@ -254,7 +254,6 @@ def _become_child(handler: BaseRequestHandler, request: socket.socket) -> None:
     server: Any = handler.server
     handler._forked_child = True
     server._in_forked_child()  # signals, the loop's wake-up; fork() forks no further
-    _child_signals()
     server._handoff_children = None  # the parent's, its lock maybe held by a thread gone
     server._counters = Stats()  # likewise; the parent counts this child by its exit
     listener = getattr(server, "socket", None)
@@ -265,15 +264,6 @@ def _become_child(handler: BaseRequestHandler, request: socket.socket) -> None:
         for conn in connections.keep_only(request):
             _close_descriptor(conn)
     _release_other_listeners()
-
-
-def _child_signals() -> None:
-    """SIGTERM ends the child: the parent's stop sends it. Ctrl-C reaches the whole
-    process group, and is the parent's to act on (its stop lets this child finish)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # `servekit serve` blocks its signals in the serving threads a child may fork from.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _close_descriptor(conn: Any) -> None:

@@ -36,6 +36,8 @@ from servekit.limits import ThrottledLog
 from servekit.sockets import TCPServer, UDPServer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from servekit.core import BaseServer
 
     _MixinBase = BaseServer
@@ -228,9 +230,46 @@ class _Threads(list[threading.Thread]):
     connection, and half of them timed out. Reaping once the list has doubled
     since the last reap keeps it as short (finished threads go at the next
     append) at a constant cost per append.
+
+    The threads started here count themselves out when their request ends, and
+    join() waits for that count, not in ``Thread.join()``: on CPython before
+    3.13, a KeyboardInterrupt inside ``Thread.join()`` marks the thread, still
+    running, as stopped (bpo-45274's fix releases its lock), and the stop that a
+    second Ctrl-C hurried then found nothing to cut and left the thread behind.
     """
 
     _reap_at = 0  # reap when the list is this long
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ended = threading.Condition()
+        self._running = 0
+
+    def start(self, target: Callable[..., object], args: tuple[Any, ...], *, daemon: bool) -> None:
+        """Run ``target(*args)`` in a new thread; join() waits for it unless ``daemon``."""
+        if daemon:
+            threading.Thread(target=target, args=args, daemon=True).start()
+            return
+        thread = threading.Thread(target=self._counted, args=(target, *args), daemon=False)
+        self.append(thread)
+        with self._ended:
+            self._running += 1
+        try:
+            thread.start()
+        except BaseException:
+            self._count_out()
+            raise
+
+    def _counted(self, target: Callable[..., object], *args: Any) -> None:
+        try:
+            target(*args)
+        finally:
+            self._count_out()
+
+    def _count_out(self) -> None:
+        with self._ended:
+            self._running -= 1
+            self._ended.notify_all()
 
     def append(self, thread: threading.Thread) -> None:
         if len(self) >= self._reap_at:
@@ -240,19 +279,17 @@ class _Threads(list[threading.Thread]):
             return
         super().append(thread)
 
-    def pop_all(self) -> list[threading.Thread]:
-        self[:], result = [], self[:]
-        return result
-
     def join(self, timeout: float | None = None) -> bool:
         """Join every thread; with a timeout, True if all ended in time."""
-        if timeout is None:
-            for thread in self.pop_all():
-                thread.join()
-            return True
-        deadline = monotonic() + timeout
+        deadline = None if timeout is None else monotonic() + timeout
+        with self._ended:
+            if not self._ended.wait_for(lambda: not self._running, timeout):
+                self.reap()
+                return False
+        # Their requests have ended: these joins take a moment (or wait for a
+        # thread that code written for the stdlib started and append()ed itself).
         for thread in list(self):
-            thread.join(max(0.0, deadline - monotonic()))
+            thread.join(None if deadline is None else max(0.0, deadline - monotonic()))
         self.reap()
         return not self
 
@@ -262,6 +299,9 @@ class _Threads(list[threading.Thread]):
 
 class _NoThreads:
     """Degenerate version of _Threads."""
+
+    def start(self, target: Callable[..., object], args: tuple[Any, ...], *, daemon: bool) -> None:
+        threading.Thread(target=target, args=args, daemon=daemon).start()
 
     def append(self, thread: threading.Thread) -> None:
         pass
@@ -308,10 +348,9 @@ class ThreadingMixIn(_RequestThreads):
         """Start a new thread to process the request."""
         if self.block_on_close:
             vars(self).setdefault("_threads", _Threads())
-        t = threading.Thread(target=self.process_request_thread, args=(request, client_address))
-        t.daemon = self.daemon_threads
-        self._threads.append(t)
-        t.start()
+        self._threads.start(
+            self.process_request_thread, (request, client_address), daemon=self.daemon_threads
+        )
 
     def server_close(self) -> None:
         super().server_close()

@@ -25,6 +25,7 @@ import logging
 import math
 import select
 import selectors
+import signal
 import sys
 import threading
 import time
@@ -414,13 +415,14 @@ class BaseServer:
     def _in_forked_child(self) -> None:
         """First thing in a child forked to serve a request (ForkingMixIn, a
         handler's fork()): the loop's signal guard, held while the request was
-        handed off, is the parent's; the child must get its own signals (a
-        Ctrl-C, a SIGTERM that cuts it) at once. The loop, its wake-up and its
-        lock (maybe held by a thread the child lacks) are the parent's too: a
-        shutdown() in the child returns at once, and fork() forks no further."""
+        handed off, is the parent's; the child must get its own signals at once.
+        The loop, its wake-up and its lock (maybe held by a thread the child
+        lacks) are the parent's too: a shutdown() in the child returns at once,
+        and fork() forks no further."""
         guard, self.__signal_guard = self.__signal_guard, None
         if guard is not None:
             guard.abandon()
+        _child_signals()
         waker, self.__waker = self.__waker, None
         if waker is not None:
             waker.close()
@@ -587,3 +589,14 @@ class BaseServer:
     def __repr__(self) -> str:
         state = " serving" if self.__serving_thread is not None else ""
         return f"<{type(self).__name__} {self.server_address!r}{state}>"
+
+
+def _child_signals() -> None:
+    """A child serving a request ends on SIGTERM, which the parent's stop sends when
+    it cuts. Ctrl-C reaches the whole process group, and is the parent's to act
+    on: its stop lets the child finish within shutdown_timeout, and a second
+    Ctrl-C cuts it (a KeyboardInterrupt in the child cut it at the first)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # `servekit serve` blocks its signals in the serving threads a child may fork from.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
