@@ -463,18 +463,12 @@ def add_count(stats: Stats, queue: str, state: str, count: int) -> None:
 def job_from_row(row: Any, default_max_attempts: int, when: Callable[[Any], datetime]) -> Job:
     """A ``Job`` from a row of ``CLAIMED`` columns; ``when`` converts a stored time.
     PayloadError if the payload cannot be decoded."""
+    # Positional: a row's claim is the hot path (Job's fields, in order).
     return Job(
-        id=row[0],
-        queue=row[1],
-        payload=decode_payload(row[3], row[2]),
-        attempt=row[4],
-        max_attempts=row[5] if row[5] is not None else default_max_attempts,
-        priority=row[6],
-        run_at=when(row[7]),
-        created_at=when(row[8]),
-        lease_until=when(row[9]),
-        dedupe_key=row[10],
-    )
+        row[0], row[1], decode_payload(row[3], row[2]), row[4],
+        row[5] if row[5] is not None else default_max_attempts, row[6],
+        when(row[7]), when(row[8]), when(row[9]), row[10],
+    )  # fmt: skip
 
 
 def dead_from_row(row: Any, when: Callable[[Any], datetime]) -> DeadJob:

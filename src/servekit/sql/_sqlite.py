@@ -35,6 +35,7 @@ import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 from servekit.sql._backend import (
@@ -79,6 +80,58 @@ _SQLITE_LOCKED: Final = 6
 #: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_PROTOCOL.
 _UNAVAILABLE: Final = frozenset({8, 10, 13, 14, 15})
 _PURGE_BATCH: Final = 10_000
+
+
+_COMPLETE: Final = (
+    f"UPDATE {JOBS} SET state = 'done', lease_until = NULL, finished_at = ?, updated_at = ? "
+    "WHERE id = ? AND attempt = ? AND owner = ? AND state = 'running'"
+)
+
+
+class _Statements:
+    """The claim's statements for one set of queues, written once: a row's claim is
+    the hot path, and these strings were built anew at every claim."""
+
+    def __init__(self, queues: tuple[str, ...]) -> None:
+        self._one_queue = len(queues) == 1
+        self._queues = queues
+        last = "attempt >= COALESCE(max_attempts, ?)"
+        self.reap = (
+            f"UPDATE {JOBS} SET state = CASE WHEN {last} THEN 'dead' ELSE 'pending' END, "
+            f"finished_at = CASE WHEN {last} THEN ? END, "
+            "last_error = 'lease expired on attempt ' || attempt || ' (worker ' || "
+            "COALESCE(owner, '?') || ' stopped extending it)', "
+            f"lease_until = NULL, updated_at = ? WHERE state = 'running' AND "
+            f"queue IN ({_placeholders(queues)}) AND lease_until <= ? "
+            f"RETURNING state, {DEAD_COLUMNS}"
+        )
+        self.claim = (
+            f"UPDATE {JOBS} SET state = 'running', attempt = attempt + 1, owner = ?, "
+            f"lease_until = ?, updated_at = ? WHERE id IN ({self._candidates()}) "
+            f"RETURNING {CLAIMED}"
+        )
+
+    def _candidates(self) -> str:
+        """The ids a claim takes, best first: per queue, the claim index's order
+        (INDEXED BY: without statistics SQLite may pick the run_at index and sort
+        every pending row), then merged across the queues."""
+        one = (
+            f"SELECT * FROM (SELECT id, priority, run_at FROM {JOBS} INDEXED BY {JOBS}_claim "
+            "WHERE state = 'pending' AND queue = ? AND run_at <= ? "
+            "ORDER BY priority DESC, run_at, id LIMIT ?)"
+        )
+        if self._one_queue:
+            return f"SELECT id FROM ({one})"
+        merged = " UNION ALL ".join([one] * len(self._queues))
+        return f"SELECT id FROM ({merged}) ORDER BY priority DESC, run_at, id LIMIT ?"
+
+    def candidate_params(self, now: float, limit: int) -> tuple[object, ...]:
+        if self._one_queue:
+            return (self._queues[0], now, limit)
+        params: tuple[object, ...] = ()
+        for queue in self._queues:
+            params += (queue, now, limit)
+        return (*params, limit)
 
 
 def _utc(seconds: float) -> datetime:
@@ -338,15 +391,12 @@ class SQLiteBackend(BackendBase):
         self, conn: sqlite3.Connection, now: float, limit: int, lease: float, dead: list[DeadJob]
     ) -> list[Job]:
         """Claim's statements, in the caller's transaction; rows buried go to ``dead``."""
-        candidates = self._candidates()
-        where, queues = self._queue_filter()
-        dead.extend(self._reap(conn, now, where, queues))
+        statements = self._statements
+        dead.extend(self._reap(conn, now))
         while True:
             rows = conn.execute(
-                f"UPDATE {JOBS} SET state = 'running', attempt = attempt + 1, owner = ?, "
-                f"lease_until = ?, updated_at = ? WHERE id IN ({candidates}) "
-                f"RETURNING {CLAIMED}",
-                (self._owner, now + lease, now, *self._candidate_params(now, limit)),
+                statements.claim,
+                (self._owner, now + lease, now, *statements.candidate_params(now, limit)),
             ).fetchall()
             jobs = []
             for row in rows:
@@ -355,43 +405,20 @@ class SQLiteBackend(BackendBase):
                 except PayloadError as exc:
                     dead.append(self._bury(conn, row, now, f"undecodable payload: {exc}"))
             if jobs or not rows:
-                jobs.sort(key=claim_order)
+                if len(jobs) > 1:
+                    jobs.sort(key=claim_order)
                 return jobs
 
-    def _candidates(self) -> str:
-        """The ids a claim takes, best first: per queue, the claim index's order
-        (INDEXED BY: without statistics SQLite may pick the run_at index and sort
-        every pending row), then merged across the queues."""
-        one = (
-            f"SELECT * FROM (SELECT id, priority, run_at FROM {JOBS} INDEXED BY {JOBS}_claim "
-            "WHERE state = 'pending' AND queue = ? AND run_at <= ? "
-            "ORDER BY priority DESC, run_at, id LIMIT ?)"
-        )
-        if len(self._queues) == 1:
-            return f"SELECT id FROM ({one})"
-        merged = " UNION ALL ".join([one] * len(self._queues))
-        return f"SELECT id FROM ({merged}) ORDER BY priority DESC, run_at, id LIMIT ?"
+    @cached_property
+    def _statements(self) -> _Statements:
+        return _Statements(self._queues)
 
-    def _candidate_params(self, now: float, limit: int) -> tuple[object, ...]:
-        params: tuple[object, ...] = ()
-        for queue in self._queues:
-            params += (queue, now, limit)
-        return params if len(self._queues) == 1 else (*params, limit)
-
-    def _reap(
-        self, conn: sqlite3.Connection, now: float, where: str, queues: tuple[str, ...]
-    ) -> list[DeadJob]:
+    def _reap(self, conn: sqlite3.Connection, now: float) -> list[DeadJob]:
         """Give back the rows whose lease ran out: pending, or dead if that was
         their last attempt; return the dead ones."""
-        last = "attempt >= COALESCE(max_attempts, ?)"
         rows = conn.execute(
-            f"UPDATE {JOBS} SET state = CASE WHEN {last} THEN 'dead' ELSE 'pending' END, "
-            f"finished_at = CASE WHEN {last} THEN ? END, "
-            "last_error = 'lease expired on attempt ' || attempt || ' (worker ' || "
-            "COALESCE(owner, '?') || ' stopped extending it)', "
-            f"lease_until = NULL, updated_at = ? WHERE state = 'running' AND {where} "
-            f"AND lease_until <= ? RETURNING state, {DEAD_COLUMNS}",
-            (self._max_attempts, self._max_attempts, now, now, *queues, now),
+            self._statements.reap,
+            (self._max_attempts, self._max_attempts, now, now, *self._queues, now),
         ).fetchall()
         return [self._dead(row[1:]) for row in rows if row[0] == "dead"]
 
@@ -438,12 +465,7 @@ class SQLiteBackend(BackendBase):
         return [
             job
             for job in jobs
-            if conn.execute(
-                f"UPDATE {JOBS} SET state = 'done', lease_until = NULL, finished_at = ?, "
-                "updated_at = ? WHERE id = ? AND attempt = ? AND owner = ? "
-                "AND state = 'running'",
-                (now, now, job.id, job.attempt, self._owner),
-            ).rowcount
+            if conn.execute(_COMPLETE, (now, now, job.id, job.attempt, self._owner)).rowcount
         ]
 
     def fail(
