@@ -138,6 +138,21 @@ def test_serve_two_addresses_status_and_graceful_stop(sock_dir: Path) -> None:
     assert not path.exists()
 
 
+def test_a_signal_that_wakes_no_wait_still_stops_the_server() -> None:
+    """The kernel may run a signal's C handler in any thread that does not block it
+    (the serving threads do; an application's own need not); CPython then runs the
+    Python handler in the main thread, but wakes none of its waits. The command
+    line's main thread looks every SIGNAL_LOOK: before, it waited for ever."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "programs" / "signal_elsewhere.py"),
+         "examples.echo:LineEcho"],
+        cwd=ROOT, capture_output=True, text=True, timeout=3 * WAIT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "stopping gracefully" in done.stderr
+    assert "stopped" in done.stderr
+
+
 def test_second_signal_stops_at_once() -> None:
     with _serving(
         "examples.echo:LineEcho", "--listen", "127.0.0.1:0", "--shutdown-timeout", "none"

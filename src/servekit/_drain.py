@@ -18,21 +18,15 @@ from time import monotonic
 from typing import Any
 
 from servekit import _handoff
+from servekit._signalguard import SIGNAL_LOOK
 
-__all__ = ["CUT_GRACE", "SIGNAL_LOOK", "Plan", "drain", "plan"]
+__all__ = ["CUT_GRACE", "Plan", "drain", "plan"]
 
 logger = logging.getLogger(__name__)
 
 #: After shutdown_timeout, connections are cut; their handlers then get this
 #: long to notice (a read returns EOF, a write fails) and return.
 CUT_GRACE = 5.0
-
-#: How often a wait of the stop in the main thread looks for a signal. CPython
-#: runs a signal's handler (a second Ctrl-C's KeyboardInterrupt) between
-#: bytecodes: a signal that lands just before a lock wait blocks, or in another
-#: thread, interrupts nothing, and was seen when the wait ended, at a drain of
-#: 600 s ten minutes later.
-SIGNAL_LOOK = 0.2
 
 #: Yields the seconds to wait (None: for ever); is sent True when all finished.
 Plan = Generator[float | None, bool, bool]
@@ -81,7 +75,8 @@ def _with_forked_children(
 
 
 def _minding_signals(wait: Callable[[float | None], bool]) -> Callable[[float | None], bool]:
-    """``wait`` in slices of SIGNAL_LOOK in the main thread, where signals are handled."""
+    """``wait`` in slices of SIGNAL_LOOK in the main thread, where signals are handled
+    (a second Ctrl-C's KeyboardInterrupt at a drain of 600 s came at its end)."""
     if threading.current_thread() is not threading.main_thread():
         return wait
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 try:
     # The C functions under signal's: without its enum conversions, a look at
@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
-__all__ = ["SignalGuard"]
+__all__ = ["SIGNAL_LOOK", "SignalGuard"]
+
+#: How often a wait in the main thread looks for a signal. CPython runs a signal's
+#: Python handler between bytecodes of the main thread: a signal that lands just
+#: before a lock wait blocks (or in a thread that does not block it) interrupts no
+#: wait, and is seen only when the wait ends. A wait that must notice signals
+#: (a stop's drain, the command line's main thread) waits in slices this long.
+SIGNAL_LOOK: Final = 0.2
 
 
 class SignalGuard:

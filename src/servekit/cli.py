@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import servekit
 from servekit import _cliconfig, _logsetup, _process, _reload, _systemd, access, options
 from servekit._metrics_http import MetricsEndpoint, Reporter, bind_error, collector
+from servekit._signalguard import SIGNAL_LOOK
 from servekit.aio.handlers import AsyncBaseRequestHandler
 from servekit.aio.server import AsyncServerMixIn, loop_for
 from servekit.factory import _build, _describe, make_server, make_source_server, tls_context
@@ -771,9 +772,11 @@ class Runner:
         watchdog = self.notifier.watchdog_interval
         look = None if watchdog is None else watchdog / 4
         while not self._stop.is_set():
-            timeout = None if next_status is None else max(0.0, next_status - time.monotonic())
-            if look is not None:
-                timeout = look if timeout is None else min(timeout, look)
+            # SIGNAL_LOOK: a signal that woke no wait (it landed just before it) is
+            # handled within that, not at the next status line or never.
+            timeout = SIGNAL_LOOK if look is None else min(look, SIGNAL_LOOK)
+            if next_status is not None:
+                timeout = min(timeout, max(0.0, next_status - time.monotonic()))
             if self._wake.wait(timeout):
                 self._wake.clear()
                 self._handle_signals()
@@ -803,7 +806,7 @@ class Runner:
 
         threading.Thread(target=close_all, name="servekit stop").start()
         while not done.is_set():
-            self._wake.wait()
+            self._wake.wait(SIGNAL_LOOK)
             self._wake.clear()
             self._handle_signals()
         logger.info("stopped")
