@@ -28,6 +28,7 @@ import select
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from servekit.sql._backend import (
@@ -91,6 +92,35 @@ def import_psycopg() -> ModuleType:
             f"PostgreSQL queue URLs need psycopg 3: pip install 'servekit[postgres]' ({exc})"
         ) from None
     return psycopg
+
+
+class _Statements:
+    """The claim's statements for one set of queues, written once: a row's claim is
+    the hot path, and these strings were built anew at every claim."""
+
+    def __init__(self, queue_filter: tuple[str, dict[str, object]]) -> None:
+        where, self.params = queue_filter
+        self.claim = (
+            f"WITH next AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'pending' "
+            f"AND {where} AND run_at <= now() ORDER BY priority DESC, run_at, id "
+            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {JOBS} AS j SET state = 'running', attempt = j.attempt + 1, "
+            "owner = %(owner)s, lease_until = now() + %(lease)s, updated_at = now() "
+            f"FROM next WHERE j.id = next.id RETURNING "
+            + ", ".join(f"j.{column.strip()}" for column in CLAIMED.split(","))
+        )
+        last = "j.attempt >= COALESCE(j.max_attempts, %(max)s)"
+        self.reap = (
+            f"WITH expired AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'running' "
+            f"AND {where} AND lease_until <= now() ORDER BY lease_until LIMIT {_REAP_BATCH} "
+            f"FOR UPDATE SKIP LOCKED) UPDATE {JOBS} AS j SET "
+            f"state = CASE WHEN {last} THEN 'dead' ELSE 'pending' END, "
+            f"finished_at = CASE WHEN {last} THEN now() END, "
+            "last_error = 'lease expired on attempt ' || j.attempt || ' (worker ' || "
+            "COALESCE(j.owner, '?') || ' stopped extending it)', "
+            "lease_until = NULL, updated_at = now() FROM expired WHERE j.id = expired.id "
+            "RETURNING j.state, " + ", ".join(_dead_columns("j"))
+        )
 
 
 def _utc(value: datetime) -> datetime:
@@ -395,20 +425,11 @@ class PostgresBackend(BackendBase):
         self, conn: psycopg.Connection[Any], limit: int, lease: timedelta, dead: list[DeadJob]
     ) -> list[Job]:
         """Claim's statements, in the caller's transaction; rows buried go to ``dead``."""
-        where, params = self._queue_filter()
-        params = {**params, "owner": self._owner, "lease": lease, "limit": limit}
-        claim = (
-            f"WITH next AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'pending' "
-            f"AND {where} AND run_at <= now() ORDER BY priority DESC, run_at, id "
-            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-            f"UPDATE {JOBS} AS j SET state = 'running', attempt = j.attempt + 1, "
-            "owner = %(owner)s, lease_until = now() + %(lease)s, updated_at = now() "
-            f"FROM next WHERE j.id = next.id RETURNING "
-            + ", ".join(f"j.{column.strip()}" for column in CLAIMED.split(","))
-        )
-        dead.extend(self._reap(conn, where, params))
+        statements = self._statements
+        params = {**statements.params, "owner": self._owner, "lease": lease, "limit": limit}
+        dead.extend(self._reap(conn, params))
         while True:
-            rows = conn.execute(claim, params).fetchall()
+            rows = conn.execute(statements.claim, params).fetchall()
             jobs = []
             for row in rows:
                 try:
@@ -416,25 +437,16 @@ class PostgresBackend(BackendBase):
                 except PayloadError as exc:
                     dead.append(self._bury(conn, row, f"undecodable payload: {exc}"))
             if jobs or not rows:
-                jobs.sort(key=claim_order)
+                if len(jobs) > 1:
+                    jobs.sort(key=claim_order)
                 return jobs
 
-    def _reap(
-        self, conn: psycopg.Connection[Any], where: str, params: dict[str, object]
-    ) -> list[DeadJob]:
-        last = "j.attempt >= COALESCE(j.max_attempts, %(max)s)"
-        rows = conn.execute(
-            f"WITH expired AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'running' "
-            f"AND {where} AND lease_until <= now() ORDER BY lease_until LIMIT {_REAP_BATCH} "
-            f"FOR UPDATE SKIP LOCKED) UPDATE {JOBS} AS j SET "
-            f"state = CASE WHEN {last} THEN 'dead' ELSE 'pending' END, "
-            f"finished_at = CASE WHEN {last} THEN now() END, "
-            "last_error = 'lease expired on attempt ' || j.attempt || ' (worker ' || "
-            "COALESCE(j.owner, '?') || ' stopped extending it)', "
-            "lease_until = NULL, updated_at = now() FROM expired WHERE j.id = expired.id "
-            "RETURNING j.state, " + ", ".join(_dead_columns("j")),
-            {**params, "max": self._max_attempts},
-        ).fetchall()
+    @cached_property
+    def _statements(self) -> _Statements:
+        return _Statements(self._queue_filter())
+
+    def _reap(self, conn: psycopg.Connection[Any], params: dict[str, object]) -> list[DeadJob]:
+        rows = conn.execute(self._statements.reap, {**params, "max": self._max_attempts}).fetchall()
         return [dead_from_row(row[1:], _utc) for row in rows if row[0] == "dead"]
 
     def _bury(self, conn: psycopg.Connection[Any], row: Any, reason: str) -> DeadJob:
