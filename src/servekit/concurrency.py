@@ -250,7 +250,7 @@ class _Threads(list[threading.Thread]):
         if daemon:
             threading.Thread(target=target, args=args, daemon=True).start()
             return
-        thread = threading.Thread(target=self._counted, args=(target, *args), daemon=False)
+        thread = _CountedThread(self, target, args)
         self.append(thread)
         with self._ended:
             self._running += 1
@@ -259,12 +259,6 @@ class _Threads(list[threading.Thread]):
         except BaseException:
             self._count_out()
             raise
-
-    def _counted(self, target: Callable[..., object], *args: Any) -> None:
-        try:
-            target(*args)
-        finally:
-            self._count_out()
 
     def _count_out(self) -> None:
         with self._ended:
@@ -295,6 +289,23 @@ class _Threads(list[threading.Thread]):
 
     def reap(self) -> None:
         self[:] = (thread for thread in self if thread.is_alive())
+
+
+class _CountedThread(threading.Thread):
+    """A request's thread (named for its target, as threading names it) that counts
+    itself out of its _Threads when the request ends."""
+
+    def __init__(
+        self, threads: _Threads, target: Callable[..., object], args: tuple[Any, ...]
+    ) -> None:
+        super().__init__(target=target, args=args, daemon=False)
+        self._counted_in = threads
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self._counted_in._count_out()
 
 
 class _NoThreads:
