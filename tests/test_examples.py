@@ -57,7 +57,23 @@ def _output(log: ProcessLog) -> str:
 
 
 def _echo(*args: str) -> Any:
-    return running([sys.executable, str(EXAMPLES / "echo.py"), *args], start_new_session=True)
+    # faulthandler: a process that does not exit in time is sent SIGABRT, and says
+    # where each of its threads was (_exit_status).
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    return running(
+        [sys.executable, str(EXAMPLES / "echo.py"), *args], start_new_session=True, env=env
+    )
+
+
+def _exit_status(proc: subprocess.Popen[str], log: ProcessLog) -> int:
+    """The process's exit status once it exits by itself within WAIT; if it does
+    not, the test fails with its log and every thread's traceback."""
+    try:
+        return proc.wait(WAIT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(WAIT)
+        pytest.fail("still running after WAIT:\n" + _output(log))
 
 
 def _serve(*args: str) -> Any:
@@ -118,7 +134,7 @@ def test_echo_example_ctrl_c_lets_the_request_in_flight_finish(concurrency: str)
         client.sendall(b"two\n")
         assert recv_until(client) == b"two\n"
         client.close()  # the request ends, and with it the stop
-        assert proc.wait(WAIT) == 0
+        assert _exit_status(proc, log) == 0, _output(log)
     output = _output(log)
     assert "interrupted again" not in output
     assert "cut" not in output
@@ -145,7 +161,7 @@ def test_echo_example_ctrl_c_twice(concurrency: str) -> None:
         _ctrl_c(proc)
         log.wait_for("interrupted, stopping")
         _ctrl_c(proc)
-        assert proc.wait(WAIT) == 0
+        assert _exit_status(proc, log) == 0, _output(log)
     output = _output(log)
     assert "interrupted again, stopping at once" in output
     assert "Traceback" not in output

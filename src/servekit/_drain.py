@@ -12,13 +12,12 @@ waiting (joining threads, reaping children, awaiting tasks).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Generator
 from time import monotonic
 from typing import Any
 
 from servekit import _handoff
-from servekit._signalguard import SIGNAL_LOOK
+from servekit._signalguard import SIGNAL_LOOK, SignalGuard
 
 __all__ = ["CUT_GRACE", "Plan", "drain", "plan"]
 
@@ -50,16 +49,30 @@ def drain(server: Any, wait: Callable[[float | None], bool]) -> bool:
     """Drive plan() with a blocking ``wait(timeout)``, which returns True once every
     request has finished, False if ``timeout`` passed first. The children of
     handlers' fork() (servekit._handoff) are waited for within the same time, cut
-    with the connections (cut_requests), and killed if they outlive the grace."""
+    with the connections (cut_requests), and killed if they outlive the grace.
+
+    In the main thread, where Python runs signal handlers, the handlers are held
+    off for the whole drain and run at its own points, between two waits of at
+    most SIGNAL_LOOK: a KeyboardInterrupt raised anywhere else (inside a
+    Condition's bookkeeping, a thread's join, the cut's log line) could leave a
+    lock taken or a running thread marked stopped; and a signal that woke no wait
+    (it landed just before the wait blocked) is still seen within SIGNAL_LOOK."""
     steps = plan(server)
-    timeout = next(steps)
-    wait = _minding_signals(_with_forked_children(server, wait))
+    wait = _with_forked_children(server, wait)
+    guard = SignalGuard.for_this_thread()  # None outside the main thread
     try:
+        if guard is not None:
+            guard.hold()
+            wait = _looking_between(wait, guard)
+        timeout = next(steps)
         while True:
             timeout = steps.send(wait(timeout))
     except StopIteration as done:
         _handoff.kill_children(server)
         return bool(done.value)
+    finally:
+        if guard is not None:
+            guard.uninstall()  # a signal since the last look: its handler runs here
 
 
 def _with_forked_children(
@@ -74,19 +87,21 @@ def _with_forked_children(
     return both
 
 
-def _minding_signals(wait: Callable[[float | None], bool]) -> Callable[[float | None], bool]:
-    """``wait`` in slices of SIGNAL_LOOK in the main thread, where signals are handled
-    (a second Ctrl-C's KeyboardInterrupt at a drain of 600 s came at its end)."""
-    if threading.current_thread() is not threading.main_thread():
-        return wait
+def _looking_between(
+    wait: Callable[[float | None], bool], guard: SignalGuard
+) -> Callable[[float | None], bool]:
+    """``wait`` in slices of SIGNAL_LOOK, running the signal handlers ``guard``
+    held off (a second Ctrl-C's KeyboardInterrupt) between two."""
 
     def sliced(timeout: float | None) -> bool:
         deadline = None if timeout is None else monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - monotonic())
-            if left is not None and left <= SIGNAL_LOOK:
-                return wait(left)
-            if wait(SIGNAL_LOOK):
-                return True
+            last = left is not None and left <= SIGNAL_LOOK
+            done = wait(left if last else SIGNAL_LOOK)
+            guard.release()  # the look
+            guard.hold()
+            if done or last:
+                return done
 
     return sliced
