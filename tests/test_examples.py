@@ -117,11 +117,10 @@ def test_echo_example_udp(concurrency: str) -> None:
     assert "Traceback" not in output
 
 
-@pytest.mark.parametrize("concurrency", ["pool", "threads", "fork"])
-def test_echo_example_ctrl_c_lets_the_request_in_flight_finish(concurrency: str) -> None:
-    """Ctrl-C reaches every process of the group, a forked child too: the stop is
-    the parent's, and the connection open goes on being served until its client
-    leaves (a child forked for it used to die of the KeyboardInterrupt at once)."""
+@contextlib.contextmanager
+def _interrupted(concurrency: str) -> Iterator[tuple[subprocess.Popen[str], ProcessLog, Any]]:
+    """The echo example with a client whose line was answered, stopping after one
+    Ctrl-C; its drain (600 s) far longer than WAIT."""
     with (
         _echo("--listen", "127.0.0.1:0", "--concurrency", concurrency,
               "--shutdown-timeout", "600") as (proc, log, port),
@@ -131,6 +130,15 @@ def test_echo_example_ctrl_c_lets_the_request_in_flight_finish(concurrency: str)
         assert recv_until(client) == b"one\n"
         _ctrl_c(proc)
         log.wait_for("interrupted, stopping")
+        yield proc, log, client
+
+
+@pytest.mark.parametrize("concurrency", ["pool", "threads", "fork"])
+def test_echo_example_ctrl_c_lets_the_request_in_flight_finish(concurrency: str) -> None:
+    """Ctrl-C reaches every process of the group, a forked child too: the stop is
+    the parent's, and the connection open goes on being served until its client
+    leaves (a child forked for it used to die of the KeyboardInterrupt at once)."""
+    with _interrupted(concurrency) as (proc, log, client):
         client.sendall(b"two\n")
         assert recv_until(client) == b"two\n"
         client.close()  # the request ends, and with it the stop
@@ -150,17 +158,8 @@ def test_echo_example_ctrl_c_twice(concurrency: str) -> None:
     request. The async engine waits inside serve_forever(), before the first
     line is logged; the second Ctrl-C stops asyncio's loop, in every version.)
     """
-    # A drain far longer than WAIT: only the second Ctrl-C can end it in time.
-    with (
-        _echo("--listen", "127.0.0.1:0", "--concurrency", concurrency,
-              "--shutdown-timeout", "600") as (proc, log, port),
-        connect(("127.0.0.1", port)) as client,
-    ):  # fmt: skip
-        client.sendall(b"one\n")
-        assert recv_until(client) == b"one\n"
-        _ctrl_c(proc)
-        log.wait_for("interrupted, stopping")
-        _ctrl_c(proc)
+    with _interrupted(concurrency) as (proc, log, _):
+        _ctrl_c(proc)  # only this can end the drain within WAIT
         assert _exit_status(proc, log) == 0, _output(log)
     output = _output(log)
     assert "interrupted again, stopping at once" in output
