@@ -57,12 +57,14 @@ class WorkerPool:
         on_room: Callable[[], None],
         name: str,
         max_threads: int | None = None,
+        take_next: Callable[[], tuple[Any, Any] | None] | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {max_workers}")
         if max_pending < 0:
             raise ValueError(f"max_pending must be 0 or more, not {max_pending}")
         self._run = run
+        self._take_next = take_next
         self._on_room = on_room
         self._name = name
         self.max_workers = max_workers
@@ -185,17 +187,28 @@ class WorkerPool:
                 if jobs:
                     self._call_worker()
             try:
-                self._run(a, b)
-            except BaseException:
-                # A handle_error() that re-raises, a SystemExit in a handler:
-                # the request is over, but the pool must not lose a thread.
-                logger.exception("%s: a request escaped its error handling", self._name)
+                self._run_from(a, b)
             finally:
                 with lock:
                     self._busy -= 1
                     if self._closing:
                         self._emptied.notify_all()
                 self._on_room()
+
+    def _run_from(self, a: Any, b: Any) -> None:
+        """Run the job, then each that ``take_next()`` hands this thread: a job
+        ready when this one ends runs here, with no hand-off through the queue
+        (and the thread that feeds it) and back."""
+        job: tuple[Any, Any] | None = (a, b)
+        while job is not None:
+            try:
+                self._run(*job)
+                job = None if self._closing or self._take_next is None else self._take_next()
+            except BaseException:
+                # A handle_error() that re-raises, a SystemExit in a handler:
+                # the request is over, but the pool must not lose a thread.
+                logger.exception("%s: a request escaped its error handling", self._name)
+                return
 
     def _leave(self) -> None:
         """An extra thread idle for EXTRA_IDLE goes (the lock is held)."""

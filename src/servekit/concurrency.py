@@ -70,6 +70,7 @@ if hasattr(os, "fork"):
 
         timeout: float | None = 300
         _hands_off_requests = True
+        _takes_held_requests = False  # a child ends with its request: the loop takes the next
         active_children: set[int] | None = None
         max_children = 40
         # If true, server_close() waits until all child processes complete.
@@ -350,6 +351,8 @@ class ThreadingMixIn(_RequestThreads):
 
     # Decides how threads will act upon termination of the main process
     daemon_threads = False
+    # A request's thread ends with it: the loop takes the next (see holds_request).
+    _takes_held_requests = False
     # If true, server_close() waits until all non-daemonic threads terminate.
     block_on_close = True
     # Threads object used by server_close() to wait for all threads completion.
@@ -396,6 +399,8 @@ class ThreadPoolMixIn(_RequestThreads):
 
     _pool: WorkerPool | None = None
     _pool_full = False
+    # A worker whose request ends takes the next the source holds (_take_held_request).
+    _takes_held_requests = True
 
     def _worker_pool(self) -> WorkerPool:
         pool = self._pool
@@ -407,6 +412,7 @@ class ThreadPoolMixIn(_RequestThreads):
                 max_threads=self._thread_ceiling(),
                 on_room=self._pool_has_room,
                 name=type(self).__name__,
+                take_next=self._take_held_request,
             )
         return pool
 

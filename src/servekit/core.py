@@ -164,6 +164,11 @@ class BaseServer:
     #: thread or a process rather than running it: the loop's signal guard
     #: then covers process_request() too (see _take_request).
     _hands_off_requests = False
+    #: True for the models whose thread that finished a request takes the next
+    #: one the source holds (holds_request()) before it waits: the loop itself
+    #: here, the pool's workers. A source that holds requests needs to wake the
+    #: loop (make fileno() readable) only for those no such thread will take.
+    _takes_held_requests = True
     _shutdown_flag = False
     _requests_resume_at = 0.0
     #: True in a child forked to serve a request (see _in_forked_child).
@@ -248,6 +253,8 @@ class BaseServer:
         if not self.ready_for_request():
             waker.wait(None if timeout_ms is None else timeout_ms / 1000)
             return False  # wake_loop() says when there is room again
+        if not self._hands_off_requests and self.holds_request():
+            return True  # the request just run left the next one ready: no wait
         ready = False
         for fd, _ in wait(timeout_ms):
             if fd == waker.fd:
@@ -299,6 +306,21 @@ class BaseServer:
             f"{type(self).__name__} must define fileno() and get_request() to be a request source"
         )
 
+    def holds_request(self) -> bool:
+        """True when the source itself holds a request that get_request() returns
+        at once, without a system call (a queue's rows claimed ahead); a socket's
+        requests are the kernel's, and fileno() says when one waits.
+
+        A source that holds requests may leave fileno() unreadable for them
+        while a thread of the model is bound to look here: the loop of a sync
+        model before each wait, a pool worker when its request ends (see
+        ``_takes_held_requests``). Such a worker then takes the next request
+        itself, through get_request(), request_accepted() and
+        verify_request() in its own thread, so those must be thread-safe in
+        a source that returns True. The default: False.
+        """
+        return False
+
     def service_actions(self) -> None:
         """Called by the serve_forever() loop.
 
@@ -339,7 +361,7 @@ class BaseServer:
                 if paused > 0:
                     wait = paused if timeout is None else min(paused, timeout)
                     time.sleep(wait)
-                elif selector.select(timeout):
+                elif self.holds_request() or selector.select(timeout):
                     return self._handle_request_guarded()
                 if deadline is not None:
                     timeout = deadline - monotonic()
@@ -412,6 +434,32 @@ class BaseServer:
                 self._access.refused(request)
             self.shutdown_request(request)
 
+    def _take_held_request(self) -> tuple[Any, Any] | None:
+        """For a worker whose request just ended: the next request the source
+        holds (holds_request()), taken, counted and verified in this thread, to
+        run here instead of going through the loop and back to a worker; None
+        when the source holds none, or no serve_forever() loop is taking
+        requests (handle_request() takes one a call; shutdown() stops taking)."""
+        while self.__serving_thread is not None and not self._shutdown_flag:
+            if not self.holds_request():
+                return None
+            try:
+                request, client_address = self.get_request()
+            except OSError:
+                return None  # another thread took it first
+            self.request_accepted(request, client_address)
+            try:
+                if self._verify_in_worker or self.verify_request(request, client_address):
+                    self._counters.request_in_worker()
+                    return request, client_address
+            except Exception:
+                self._report_error(request, client_address)
+            else:
+                if self._access is not None:
+                    self._access.refused(request)
+            self.shutdown_request(request)
+        return None
+
     def _in_forked_child(self) -> None:
         """First thing in a child forked to serve a request (ForkingMixIn, a
         handler's fork()): the loop's signal guard, held while the request was
@@ -447,7 +495,8 @@ class BaseServer:
 
     def request_accepted(self, request: Any, client_address: Any) -> None:
         """Called for each request get_request() returned, before verify_request(),
-        in the loop's thread. Override to count or track it (see open_requests())."""
+        in the loop's thread (or the worker's that takes a request the source held:
+        see holds_request()). Override to count or track it (see open_requests())."""
 
     @property
     def _verify_in_worker(self) -> bool:

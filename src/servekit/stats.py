@@ -91,6 +91,7 @@ class Stats:
         "_not_requests",
         "_seen_in",
         "_seen_out",
+        "_worker_requests",
         "bytes_in",
         "bytes_out",
         "calls",
@@ -103,6 +104,7 @@ class Stats:
         self._lock = threading.Lock()
         self.connections_total = 0
         self.requests = 0
+        self._worker_requests = 0
         self._not_requests = 0
         self.errors = 0
         self.calls = 0
@@ -136,6 +138,12 @@ class Stats:
         is left alone: only its own thread writes it.)"""
         with self._lock:
             self._not_requests += 1
+
+    def request_in_worker(self) -> None:
+        """A request a worker took itself, the next one its source held (see
+        BaseServer.holds_request): not the loop's, so not its counter."""
+        with self._lock:
+            self._worker_requests += 1
 
     def error(self) -> None:
         with self._lock:
@@ -176,7 +184,7 @@ class Stats:
             snapshot = StatsSnapshot(
                 connections_open=connections_open,
                 connections_total=self.connections_total,
-                requests=self.requests - not_requests,
+                requests=self.requests + self._worker_requests - not_requests,
                 errors=self.errors,
                 calls=self.calls,
                 bytes_in=self.bytes_in,

@@ -154,6 +154,8 @@ class AsyncServerMixIn(_Base):
     #: of the server's (see servekit.aio._threads); more wait their turn.
     max_handler_threads: int = DEFAULT_MAX_HANDLER_THREADS
     _aio_threads: HandlerThreads | None = None
+    # The loop takes every request, through its reader on fileno() (see holds_request).
+    _takes_held_requests = False
 
     _aio_loop: asyncio.AbstractEventLoop | None = None
     _aio_stop: asyncio.Event | None = None

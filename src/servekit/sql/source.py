@@ -15,7 +15,9 @@ first request), which
 - claims rows ahead of the loop, up to ``claim_batch`` held but not started
   (so ``get_request()`` never waits on the database, which the async
   engine's loop must not), and waits on the backend for more (LISTEN/NOTIFY
-  on PostgreSQL, a cheap poll on SQLite);
+  on PostgreSQL, a cheap poll on SQLite). A row's end claims the next in the
+  transaction that acknowledges it, and on the sync loop and the pool the
+  thread that ran the row takes that one itself (``holds_request()``);
 - extends the lease of every row the process holds, every third of
   ``lease``, so that a row is claimed again only when its worker is gone;
 - records the outcomes the database could not take when they came (it was
@@ -113,9 +115,11 @@ class QueueServer(BaseServer):
         except BaseException:
             self.backend.close()
             raise
-        self._waker = Waker()  # readable while rows wait in _ready
+        self._waker = Waker()  # readable: rows in _ready that the loop is to take
+        self._announced = False  # the waker was woken and not drained since
         self._lock = threading.Condition()
         self._ready: deque[Job] = deque()  # claimed, not yet given to the loop
+        self._last_move = 0.0  # when a row last came into _ready or left it
         self._unrecorded: list[tuple[Job, BaseException | str | None]] = []  # outcomes to retry
         self._failures: dict[int, BaseException] = {}  # row id -> what its handler raised
         self._started: set[int] = set()  # rows whose handler ran (else: refused)
@@ -143,21 +147,50 @@ class QueueServer(BaseServer):
         self._in_this_process()
         return self._waker.fileno()
 
+    def holds_request(self) -> bool:
+        """Whether a claimed row waits for the loop (get_request() returns it at once).
+
+        A row claimed at the end of the last one, on a model whose thread that
+        ran it looks here next (the sync loop, a pool worker), is taken by that
+        thread without fileno() turning readable: no wake-up and no hand-off a
+        row. fileno() turns readable for the rows the source's thread claims,
+        and for rows left waiting PREFETCH_AFTER while others run (slow rows:
+        the loop hands the next to another worker)."""
+        return bool(self._ready)
+
     def get_request(self) -> tuple[Job, str]:
         """The next row claimed; BlockingIOError when none is (the source's thread
         claims them, and makes fileno() readable when one is there)."""
         self._in_this_process()
         with self._lock:
             if not self._ready:
-                self._waker.drain()
+                self._unannounce()
                 raise BlockingIOError("no row claimed")
             job = self._ready.popleft()
             self._in_flight += 1
+            self._last_move = monotonic()
             if not self._ready:
-                self._waker.drain()
-                if self._hands_off:  # the source's thread may claim beside it (_may_claim)
-                    self._lock.notify_all()
+                self._unannounce()
+                if self._hands_off:
+                    self._lock.notify_all()  # the source's thread may claim beside it (_may_claim)
+            elif self._takes_held_requests and self._announced:
+                # One row a wake-up where threads look for held rows (holds_request):
+                # the source's thread wakes the loop again for the rest if none
+                # of them takes one in PREFETCH_AFTER (_announce_waiting).
+                self._unannounce()
+                self._lock.notify_all()
         return job, f"{job.queue}#{job.id}"
+
+    def _announce(self) -> None:
+        """Make fileno() readable: rows in _ready are for the loop; the lock is held."""
+        if not self._announced:
+            self._announced = True
+            self._waker.wake()
+
+    def _unannounce(self) -> None:
+        if self._announced:
+            self._announced = False
+            self._waker.drain()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         self._begin(request)
@@ -316,22 +349,24 @@ class QueueServer(BaseServer):
         try:
             done, jobs = self.backend.complete_and_claim([job], self.claim_batch, self.lease)
         finally:
-            self._claimed(jobs)
+            # The thread that ran the row may take the next itself (holds_request).
+            self._claimed(jobs, announce=not self._takes_held_requests)
         if not done:
             self._lost(job)
 
-    def _claimed(self, jobs: list[Job]) -> None:
-        """End the claim _may_claim() reserved: ``jobs`` wait for the loop."""
+    def _claimed(self, jobs: list[Job], *, announce: bool = True) -> None:
+        """End the claim _may_claim() reserved: ``jobs`` wait for the loop, which
+        is woken if ``announce`` (else the thread that claimed them takes them)."""
         with self._lock:
             self._claiming = False
-            self._last_claim = monotonic()
+            self._last_claim = self._last_move = monotonic()
             self._ready.extend(jobs)
             for job in jobs:
                 self._held[job.id] = job
-            if jobs:
-                self._waker.wake()
-            else:
+            if not jobs:
                 self._lock.notify_all()  # none: the source's thread waits on the database
+            elif announce:
+                self._announce()
 
     def _settle(
         self, job: Job, error: BaseException | str | None, *, refused: bool = False
@@ -431,6 +466,7 @@ class QueueServer(BaseServer):
                 if monotonic() >= extend_at:
                     self._extend()
                     extend_at = monotonic() + self.lease / 3
+                self._announce_waiting()
                 if self._claim():
                     continue
                 self._wait(extend_at - monotonic())
@@ -456,6 +492,14 @@ class QueueServer(BaseServer):
             self._claimed(jobs)
         return bool(jobs)
 
+    def _announce_waiting(self) -> None:
+        """Rows no thread took for PREFETCH_AFTER: wake the loop for them (the
+        rows running are slow, or the thread that claimed them did not look)."""
+        with self._lock:
+            waiting = self._ready and not self._announced
+            if waiting and monotonic() - self._last_move >= PREFETCH_AFTER:
+                self._announce()
+
     def _wait(self, timeout: float) -> None:
         """Until there may be rows to claim, room for them, or leases to extend;
         while forked children run, no longer than _CHILD_POLL (their outcomes)."""
@@ -464,6 +508,8 @@ class QueueServer(BaseServer):
             timeout = min(timeout, _CHILD_POLL)
         if self._in_flight and self._hands_off and not self._ready:
             timeout = min(timeout, PREFETCH_AFTER)  # then may claim beside them
+        if self._ready and not self._announced:  # then may wake the loop for them
+            timeout = min(timeout, max(self._last_move + PREFETCH_AFTER - monotonic(), 0.0))
         with self._lock:
             if self._closed:
                 return
