@@ -7,8 +7,10 @@ one queue, grouped into transactions as the source groups them (as of commit ee5
 gives back the rows whose lease ran out (the reap); each row of a claim but the last is
 acknowledged in a transaction of its own; the last is acknowledged in the transaction
 that claims the next rows (ack, reap, claim). With ``batch`` 1, that is one transaction
-a row. What the loop leaves out is everything around the SQL: decoding rows into ``Job``
-objects, the handler, the server's loop and threads.
+a row. On PostgreSQL that transaction is one statement, the source's step (ack, reap and
+claim as sub-statements of one ``WITH``), which the ceiling imports from the servekit
+measured. What the loop leaves out is everything around the SQL: decoding rows into
+``Job`` objects, the handler, the server's loop and threads.
 
 - SQLite: a Python loop over ``sqlite3``, one connection per process, WAL,
   ``synchronous=NORMAL``, ``busy_timeout`` 5 s, ``BEGIN IMMEDIATE`` for every write,
@@ -21,6 +23,7 @@ objects, the handler, the server's loop and threads.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from datetime import timedelta
@@ -127,44 +130,19 @@ def sqlite_worker(
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
-def _param(name: str, style: str) -> str:
-    """A parameter: psycopg's ``%(name)s``, or a pgbench variable (``-M prepared`` sends
-    it as a parameter of the prepared statement, as psycopg does)."""
-    return f"%({name})s" if style == "psycopg" else f":{name}"
+def pg_statements() -> Any:
+    """PostgresBackend's statements for the one queue, from the servekit measured (imported
+    here, once sql_bench.py has put ``--src`` first on the path): the ceiling runs the
+    source's own step, whatever the commit."""
+    from servekit.sql._postgres import _Statements
+
+    return _Statements(("queue = %(queue)s", {"queue": QUEUE}))
 
 
-def pg_reap(style: str) -> str:
-    """PostgresBackend._reap's statement."""
-    queue, most = _param("queue", style), _param("max", style)
-    last = f"j.attempt >= COALESCE(j.max_attempts, {most})"
-    return (
-        f"WITH expired AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'running' "
-        f"AND queue = {queue} AND lease_until <= now() ORDER BY lease_until LIMIT 1000 "
-        f"FOR UPDATE SKIP LOCKED) UPDATE {JOBS} AS j SET "
-        f"state = CASE WHEN {last} THEN 'dead' ELSE 'pending' END, "
-        f"finished_at = CASE WHEN {last} THEN now() END, "
-        "last_error = 'lease expired on attempt ' || j.attempt || ' (worker ' || "
-        "COALESCE(j.owner, '?') || ' stopped extending it)', "
-        "lease_until = NULL, updated_at = now() FROM expired WHERE j.id = expired.id "
-        "RETURNING j.state, j.id, j.queue, j.attempt, j.max_attempts, j.priority, "
-        "j.created_at, COALESCE(j.finished_at, j.updated_at), COALESCE(j.last_error, ''), "
-        "j.encoding, j.payload, j.dedupe_key"
-    )
-
-
-def pg_claim(style: str) -> str:
-    """PostgresBackend.claim's statement."""
-    lease = _param("lease", style) + ("" if style == "psycopg" else "::interval")
-    return (
-        f"WITH next AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'pending' "
-        f"AND queue = {_param('queue', style)} AND run_at <= now() "
-        f"ORDER BY priority DESC, run_at, id LIMIT {_param('limit', style)} "
-        f"FOR UPDATE SKIP LOCKED) UPDATE {JOBS} AS j SET state = 'running', "
-        f"attempt = j.attempt + 1, owner = {_param('owner', style)}, "
-        f"lease_until = now() + {lease}, updated_at = now() FROM next "
-        "WHERE j.id = next.id RETURNING "
-        + ", ".join(f"j.{column.strip()}" for column in CLAIMED.split(","))
-    )
+def _pgbench(sql: str, **replaced: str) -> str:
+    """psycopg's ``%(name)s`` parameters as pgbench variables (``-M prepared`` sends each
+    as a parameter of the prepared statement, as psycopg does), or as ``replaced`` says."""
+    return re.sub(r"%\((\w+)\)s", lambda m: replaced.get(m[1], f":{m[1]}"), sql)
 
 
 def pg_ack(ids: str, attempts: str, owner: str) -> str:
@@ -178,24 +156,28 @@ def pg_ack(ids: str, attempts: str, owner: str) -> str:
 
 
 def pgbench_script(batch: int) -> str:
-    """The pgbench script of one step: in one transaction, acknowledge the last row of the
-    previous claim (element ``batch`` of the arrays its ``\\gset`` left; none at first,
-    ``-Dids={}``), reap and claim ``:limit`` rows; then acknowledge rows 1 to ``batch - 1``
-    of the claim one transaction each. The claim's rows are gathered into two arrays for
-    ``\\gset`` (pgbench keeps one row); each acknowledgement takes one element of each."""
-    claim = (
-        f"WITH claimed AS ({pg_claim('pgbench')}) SELECT COALESCE(array_agg(id), '{{}}') "
-        "AS ids, COALESCE(array_agg(attempt), '{}') AS attempts, count(payload) AS n "
-        "FROM claimed \\gset"
+    """The pgbench script of one step: the source's step statement, which acknowledges the
+    last row of the previous claim (element ``batch`` of the arrays its ``\\gset`` left;
+    none at first, ``-Dids={}``), reaps and claims ``:limit`` rows; then the
+    acknowledgement of rows 1 to ``batch - 1`` of the claim, one statement each. The step's
+    sub-statements are the source's; its result, the claim's rows gathered into two arrays
+    for ``\\gset`` (pgbench keeps one row), where the source reads every row."""
+    last_id, last_attempt = f"(:ids::bigint[])[{batch}]", f"(:attempts::integer[])[{batch}]"
+    ctes = _pgbench(
+        pg_statements().ctes, ids=f"ARRAY[{last_id}]", attempts=f"ARRAY[{last_attempt}]",
+        lease=":lease::interval",
+    )  # fmt: skip
+    step = (
+        f"{ctes} SELECT COALESCE(array_agg(id), '{{}}') AS ids, "
+        "COALESCE(array_agg(attempt), '{}') AS attempts, count(payload) AS n FROM claimed \\gset"
     )
-    owner = _param("owner", "pgbench")
+    owner = ":owner"
 
     def ack(index: int) -> str:
         ids, attempts = f"(:ids::bigint[])[{index}]", f"(:attempts::integer[])[{index}]"
         return pg_ack(f"ARRAY[{ids}]", f"ARRAY[{attempts}]", owner) + ";"
 
-    step = ["BEGIN;", ack(batch), pg_reap("pgbench") + ";", claim, "COMMIT;"]
-    return "\n".join(step + [ack(index) for index in range(1, batch)]) + "\n"
+    return "\n".join([step, *[ack(index) for index in range(1, batch)]]) + "\n"
 
 
 def pgbench_variables(batch: int) -> list[str]:
@@ -209,24 +191,22 @@ def psycopg_worker(
     url: str, batch: int, go: Barrier, results: Queue[tuple[float, float, int]]
 ) -> None:
     """A process of the Python floor on PostgreSQL: PostgresBackend's statements and
-    parameters through psycopg (autocommit, a transaction per claim), nothing else;
-    like ``sqlite_worker``."""
+    parameters through psycopg (autocommit: the step, and each other acknowledgement,
+    is a transaction of its own), nothing else; like ``sqlite_worker``."""
     import psycopg
 
     owner = f"floor-{os.getpid()}"
-    reap_params = {"queue": QUEUE, "max": MAX_ATTEMPTS}
-    claim_params = {**reap_params, "limit": batch, "owner": owner}
-    claim_params["lease"] = timedelta(seconds=LEASE)
-    reap, claim = pg_reap("psycopg"), pg_claim("psycopg")
+    params: dict[str, Any] = {"queue": QUEUE, "max": MAX_ATTEMPTS, "limit": batch}
+    params |= {"owner": owner, "lease": timedelta(seconds=LEASE), "ids": [], "attempts": []}
+    step_sql = pg_statements().step
     ack = pg_ack("%(ids)s", "%(attempts)s", "%(owner)s")
     with psycopg.connect(url, autocommit=True) as conn:
 
         def step(last: Any) -> list[Any]:
-            with conn.transaction():
-                if last is not None:
-                    conn.execute(ack, {"ids": [last[0]], "attempts": [last[4]], "owner": owner})
-                conn.execute(reap, reap_params).fetchall()
-                return conn.execute(claim, claim_params).fetchall()
+            if last is not None:
+                params["ids"], params["attempts"] = [last[0]], [last[4]]
+            rows = conn.execute(step_sql, params).fetchall()
+            return [row[1:] for row in rows if row[0] == "claimed"]
 
         go.wait()
         start, rows = time.time(), 0

@@ -262,6 +262,20 @@ def test_the_same_worker_cannot_ack_an_older_claim(backend: Any) -> None:
     assert backend.complete(fresh) is True
 
 
+def test_a_late_acknowledgement_beats_the_reap_of_its_own_row(backend: Any) -> None:
+    """The row's lease ran out and no one claimed it again yet: the acknowledgement
+    that comes with the next claim (one statement on PostgreSQL, with the reap)
+    records it done, and the reap in the same step does not make it pending."""
+    backend.enqueue("late")
+    (late,) = backend.claim(lease=0.2)
+    until(lambda: backend.next_due() == 0, "the lease of the row to run out")
+    backend.enqueue("next")
+    done, claimed = backend.complete_and_claim([late], 1)
+    assert done == [late]
+    assert [job.payload for job in claimed] == ["next"]
+    assert counts(backend) == {"pending": 0, "running": 1, "done": 1, "dead": 0}
+
+
 def test_extend_keeps_the_row(make: Factory) -> None:
     worker, other = make(), make()
     worker.enqueue("a")

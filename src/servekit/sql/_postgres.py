@@ -3,7 +3,10 @@ machines drain the same queues.
 
 - A claim is one short transaction: ``UPDATE ... FROM (SELECT ... FOR UPDATE
   SKIP LOCKED LIMIT n)``, so concurrent workers never wait for each other's
-  rows nor take the same one. No transaction stays open between calls.
+  rows nor take the same one. No transaction stays open between calls. A row's
+  acknowledgement, the reap and the next claim are one statement (the step:
+  see ``_Statements``), so a worker going from row to row makes one round trip
+  a row.
 - Time is the database's (``now()``): the workers' clocks do not matter.
 - ``enqueue`` sends ``NOTIFY servekit_jobs`` with the queue's name as payload,
   in the same transaction (so it is delivered at commit, not before).
@@ -95,32 +98,85 @@ def import_psycopg() -> ModuleType:
 
 
 class _Statements:
-    """The claim's statements for one set of queues, written once: a row's claim is
-    the hot path, and these strings were built anew at every claim."""
+    """The claim's statement for one set of queues, written once: a row's claim is
+    the hot path, and these strings were built anew at every claim.
+
+    ``step`` is a row's end and the next claim in one statement (one round trip,
+    its own transaction): acknowledge the rows ``%(ids)s``/``%(attempts)s`` (none
+    for a claim alone), give back the rows whose lease ran out (the reap; not
+    those being acknowledged: one statement must not update a row twice), and
+    claim ``%(limit)s`` rows. Its sub-statements share one snapshot, so the rows
+    the reap makes pending are claimed by the next step, not this one. It returns
+    a row per row claimed (``'claimed'`` and the CLAIMED columns), per row the
+    reap made dead (``'dead'``, read by ``_dead_from_step``) and per row
+    acknowledged (``'done'`` and its id)."""
 
     def __init__(self, queue_filter: tuple[str, dict[str, object]]) -> None:
         where, self.params = queue_filter
-        self.claim = (
-            f"WITH next AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'pending' "
-            f"AND {where} AND run_at <= now() ORDER BY priority DESC, run_at, id "
-            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-            f"UPDATE {JOBS} AS j SET state = 'running', attempt = j.attempt + 1, "
-            "owner = %(owner)s, lease_until = now() + %(lease)s, updated_at = now() "
-            f"FROM next WHERE j.id = next.id RETURNING "
-            + ", ".join(f"j.{column.strip()}" for column in CLAIMED.split(","))
+        claimed = [column.strip() for column in CLAIMED.split(",")]
+        acked = (
+            f"UPDATE {JOBS} AS j SET {_DONE}, updated_at = now() "
+            "FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempt) "
+            "WHERE j.id = h.id AND j.attempt = h.attempt AND j.owner = %(owner)s "
+            "AND j.state = 'running' RETURNING j.id"
         )
         last = "j.attempt >= COALESCE(j.max_attempts, %(max)s)"
-        self.reap = (
-            f"WITH expired AS MATERIALIZED (SELECT id FROM {JOBS} WHERE state = 'running' "
-            f"AND {where} AND lease_until <= now() ORDER BY lease_until LIMIT {_REAP_BATCH} "
-            f"FOR UPDATE SKIP LOCKED) UPDATE {JOBS} AS j SET "
-            f"state = CASE WHEN {last} THEN 'dead' ELSE 'pending' END, "
+        expired = (
+            f"SELECT id FROM {JOBS} WHERE state = 'running' AND {where} "
+            "AND lease_until <= now() AND id <> ALL(%(ids)s::bigint[]) "
+            f"ORDER BY lease_until LIMIT {_REAP_BATCH} FOR UPDATE SKIP LOCKED"
+        )
+        reaped = (
+            f"UPDATE {JOBS} AS j SET state = CASE WHEN {last} THEN 'dead' ELSE 'pending' END, "
             f"finished_at = CASE WHEN {last} THEN now() END, "
             "last_error = 'lease expired on attempt ' || j.attempt || ' (worker ' || "
             "COALESCE(j.owner, '?') || ' stopped extending it)', "
             "lease_until = NULL, updated_at = now() FROM expired WHERE j.id = expired.id "
             "RETURNING j.state, " + ", ".join(_dead_columns("j"))
         )
+        candidates = (
+            f"SELECT id FROM {JOBS} WHERE state = 'pending' AND {where} AND run_at <= now() "
+            "ORDER BY priority DESC, run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+        )
+        claim = (
+            f"UPDATE {JOBS} AS j SET state = 'running', attempt = j.attempt + 1, "
+            "owner = %(owner)s, lease_until = now() + %(lease)s, updated_at = now() "
+            "FROM next WHERE j.id = next.id RETURNING "
+            + ", ".join(f"j.{column}" for column in claimed)
+        )
+        # The dead rows in the CLAIMED columns' places (types must match), their
+        # finished_at in lease_until's, and last_error after.
+        dead = [
+            "id", "queue", "payload", "encoding", "attempt", "max_attempts", "priority",
+            "NULL", "created_at", "finished", "dedupe_key", "last_error",
+        ]  # fmt: skip
+        #: The step's sub-statements (benchmarks/sql_ceiling.py runs them too).
+        self.ctes = (
+            f"WITH acked AS ({acked}), expired AS MATERIALIZED ({expired}), "
+            f"reaped ({', '.join(['state', *_DEAD_NAMES])}) AS ({reaped}), "
+            f"next AS MATERIALIZED ({candidates}), claimed AS ({claim})"
+        )
+        self.step = (
+            f"{self.ctes} SELECT 'claimed', {', '.join(claimed)}, NULL FROM claimed "
+            f"UNION ALL SELECT 'dead', {', '.join(dead)} FROM reaped WHERE state = 'dead' "
+            f"UNION ALL SELECT 'done', id{', NULL' * (len(dead) - 1)} FROM acked"
+        )
+
+
+#: DEAD_COLUMNS' names in the step's reaped rows.
+_DEAD_NAMES: Final = (
+    "id", "queue", "attempt", "max_attempts", "priority", "created_at", "finished",
+    "last_error", "encoding", "payload", "dedupe_key",
+)  # fmt: skip
+
+
+def _dead_from_step(row: Any) -> DeadJob:
+    """A ``DeadJob`` from a ``'dead'`` row of the step (see _Statements)."""
+    return dead_from_row(
+        (row[1], row[2], row[5], row[6], row[7], row[9], row[10], row[12], row[4], row[3],
+         row[11]),
+        _utc,
+    )  # fmt: skip
 
 
 def _utc(value: datetime) -> datetime:
@@ -400,11 +456,7 @@ class PostgresBackend(BackendBase):
     # -- worker ---------------------------------------------------------------------------
 
     def claim(self, limit: int = 1, lease: float = 30.0) -> list[Job]:
-        lease_for = timedelta(seconds=self._check_claim(limit, lease))
-        dead: list[DeadJob] = []
-        jobs = self._write(lambda conn: self._claim_in(conn, limit, lease_for, dead))
-        self._report_dead(dead)
-        return jobs
+        return self.complete_and_claim([], limit, lease)[1]
 
     def complete_and_claim(
         self, jobs: Iterable[Job], limit: int = 1, lease: float = 30.0
@@ -412,42 +464,52 @@ class PostgresBackend(BackendBase):
         lease_for = timedelta(seconds=self._check_claim(limit, lease))
         jobs = list(jobs)
         dead: list[DeadJob] = []
-
-        def body(conn: psycopg.Connection[Any]) -> tuple[list[Job], list[Job]]:
-            done = self._held_in(conn, jobs, _DONE)
-            return done, self._claim_in(conn, limit, lease_for, dead)
-
-        done = self._write(body)
+        done, claimed = self._run(lambda conn: self._step(conn, jobs, limit, lease_for, dead))
         self._report_dead(dead)
-        return done
+        return done, claimed
 
-    def _claim_in(
-        self, conn: psycopg.Connection[Any], limit: int, lease: timedelta, dead: list[DeadJob]
-    ) -> list[Job]:
-        """Claim's statements, in the caller's transaction; rows buried go to ``dead``."""
+    def _step(
+        self,
+        conn: psycopg.Connection[Any],
+        jobs: list[Job],
+        limit: int,
+        lease: timedelta,
+        dead: list[DeadJob],
+    ) -> tuple[list[Job], list[Job]]:
+        """The step statement (see _Statements): ``jobs`` done, then the rows claimed;
+        the rows buried (the reap's, an undecodable payload's) go to ``dead``."""
         statements = self._statements
-        params = {**statements.params, "owner": self._owner, "lease": lease, "limit": limit}
-        dead.extend(self._reap(conn, params))
+        params = {
+            **statements.params, "owner": self._owner, "lease": lease, "limit": limit,
+            "max": self._max_attempts, "ids": [job.id for job in jobs],
+            "attempts": [job.attempt for job in jobs],
+        }  # fmt: skip
+        done: set[int] = set()
         while True:
-            rows = conn.execute(statements.claim, params).fetchall()
-            jobs = []
-            for row in rows:
+            claimed = []
+            for row in conn.execute(statements.step, params).fetchall():
+                kind = row[0]
+                if kind == "claimed":
+                    claimed.append(row[1:12])
+                elif kind == "done":
+                    done.add(row[1])
+                else:
+                    dead.append(_dead_from_step(row))
+            new = []
+            for row in claimed:
                 try:
-                    jobs.append(job_from_row(row, self._max_attempts, _utc))
+                    new.append(job_from_row(row, self._max_attempts, _utc))
                 except PayloadError as exc:
                     dead.append(self._bury(conn, row, f"undecodable payload: {exc}"))
-            if jobs or not rows:
-                if len(jobs) > 1:
-                    jobs.sort(key=claim_order)
-                return jobs
+            if new or not claimed:
+                if len(new) > 1:
+                    new.sort(key=claim_order)
+                return [job for job in jobs if job.id in done], new
+            params["ids"] = params["attempts"] = []  # done: claim again, alone
 
     @cached_property
     def _statements(self) -> _Statements:
         return _Statements(self._queue_filter())
-
-    def _reap(self, conn: psycopg.Connection[Any], params: dict[str, object]) -> list[DeadJob]:
-        rows = conn.execute(self._statements.reap, {**params, "max": self._max_attempts}).fetchall()
-        return [dead_from_row(row[1:], _utc) for row in rows if row[0] == "dead"]
 
     def _bury(self, conn: psycopg.Connection[Any], row: Any, reason: str) -> DeadJob:
         (failed_at,) = cast(
