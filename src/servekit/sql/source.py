@@ -169,16 +169,13 @@ class QueueServer(BaseServer):
             job = self._ready.popleft()
             self._in_flight += 1
             self._last_move = monotonic()
-            if not self._ready:
+            # Where threads look for held rows (holds_request), one row a wake-up:
+            # the source's thread wakes the loop again for the rest if none of them
+            # takes one in PREFETCH_AFTER (_announce_waiting). It looks every
+            # PREFETCH_AFTER while rows run (_wait), not at a notify a row: that
+            # was a switch to it and back at every row.
+            if not self._ready or self._takes_held_requests:
                 self._unannounce()
-                if self._hands_off:
-                    self._lock.notify_all()  # the source's thread may claim beside it (_may_claim)
-            elif self._takes_held_requests and self._announced:
-                # One row a wake-up where threads look for held rows (holds_request):
-                # the source's thread wakes the loop again for the rest if none
-                # of them takes one in PREFETCH_AFTER (_announce_waiting).
-                self._unannounce()
-                self._lock.notify_all()
         return job, f"{job.queue}#{job.id}"
 
     def _announce(self) -> None:
@@ -506,7 +503,7 @@ class QueueServer(BaseServer):
         timeout = max(timeout, 0.0)
         if self._children:
             timeout = min(timeout, _CHILD_POLL)
-        if self._in_flight and self._hands_off and not self._ready:
+        if self._hands_off and (self._in_flight or self._ready):
             timeout = min(timeout, PREFETCH_AFTER)  # then may claim beside them
         if self._ready and not self._announced:  # then may wake the loop for them
             timeout = min(timeout, max(self._last_move + PREFETCH_AFTER - monotonic(), 0.0))
