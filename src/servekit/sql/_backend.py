@@ -335,6 +335,7 @@ class BackendBase:
         if not 0 <= self._retry_backoff <= self._retry_backoff_cap:
             raise ValueError("retry_backoff must be >= 0 and at most retry_backoff_cap")
         self._on_dead = on_dead
+        self._claim_checked: tuple[object, object, float] = (None, None, 0.0)  # _check_claim
         self._pid = os.getpid()
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty str, not {owner!r}")
@@ -406,9 +407,14 @@ class BackendBase:
         return True
 
     def _check_claim(self, limit: int, lease: float) -> float:
+        checked = self._claim_checked
+        if limit is checked[0] and lease is checked[1]:
+            return checked[2]  # the same objects as the last claim's (a server's): checked
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int from 1, not {limit!r}")
-        return _positive("lease", lease)
+        seconds = _positive("lease", lease)
+        self._claim_checked = (limit, lease, seconds)
+        return seconds
 
     def _check_lease(self, lease: float) -> float:
         return _positive("lease", lease)

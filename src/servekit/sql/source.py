@@ -117,7 +117,10 @@ class QueueServer(BaseServer):
             raise
         self._waker = Waker()  # readable: rows in _ready that the loop is to take
         self._announced = False  # the waker was woken and not drained since
-        self._lock = threading.Condition()
+        # Sections are entered with the lock itself, a C call, not with the
+        # Condition, whose __enter__ is Python code (a row takes six of them).
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)  # the source's thread waits here
         self._ready: deque[Job] = deque()  # claimed, not yet given to the loop
         self._last_move = 0.0  # when a row last came into _ready or left it
         self._unrecorded: list[tuple[Job, BaseException | str | None]] = []  # outcomes to retry
@@ -162,7 +165,7 @@ class QueueServer(BaseServer):
         """The next row claimed; BlockingIOError when none is (the source's thread
         claims them, and makes fileno() readable when one is there)."""
         self._in_this_process()
-        with self._lock:
+        with self._mutex:
             if not self._ready:
                 self._unannounce()
                 raise BlockingIOError("no row claimed")
@@ -210,7 +213,7 @@ class QueueServer(BaseServer):
         super().server_close()
         if os.getpid() != self._home:
             return  # a forked child: its parent closes the source
-        with self._lock:
+        with self._mutex:
             if self._closing:
                 return
             self._closing = True
@@ -226,7 +229,7 @@ class QueueServer(BaseServer):
     def _close_when_idle(self) -> None:
         """Once closing and no row is in flight: stop the source's thread, record
         what is left, give back what is still held, close the database."""
-        with self._lock:
+        with self._mutex:
             if not self._closing or self._in_flight or self._closed:
                 return
             self._closed = True
@@ -237,7 +240,7 @@ class QueueServer(BaseServer):
             thread.join()
         self._hear_children(final=True)
         self._record_late()
-        with self._lock:
+        with self._mutex:
             # Any whose handler outlived the drain; not those whose outcome could not
             # be recorded (the database is down: their leases run out instead).
             unrecorded = {job.id for job, _ in self._unrecorded}
@@ -264,13 +267,13 @@ class QueueServer(BaseServer):
     def _begin(self, job: Job) -> None:
         """The handler starts: this process holds the row (in a forked child, anew)."""
         self._in_this_process()
-        with self._lock:
+        with self._mutex:
             self._held[job.id] = job
             self._started.add(job.id)
 
     def _record(self, job: Job) -> None:
         """Tell the database how the row went (blocking; see AsyncQueueServer)."""
-        with self._lock:
+        with self._mutex:
             started = job.id in self._started
             self._started.discard(job.id)
             error = self._failures.pop(job.id, None)
@@ -301,11 +304,11 @@ class QueueServer(BaseServer):
                 self._settle(job, error, refused=refused)
         except QueueUnavailable as exc:
             self._down_log("%s: cannot record row %d now (%s): will retry", self, job.id, exc)
-            with self._lock:
+            with self._mutex:
                 self._unrecorded.append((job, error))
                 self._ended_one()
         else:
-            with self._lock:
+            with self._mutex:
                 self._held.pop(job.id, None)
                 self._ended_one()
         if self._closing:
@@ -329,7 +332,7 @@ class QueueServer(BaseServer):
         the serving thread's to call (it reaps children, raises flags). A row
         claimed while the model is full waits in the buffer, its lease extended:
         at most claim_batch of them."""
-        with self._lock:
+        with self._mutex:
             if self._ready or self._claiming or self._closing or os.getpid() != self._home:
                 return False
             if (
@@ -354,7 +357,7 @@ class QueueServer(BaseServer):
     def _claimed(self, jobs: list[Job], *, announce: bool = True) -> None:
         """End the claim _may_claim() reserved: ``jobs`` wait for the loop, which
         is woken if ``announce`` (else the thread that claimed them takes them)."""
-        with self._lock:
+        with self._mutex:
             self._claiming = False
             self._last_claim = self._last_move = monotonic()
             self._ready.extend(jobs)
@@ -400,16 +403,16 @@ class QueueServer(BaseServer):
 
     def _record_late(self) -> None:
         """Record the outcomes the database did not take when they came."""
-        with self._lock:
+        with self._mutex:
             waiting, self._unrecorded = self._unrecorded, []
         for index, (job, error) in enumerate(waiting):
             try:
                 self._settle(job, error)
             except QueueUnavailable:
-                with self._lock:
+                with self._mutex:
                     self._unrecorded.extend(waiting[index:])
                 return
-            with self._lock:
+            with self._mutex:
                 self._held.pop(job.id, None)
 
     # -- the source's thread ------------------------------------------------------------
@@ -427,7 +430,7 @@ class QueueServer(BaseServer):
         if self._pid != os.getpid():
             self._forked()
             return
-        with self._lock:
+        with self._mutex:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"servekit-queue {self.server_address}", daemon=True
@@ -442,7 +445,8 @@ class QueueServer(BaseServer):
         wait for ever. The child tells its parent how the row went, through the
         pipe the fork made (ForkingQueueServer), and the parent records it."""
         self._pid = os.getpid()
-        self._lock = threading.Condition()  # the parent's may have been held at the fork
+        self._mutex = threading.Lock()  # the parent's may have been held at the fork
+        self._lock = threading.Condition(self._mutex)
         for fd in self._children:  # the other children's pipes are not this one's
             os.close(fd)
         self._children, self._said = {}, {}
@@ -452,7 +456,7 @@ class QueueServer(BaseServer):
     def _run(self) -> None:
         extend_at = monotonic() + self.lease / 3
         while True:
-            with self._lock:
+            with self._mutex:
                 if self._closed:
                     return
             try:
@@ -469,12 +473,12 @@ class QueueServer(BaseServer):
                 self._wait(extend_at - monotonic())
             except QueueUnavailable as exc:
                 self._down_log("%s: the database is unavailable: %s", self, exc)
-                with self._lock:
+                with self._mutex:
                     if not self._closed:
                         self._lock.wait(_RETRY_EVERY)
             except Exception:
                 logger.exception("%s: the source's thread failed; retrying", self)
-                with self._lock:
+                with self._mutex:
                     if not self._closed:
                         self._lock.wait(_RETRY_EVERY)
 
@@ -492,7 +496,7 @@ class QueueServer(BaseServer):
     def _announce_waiting(self) -> None:
         """Rows no thread took for PREFETCH_AFTER: wake the loop for them (the
         rows running are slow, or the thread that claimed them did not look)."""
-        with self._lock:
+        with self._mutex:
             waiting = self._ready and not self._announced
             if waiting and monotonic() - self._last_move >= PREFETCH_AFTER:
                 self._announce()
@@ -507,7 +511,7 @@ class QueueServer(BaseServer):
             timeout = min(timeout, PREFETCH_AFTER)  # then may claim beside them
         if self._ready and not self._announced:  # then may wake the loop for them
             timeout = min(timeout, max(self._last_move + PREFETCH_AFTER - monotonic(), 0.0))
-        with self._lock:
+        with self._mutex:
             if self._closed:
                 return
             if self._ready or self._claiming or self._in_flight or self._closing:
@@ -518,14 +522,14 @@ class QueueServer(BaseServer):
         self.backend.wait(timeout)
 
     def _extend(self) -> None:
-        with self._lock:
+        with self._mutex:
             held = list(self._held.values())
         if not held:
             return
         kept = {job.id for job in self.backend.extend(held, self.lease)}
         for job in held:
             if job.id not in kept:
-                with self._lock:
+                with self._mutex:
                     self._held.pop(job.id, None)
                 self._lost(job)
 
@@ -536,7 +540,7 @@ class QueueServer(BaseServer):
         to its pipe before it ended). ``final``: wait for every child's end."""
         deadline = monotonic() + CHILD_GRACE
         while True:
-            with self._lock:
+            with self._mutex:
                 pipes = list(self._children)
             if not pipes:
                 return
@@ -565,7 +569,7 @@ class QueueServer(BaseServer):
             self._child_ended(fd)
 
     def _child_ended(self, fd: int) -> None:
-        with self._lock:
+        with self._mutex:
             job = self._children.pop(fd)
             said = self._said.pop(fd, b"")
         # Closed once out of _children: a child forked meanwhile closes what it finds
@@ -615,7 +619,7 @@ if hasattr(os, "fork"):
             finally:
                 self._report_to = None
                 os.close(write)
-            with self._lock:
+            with self._mutex:
                 self._children[read] = request
                 self._lock.notify_all()  # the source's thread listens to its children now
 
@@ -623,7 +627,7 @@ if hasattr(os, "fork"):
             super().server_close()  # and the drain: the children have ended
             # The source's thread hears how their rows went: a stop returns with
             # every one of them recorded.
-            with self._lock:
+            with self._mutex:
                 self._lock.wait_for(lambda: not self._in_flight, CHILD_GRACE)
 
     __all__ += ["ForkingQueueServer"]
