@@ -447,8 +447,8 @@ class BaseServer:
                 request, client_address = self.get_request()
             except OSError:
                 return None  # another thread took it first
-            self.request_accepted(request, client_address)
-            try:
+            try:  # a hook that raises here must not lose the request: this is a worker
+                self.request_accepted(request, client_address)
                 if self._verify_in_worker or self.verify_request(request, client_address):
                     self._counters.request_in_worker()
                     return request, client_address
