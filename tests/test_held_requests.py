@@ -29,6 +29,7 @@ class Held(servekit.BaseServer):
         self._writer.send(b"!")
         self.accepted_in: list[str] = []
         self.verified_in: list[str] = []
+        self.shut_down: list[str] = []
 
     def fileno(self) -> int:
         return self._reader.fileno()
@@ -49,10 +50,17 @@ class Held(servekit.BaseServer):
 
     def request_accepted(self, request: Any, client_address: Any) -> None:
         self.accepted_in.append(threading.current_thread().name)
+        if request == "accept raises":
+            raise RuntimeError("request_accepted failed")
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         self.verified_in.append(threading.current_thread().name)
+        if request == "raises":
+            raise RuntimeError("verify_request failed")
         return request != "refused"
+
+    def shutdown_request(self, request: Any) -> None:
+        self.shut_down.append(request)
 
     def server_close(self) -> None:
         super().server_close()
@@ -97,6 +105,24 @@ def test_the_thread_that_ran_a_request_takes_the_next_held_one(model: str) -> No
         assert "worker" in worker
         assert server.accepted_in[1:] == [worker] * 4
         assert server.verified_in[1:] == [worker] * 4
+
+
+@pytest.mark.timeout(30)
+def test_a_hook_that_raises_in_a_worker_loses_no_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """request_accepted() or verify_request() raising for a request a pool worker took:
+    handle_error(), the request is shut down, and the worker goes on with the next."""
+    handler = _recorder()
+    requests = ["first", "accept raises", "raises", "last"]
+    server = servekit.with_model(Held, "pool")(list(requests), handler)
+    with serving(server):
+        assert handler.last.wait(WAIT), f"served only {handler.runs}"
+    assert [request for request, _ in handler.runs] == ["first", "last"]
+    assert sorted(server.shut_down) == sorted(requests)
+    assert server.stats.errors == 2
+    assert "request_accepted failed" in caplog.text
+    assert "verify_request failed" in caplog.text
 
 
 @pytest.mark.timeout(30)
