@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import datetime, timedelta
 
@@ -110,6 +111,25 @@ def test_payloads_round_trip(payload: object) -> None:
     assert isinstance(data, bytes)
     assert decode_payload(encoding, data) == payload
     assert type(decode_payload(encoding, data)) is type(payload)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a":1}', ' {"a": 1} ', '\n[1,2]\t', "1 2", "[1] x", "", " ", "NaN", '"\\ud800"', "[1,",
+     '{"a":1}}', "3.5e2", "-0", "nul"],
+)  # fmt: skip
+def test_a_payload_decodes_as_json_loads_decodes_it(text: str) -> None:
+    """decode_payload calls json's scanner itself for compact text: what it returns, or
+    refuses, is what json.loads would (rows written by hand may have anything)."""
+    try:
+        expected = json.loads(text)
+    except json.JSONDecodeError:
+        with pytest.raises(PayloadError, match="not JSON"):
+            decode_payload("json", text.encode())
+    else:
+        got = decode_payload("json", text.encode())
+        assert got == expected or (got != got and expected != expected)  # NaN
+        assert type(got) is type(expected)
 
 
 def test_bytes_like_payloads_are_bytes() -> None:

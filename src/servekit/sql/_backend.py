@@ -469,11 +469,13 @@ def add_count(stats: Stats, queue: str, state: str, count: int) -> None:
 def job_from_row(row: Any, default_max_attempts: int, when: Callable[[Any], datetime]) -> Job:
     """A ``Job`` from a row of ``CLAIMED`` columns; ``when`` converts a stored time.
     PayloadError if the payload cannot be decoded."""
-    # Positional: a row's claim is the hot path (Job's fields, in order).
+    # Positional: a row's claim is the hot path (Job's fields, in order). A row
+    # enqueued to run at once has run_at == created_at: one conversion for both.
+    created_at = when(row[8])
     return Job(
         row[0], row[1], decode_payload(row[3], row[2]), row[4],
         row[5] if row[5] is not None else default_max_attempts, row[6],
-        when(row[7]), when(row[8]), when(row[9]), row[10],
+        created_at if row[7] == row[8] else when(row[7]), created_at, when(row[9]), row[10],
     )  # fmt: skip
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime  # noqa: TC003 - at run time too: typing.get_type_hints(Job)
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "DEAD",
@@ -107,6 +110,13 @@ def encode_payload(payload: object) -> tuple[Encoding, bytes]:
         raise PayloadError(f"payload is not valid UTF-8 text: {exc}") from None
 
 
+#: json.loads's own C scanner, called directly: a claimed row's payload is decoded on the
+#: hot path, where json.loads's Python (its checks, decode(), raw_decode(), two regular
+#: expressions for whitespace) cost as much as the scanning (docs/performance.md).
+# (scan_once is set by JSONDecoder.__init__; typeshed leaves it out.)
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def decode_payload(encoding: str, data: bytes) -> Any:
     """The payload of a row; PayloadError, naming the reason, if it cannot be read."""
     if encoding == "bytes":
@@ -114,9 +124,19 @@ def decode_payload(encoding: str, data: bytes) -> Any:
     if encoding != "json":
         raise PayloadError(f"unknown payload encoding {encoding!r}")
     try:
-        return json.loads(bytes(data).decode())
+        text = bytes(data).decode()
     except UnicodeDecodeError as exc:
         raise PayloadError(f"payload is not UTF-8: {exc}") from None
+    try:
+        # What json.loads does for text with no whitespace around the value, which is
+        # what encode_payload writes; anything else, errors included, goes the long way.
+        value, end = _scan_once(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"payload is not JSON: {exc}") from None
     except RecursionError:
