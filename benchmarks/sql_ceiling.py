@@ -145,16 +145,6 @@ def _pgbench(sql: str, **replaced: str) -> str:
     return re.sub(r"%\((\w+)\)s", lambda m: replaced.get(m[1], f":{m[1]}"), sql)
 
 
-def pg_ack(ids: str, attempts: str, owner: str) -> str:
-    """PostgresBackend.complete's statement (``_held``), given its three parameters."""
-    return (
-        f"UPDATE {JOBS} AS j SET state = 'done', lease_until = NULL, finished_at = now(), "
-        f"updated_at = now() FROM unnest({ids}::bigint[], {attempts}::integer[]) "
-        f"AS h(id, attempt) WHERE j.id = h.id AND j.attempt = h.attempt AND j.owner = {owner} "
-        "AND j.state = 'running' RETURNING j.id"
-    )
-
-
 def pgbench_script(batch: int) -> str:
     """The pgbench script of one step: the source's step statement, which acknowledges the
     last row of the previous claim (element ``batch`` of the arrays its ``\\gset`` left;
@@ -162,20 +152,20 @@ def pgbench_script(batch: int) -> str:
     acknowledgement of rows 1 to ``batch - 1`` of the claim, one statement each. The step's
     sub-statements are the source's; its result, the claim's rows gathered into two arrays
     for ``\\gset`` (pgbench keeps one row), where the source reads every row."""
+    statements = pg_statements()
     last_id, last_attempt = f"(:ids::bigint[])[{batch}]", f"(:attempts::integer[])[{batch}]"
     ctes = _pgbench(
-        pg_statements().ctes, ids=f"ARRAY[{last_id}]", attempts=f"ARRAY[{last_attempt}]",
+        statements.ctes, ids=f"ARRAY[{last_id}]", attempts=f"ARRAY[{last_attempt}]",
         lease=":lease::interval",
     )  # fmt: skip
     step = (
         f"{ctes} SELECT COALESCE(array_agg(id), '{{}}') AS ids, "
         "COALESCE(array_agg(attempt), '{}') AS attempts, count(payload) AS n FROM claimed \\gset"
     )
-    owner = ":owner"
 
     def ack(index: int) -> str:
         ids, attempts = f"(:ids::bigint[])[{index}]", f"(:attempts::integer[])[{index}]"
-        return pg_ack(f"ARRAY[{ids}]", f"ARRAY[{attempts}]", owner) + ";"
+        return _pgbench(statements.ack, ids=f"ARRAY[{ids}]", attempts=f"ARRAY[{attempts}]") + ";"
 
     return "\n".join([step, *[ack(index) for index in range(1, batch)]]) + "\n"
 
@@ -198,8 +188,8 @@ def psycopg_worker(
     owner = f"floor-{os.getpid()}"
     params: dict[str, Any] = {"queue": QUEUE, "max": MAX_ATTEMPTS, "limit": batch}
     params |= {"owner": owner, "lease": timedelta(seconds=LEASE), "ids": [], "attempts": []}
-    step_sql = pg_statements().step
-    ack = pg_ack("%(ids)s", "%(attempts)s", "%(owner)s")
+    statements = pg_statements()
+    step_sql, ack = statements.step, statements.ack
     with psycopg.connect(url, autocommit=True) as conn:
 
         def step(last: Any) -> list[Any]:

@@ -31,7 +31,7 @@ import select
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from servekit.sql._backend import (
@@ -114,12 +114,8 @@ class _Statements:
     def __init__(self, queue_filter: tuple[str, dict[str, object]]) -> None:
         where, self.params = queue_filter
         claimed = [column.strip() for column in CLAIMED.split(",")]
-        acked = (
-            f"UPDATE {JOBS} AS j SET {_DONE}, updated_at = now() "
-            "FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempt) "
-            "WHERE j.id = h.id AND j.attempt = h.attempt AND j.owner = %(owner)s "
-            "AND j.state = 'running' RETURNING j.id"
-        )
+        #: complete()'s statement (benchmarks/sql_ceiling.py runs it too).
+        self.ack = acked = _held_sql(_DONE)
         last = "j.attempt >= COALESCE(j.max_attempts, %(max)s)"
         expired = (
             f"SELECT id FROM {JOBS} WHERE state = 'running' AND {where} "
@@ -264,6 +260,19 @@ def _reason(exc: BaseException) -> str:
 
 #: What completing a row sets.
 _DONE = "state = 'done', lease_until = NULL, finished_at = now()"
+
+
+@cache
+def _held_sql(assignment: str) -> str:
+    """``UPDATE ... SET assignment`` on the rows ``%(ids)s``/``%(attempts)s`` that
+    ``%(owner)s`` still holds (same attempt, running), returning their ids; made once
+    for each of the few assignments (complete, extend, release)."""
+    return (
+        f"UPDATE {JOBS} AS j SET {assignment}, updated_at = now() "
+        "FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempt) "
+        "WHERE j.id = h.id AND j.attempt = h.attempt AND j.owner = %(owner)s "
+        "AND j.state = 'running' RETURNING j.id"
+    )
 
 
 class PostgresBackend(BackendBase):
@@ -547,13 +556,7 @@ class PostgresBackend(BackendBase):
             "owner": self._owner,
             **(extra or {}),
         }
-        sql = (
-            f"UPDATE {JOBS} AS j SET {assignment}, updated_at = now() "
-            "FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempt) "
-            "WHERE j.id = h.id AND j.attempt = h.attempt AND j.owner = %(owner)s "
-            "AND j.state = 'running' RETURNING j.id"
-        )
-        held = {row[0] for row in conn.execute(sql, params).fetchall()}
+        held = {row[0] for row in conn.execute(_held_sql(assignment), params).fetchall()}
         return [job for job in jobs if job.id in held]
 
     def extend(self, jobs: Iterable[Job], lease: float) -> list[Job]:
