@@ -87,6 +87,9 @@ _COMPLETE: Final = (
     "WHERE id = ? AND attempt = ? AND owner = ? AND state = 'running'"
 )
 
+#: What a claim's transaction returns: the reap's rows, then the rows claimed, undecoded.
+_Claimed = tuple[list[Any], list[Any]]
+
 
 class _Statements:
     """The claim's statements for one set of queues, written once: a row's claim is
@@ -367,71 +370,82 @@ class SQLiteBackend(BackendBase):
     # -- worker ---------------------------------------------------------------------------
 
     def claim(self, limit: int = 1, lease: float = 30.0) -> list[Job]:
-        lease = self._check_claim(limit, lease)
-        dead: list[DeadJob] = []
-        jobs = self._write(lambda conn, now: self._claim_in(conn, now, limit, lease, dead))
-        self._report_dead(dead)
-        return jobs
+        return self.complete_and_claim([], limit, lease)[1]
 
     def complete_and_claim(
         self, jobs: Iterable[Job], limit: int = 1, lease: float = 30.0
     ) -> tuple[list[Job], list[Job]]:
         lease = self._check_claim(limit, lease)
         jobs = list(jobs)
-        dead: list[DeadJob] = []
 
-        def body(conn: sqlite3.Connection, now: float) -> tuple[list[Job], list[Job]]:
-            return self._complete_in(conn, now, jobs), self._claim_in(conn, now, limit, lease, dead)
+        def body(conn: sqlite3.Connection, now: float) -> tuple[list[Job], _Claimed]:
+            return self._complete_in(conn, now, jobs), self._claim_in(conn, now, limit, lease)
 
-        done = self._write(body)
-        self._report_dead(dead)
-        return done
+        done, claimed = self._write(body)
+        return done, self._jobs(limit, lease, claimed)
 
-    def _claim_in(
-        self, conn: sqlite3.Connection, now: float, limit: int, lease: float, dead: list[DeadJob]
-    ) -> list[Job]:
-        """Claim's statements, in the caller's transaction; rows buried go to ``dead``."""
+    def _claim_in(self, conn: sqlite3.Connection, now: float, limit: int, lease: float) -> _Claimed:
+        """The reap and the claim, in the caller's transaction: the rows, undecoded.
+        The write lock is held until COMMIT, and every other worker on the file waits
+        on it (and sleeps, in SQLite's busy handler, at least a millisecond): the rows
+        become Jobs after the commit, in _jobs()."""
         statements = self._statements
-        dead.extend(self._reap(conn, now))
+        reaped = conn.execute(
+            statements.reap, (self._max_attempts, self._max_attempts, now, now, *self._queues, now)
+        ).fetchall()
+        claimed = conn.execute(
+            statements.claim,
+            (self._owner, now + lease, now, *statements.candidate_params(now, limit)),
+        ).fetchall()
+        return reaped, claimed
+
+    def _jobs(self, limit: int, lease: float, claimed: _Claimed) -> list[Job]:
+        """The Jobs of a claim. When every row claimed was buried, claim again: an
+        empty claim means an empty queue to the caller."""
         while True:
-            rows = conn.execute(
-                statements.claim,
-                (self._owner, now + lease, now, *statements.candidate_params(now, limit)),
-            ).fetchall()
-            jobs = []
-            for row in rows:
-                try:
-                    jobs.append(self._job(row))
-                except PayloadError as exc:
-                    dead.append(self._bury(conn, row, now, f"undecodable payload: {exc}"))
-            if jobs or not rows:
-                if len(jobs) > 1:
-                    jobs.sort(key=claim_order)
+            jobs = self._decoded(claimed)
+            if jobs or not claimed[1]:
                 return jobs
+            claimed = self._write(lambda conn, now: self._claim_in(conn, now, limit, lease))
+
+    def _decoded(self, claimed: _Claimed) -> list[Job]:
+        """A claim's rows as Jobs, best first; the reap's dead rows and those whose
+        payload cannot be decoded (buried now) reported."""
+        reaped, rows = claimed
+        dead = [self._dead(row[1:]) for row in reaped if row[0] == "dead"]
+        jobs = []
+        undecodable = []
+        for row in rows:
+            try:
+                jobs.append(job_from_row(row, self._max_attempts, _utc))
+            except PayloadError as exc:
+                undecodable.append((row, f"undecodable payload: {exc}"))
+        if undecodable:
+            dead += self._write(lambda conn, now: self._bury(conn, now, undecodable))
+        self._report_dead(dead)
+        if len(jobs) > 1:
+            jobs.sort(key=claim_order)
+        return jobs
 
     @cached_property
     def _statements(self) -> _Statements:
         return _Statements(self._queues)
 
-    def _reap(self, conn: sqlite3.Connection, now: float) -> list[DeadJob]:
-        """Give back the rows whose lease ran out: pending, or dead if that was
-        their last attempt; return the dead ones."""
-        rows = conn.execute(
-            self._statements.reap,
-            (self._max_attempts, self._max_attempts, now, now, *self._queues, now),
-        ).fetchall()
-        return [self._dead(row[1:]) for row in rows if row[0] == "dead"]
-
-    def _bury(self, conn: sqlite3.Connection, row: Any, now: float, reason: str) -> DeadJob:
-        conn.execute(
-            f"UPDATE {JOBS} SET state = 'dead', last_error = ?, lease_until = NULL, "
-            "finished_at = ?, updated_at = ? WHERE id = ?",
-            (reason, now, now, row[0]),
-        )
-        return buried(row, reason, _utc(now), _utc)
-
-    def _job(self, row: Any) -> Job:
-        return job_from_row(row, self._max_attempts, _utc)
+    def _bury(
+        self, conn: sqlite3.Connection, now: float, rows: list[tuple[Any, str]]
+    ) -> list[DeadJob]:
+        """Send claimed rows (with the reason for each) to the dead state, if this
+        worker still holds them; return those."""
+        return [
+            buried(row, reason, _utc(now), _utc)
+            for row, reason in rows
+            if conn.execute(
+                f"UPDATE {JOBS} SET state = 'dead', last_error = ?, lease_until = NULL, "
+                "finished_at = ?, updated_at = ? WHERE id = ? AND attempt = ? AND owner = ? "
+                "AND state = 'running'",
+                (reason, now, now, row[0], row[4], self._owner),
+            ).rowcount
+        ]
 
     @staticmethod
     def _dead(row: Any) -> DeadJob:
