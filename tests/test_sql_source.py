@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -145,6 +146,39 @@ def test_rows_run_beside_a_slow_one_where_the_model_has_room(
     with serving(server):
         until(lambda: counts(sqlite_url)["done"] == 2, "both rows done")
     assert counts(sqlite_url)["dead"] == 0
+
+
+def test_rows_held_while_the_database_is_busy_stay_with_the_thread_that_ran_the_last(
+    sqlite_url: str,
+) -> None:
+    """The first row's handler leaves the file write-locked for 200 ms (another
+    writer), so its acknowledgement waits: the seven rows claimed with it stay
+    with the thread that ran it, as a second thread would wait on the same
+    database. Until the source told a row in its handler from one being
+    recorded, rows that waited PREFETCH_AFTER went to other threads whatever
+    held them up: on four workers of a busy file, a row a thread."""
+    threads: list[int] = []
+    writer = sqlite3.connect(
+        sqlite_url.removeprefix("sqlite:"), isolation_level=None, check_same_thread=False
+    )
+
+    class Job(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            threads.append(threading.get_ident())
+            if len(threads) == 1:
+                writer.execute("BEGIN IMMEDIATE")
+                threading.Timer(0.2, writer.execute, ("ROLLBACK",)).start()
+
+    server = servekit.make_server(sqlite_url, Job, concurrency="pool", claim_batch=8)
+    for n in range(8):
+        sql.enqueue(sqlite_url, n)
+    try:
+        with serving(server):
+            until(lambda: counts(sqlite_url)["done"] == 8, "the eight rows done")
+    finally:
+        writer.close()
+    assert len(threads) == 8
+    assert len(set(threads)) == 1
 
 
 def test_a_row_verify_request_refuses_is_dead_at_once(sqlite_url: str, tmp_path: Path) -> None:

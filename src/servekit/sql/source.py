@@ -132,6 +132,9 @@ class QueueServer(BaseServer):
         self._home = self._pid = os.getpid()  # the process that claims; _pid: this one
         self._held: dict[int, Job] = {}  # rows this process holds a lease on
         self._in_flight = 0  # rows given to the loop and not yet recorded
+        # Rows given to the loop whose outcome is not being recorded yet (in their
+        # handlers, or on their way there): row id -> when given.
+        self._out: dict[int, float] = {}
         self._claiming = False  # a claim is under way (one at a time)
         self._last_claim = 0.0  # when the last claim ended
         # Whether the loop takes another row while one runs (see _may_claim).
@@ -157,8 +160,8 @@ class QueueServer(BaseServer):
         ran it looks here next (the sync loop, a pool worker), is taken by that
         thread without fileno() turning readable: no wake-up and no hand-off a
         row. fileno() turns readable for the rows the source's thread claims,
-        and for rows left waiting PREFETCH_AFTER while others run (slow rows:
-        the loop hands the next to another worker)."""
+        and for rows left waiting while a row has been in its handler for
+        PREFETCH_AFTER (slow rows: the loop hands the next to another worker)."""
         return bool(self._ready)
 
     def get_request(self) -> tuple[Job, str]:
@@ -171,10 +174,10 @@ class QueueServer(BaseServer):
                 raise BlockingIOError("no row claimed")
             job = self._ready.popleft()
             self._in_flight += 1
-            self._last_move = monotonic()
+            self._last_move = self._out[job.id] = monotonic()
             # Where threads look for held rows (holds_request), one row a wake-up:
-            # the source's thread wakes the loop again for the rest if none of them
-            # takes one in PREFETCH_AFTER (_announce_waiting). It looks every
+            # the source's thread wakes the loop again for the rest if a row stays
+            # in its handler for PREFETCH_AFTER (_announce_waiting). It looks every
             # PREFETCH_AFTER while rows run (_wait), not at a notify a row: that
             # was a switch to it and back at every row.
             if not self._ready or self._takes_held_requests:
@@ -276,6 +279,7 @@ class QueueServer(BaseServer):
         with self._mutex:
             started = job.id in self._started
             self._started.discard(job.id)
+            self._out.pop(job.id, None)
             error = self._failures.pop(job.id, None)
         if not started:
             error = PermissionError("refused by verify_request")
@@ -327,22 +331,33 @@ class QueueServer(BaseServer):
         in the same transaction as its acknowledgement: one commit a row where a
         worker goes from row to row. The source's thread claims when nothing
         runs; or, when the model hands requests off, once no claim has come for
-        PREFETCH_AFTER (the rows running are slow: more should run beside them,
-        not wait for their ends). Not the model's ready_for_request(): that is
+        PREFETCH_AFTER and a row has been in its handler as long (_slow_handler:
+        more should run beside it, not wait for its end). Not the model's
+        ready_for_request(): that is
         the serving thread's to call (it reaps children, raises flags). A row
         claimed while the model is full waits in the buffer, its lease extended:
         at most claim_batch of them."""
         with self._mutex:
             if self._ready or self._claiming or self._closing or os.getpid() != self._home:
                 return False
-            if (
-                not after_one
-                and self._in_flight
-                and not (self._hands_off and monotonic() - self._last_claim >= PREFETCH_AFTER)
-            ):
-                return False
+            if not after_one and self._in_flight:
+                now = monotonic()
+                if not (
+                    self._hands_off
+                    and now - self._last_claim >= PREFETCH_AFTER
+                    and self._slow_handler(now)
+                ):
+                    return False
             self._claiming = True
             return True
+
+    def _slow_handler(self, now: float) -> bool:
+        """Whether a row has been out for PREFETCH_AFTER, in its handler or on its way
+        there: then rows should run beside it. Not a row whose outcome is being
+        recorded, however long that takes: the database is one connection a
+        process, and a second thread would wait there too (on a SQLite file
+        another process writes, for the busy handler's sleeps). The lock is held."""
+        return bool(self._out) and now - min(self._out.values()) >= PREFETCH_AFTER
 
     def _complete_and_claim(self, job: Job) -> None:
         jobs: list[Job] = []
@@ -451,7 +466,7 @@ class QueueServer(BaseServer):
             os.close(fd)
         self._children, self._said = {}, {}
         self._ready, self._held, self._unrecorded = deque(), {}, []
-        self._failures, self._started = {}, set()
+        self._failures, self._started, self._out = {}, set(), {}
 
     def _run(self) -> None:
         extend_at = monotonic() + self.lease / 3
@@ -494,12 +509,24 @@ class QueueServer(BaseServer):
         return bool(jobs)
 
     def _announce_waiting(self) -> None:
-        """Rows no thread took for PREFETCH_AFTER: wake the loop for them (the
-        rows running are slow, or the thread that claimed them did not look)."""
+        """Wake the loop for the rows waiting, once it is time (_announce_due)."""
         with self._mutex:
-            waiting = self._ready and not self._announced
-            if waiting and monotonic() - self._last_move >= PREFETCH_AFTER:
-                self._announce()
+            if self._ready and not self._announced:
+                now = monotonic()
+                if now >= self._announce_due(now):
+                    self._announce()
+
+    def _announce_due(self, now: float) -> float:
+        """When to wake the loop for rows waiting; the lock is held. PREFETCH_AFTER
+        after the oldest row running went out (slow in its handler: the rows
+        waiting get company), or after the last row moved if none runs (the
+        thread that claimed them did not look). Not while the rows running are
+        all being recorded: their threads come back for these (look again then)."""
+        if self._out:
+            return min(self._out.values()) + PREFETCH_AFTER
+        if self._in_flight:
+            return now + PREFETCH_AFTER
+        return self._last_move + PREFETCH_AFTER
 
     def _wait(self, timeout: float) -> None:
         """Until there may be rows to claim, room for them, or leases to extend;
@@ -509,11 +536,12 @@ class QueueServer(BaseServer):
             timeout = min(timeout, _CHILD_POLL)
         if self._hands_off and (self._in_flight or self._ready):
             timeout = min(timeout, PREFETCH_AFTER)  # then may claim beside them
-        if self._ready and not self._announced:  # then may wake the loop for them
-            timeout = min(timeout, max(self._last_move + PREFETCH_AFTER - monotonic(), 0.0))
         with self._mutex:
             if self._closed:
                 return
+            if self._ready and not self._announced:  # then may wake the loop for them
+                now = monotonic()
+                timeout = min(timeout, max(self._announce_due(now) - now, 0.0))
             if self._ready or self._claiming or self._in_flight or self._closing:
                 # The loop has rows, a claim is under way, or a row's end claims the
                 # next: until one of them calls (notify_all), or the time to look again.
@@ -572,6 +600,7 @@ class QueueServer(BaseServer):
         with self._mutex:
             job = self._children.pop(fd)
             said = self._said.pop(fd, b"")
+            self._out.pop(job.id, None)
         # Closed once out of _children: a child forked meanwhile closes what it finds
         # there, and the number may by then be that child's own pipe.
         os.close(fd)
