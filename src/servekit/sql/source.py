@@ -333,10 +333,9 @@ class QueueServer(BaseServer):
         runs; or, when the model hands requests off, once no claim has come for
         PREFETCH_AFTER and a row has been in its handler as long (_slow_handler:
         more should run beside it, not wait for its end). Not the model's
-        ready_for_request(): that is
-        the serving thread's to call (it reaps children, raises flags). A row
-        claimed while the model is full waits in the buffer, its lease extended:
-        at most claim_batch of them."""
+        ready_for_request(): that is the serving thread's to call (it reaps
+        children, raises flags). A row claimed while the model is full waits in
+        the buffer, its lease extended: at most claim_batch of them."""
         with self._mutex:
             if self._ready or self._claiming or self._closing or os.getpid() != self._home:
                 return False
@@ -521,7 +520,8 @@ class QueueServer(BaseServer):
         after the oldest row running went out (slow in its handler: the rows
         waiting get company), or after the last row moved if none runs (the
         thread that claimed them did not look). Not while the rows running are
-        all being recorded: their threads come back for these (look again then)."""
+        all being recorded: their threads come back for these (look again in
+        PREFETCH_AFTER)."""
         if self._out:
             return min(self._out.values()) + PREFETCH_AFTER
         if self._in_flight:
