@@ -331,7 +331,7 @@ class QueueServer(BaseServer):
         in the same transaction as its acknowledgement: one commit a row where a
         worker goes from row to row. The source's thread claims when nothing
         runs; or, when the model hands requests off, once no claim has come for
-        PREFETCH_AFTER and a row has been in its handler as long (_slow_handler:
+        PREFETCH_AFTER and a row has been in its handler as long (_company_due:
         more should run beside it, not wait for its end). Not the model's
         ready_for_request(): that is the serving thread's to call (it reaps
         children, raises flags). A row claimed while the model is full waits in
@@ -344,19 +344,11 @@ class QueueServer(BaseServer):
                 if not (
                     self._hands_off
                     and now - self._last_claim >= PREFETCH_AFTER
-                    and self._slow_handler(now)
+                    and now >= self._company_due(now)
                 ):
                     return False
             self._claiming = True
             return True
-
-    def _slow_handler(self, now: float) -> bool:
-        """Whether a row has been out for PREFETCH_AFTER, in its handler or on its way
-        there: then rows should run beside it. Not a row whose outcome is being
-        recorded, however long that takes: the database is one connection a
-        process, and a second thread would wait there too (on a SQLite file
-        another process writes, for the busy handler's sleeps). The lock is held."""
-        return bool(self._out) and now - min(self._out.values()) >= PREFETCH_AFTER
 
     def _complete_and_claim(self, job: Job) -> None:
         jobs: list[Job] = []
@@ -508,20 +500,25 @@ class QueueServer(BaseServer):
         return bool(jobs)
 
     def _announce_waiting(self) -> None:
-        """Wake the loop for the rows waiting, once it is time (_announce_due)."""
+        """Wake the loop for the rows waiting, once it is time (_company_due)."""
         with self._mutex:
             if self._ready and not self._announced:
                 now = monotonic()
-                if now >= self._announce_due(now):
+                if now >= self._company_due(now):
                     self._announce()
 
-    def _announce_due(self, now: float) -> float:
-        """When to wake the loop for rows waiting; the lock is held. PREFETCH_AFTER
-        after the oldest row running went out (slow in its handler: the rows
-        waiting get company), or after the last row moved if none runs (the
-        thread that claimed them did not look). Not while the rows running are
-        all being recorded: their threads come back for these (look again in
-        PREFETCH_AFTER)."""
+    def _company_due(self, now: float) -> float:
+        """When rows should start on other threads than those of the rows running
+        (the loop woken for rows waiting, a claim beside); the lock is held.
+
+        PREFETCH_AFTER after the oldest row running went out to its handler: a
+        slow handler, and more rows should run beside it. Never while the rows
+        running are all being recorded, however long that takes: the database
+        is one connection a process, and another thread would wait there too
+        (on a SQLite file other processes write, in the busy handler's sleeps);
+        their threads come back for the rows waiting (look again in
+        PREFETCH_AFTER). With no row running, PREFETCH_AFTER after the last row
+        moved (the thread that claimed the rows waiting did not look)."""
         if self._out:
             return min(self._out.values()) + PREFETCH_AFTER
         if self._in_flight:
@@ -541,7 +538,7 @@ class QueueServer(BaseServer):
                 return
             if self._ready and not self._announced:  # then may wake the loop for them
                 now = monotonic()
-                timeout = min(timeout, max(self._announce_due(now) - now, 0.0))
+                timeout = min(timeout, max(self._company_due(now) - now, 0.0))
             if self._ready or self._claiming or self._in_flight or self._closing:
                 # The loop has rows, a claim is under way, or a row's end claims the
                 # next: until one of them calls (notify_all), or the time to look again.
