@@ -178,7 +178,9 @@ def test_rows_held_while_the_database_is_busy_stay_with_the_thread_that_ran_the_
     finally:
         writer.close()
     assert len(threads) == 8
-    assert len(set(threads)) == 1
+    # One thread; two if the machine kept a handler off the CPU for PREFETCH_AFTER
+    # (then that row did look slow). Before, all eight ran on eight.
+    assert len(set(threads)) <= 2
 
 
 def test_a_row_verify_request_refuses_is_dead_at_once(sqlite_url: str, tmp_path: Path) -> None:

@@ -125,16 +125,15 @@ class QueueServer(BaseServer):
         self._last_move = 0.0  # when a row last came into _ready or left it
         self._unrecorded: list[tuple[Job, BaseException | str | None]] = []  # outcomes to retry
         self._failures: dict[int, BaseException] = {}  # row id -> what its handler raised
-        self._started: set[int] = set()  # rows whose handler ran (else: refused)
+        # Rows whose handler started (else: refused) and whose outcome is not being
+        # recorded yet: row id -> when the handler started (see _company_due).
+        self._running: dict[int, float] = {}
         self._closing = False  # server_close() began: no more claims
         self._closed = False  # the database is closed (or being closed)
         self._thread: threading.Thread | None = None
         self._home = self._pid = os.getpid()  # the process that claims; _pid: this one
         self._held: dict[int, Job] = {}  # rows this process holds a lease on
         self._in_flight = 0  # rows given to the loop and not yet recorded
-        # Rows given to the loop whose outcome is not being recorded yet (in their
-        # handlers, or on their way there): row id -> when given.
-        self._out: dict[int, float] = {}
         self._claiming = False  # a claim is under way (one at a time)
         self._last_claim = 0.0  # when the last claim ended
         # Whether the loop takes another row while one runs (see _may_claim).
@@ -174,7 +173,7 @@ class QueueServer(BaseServer):
                 raise BlockingIOError("no row claimed")
             job = self._ready.popleft()
             self._in_flight += 1
-            self._last_move = self._out[job.id] = monotonic()
+            self._last_move = monotonic()
             # Where threads look for held rows (holds_request), one row a wake-up:
             # the source's thread wakes the loop again for the rest if a row stays
             # in its handler for PREFETCH_AFTER (_announce_waiting). It looks every
@@ -272,14 +271,12 @@ class QueueServer(BaseServer):
         self._in_this_process()
         with self._mutex:
             self._held[job.id] = job
-            self._started.add(job.id)
+            self._running[job.id] = monotonic()
 
     def _record(self, job: Job) -> None:
         """Tell the database how the row went (blocking; see AsyncQueueServer)."""
         with self._mutex:
-            started = job.id in self._started
-            self._started.discard(job.id)
-            self._out.pop(job.id, None)
+            started = self._running.pop(job.id, None) is not None
             error = self._failures.pop(job.id, None)
         if not started:
             error = PermissionError("refused by verify_request")
@@ -457,7 +454,7 @@ class QueueServer(BaseServer):
             os.close(fd)
         self._children, self._said = {}, {}
         self._ready, self._held, self._unrecorded = deque(), {}, []
-        self._failures, self._started, self._out = {}, set(), {}
+        self._failures, self._running = {}, {}
 
     def _run(self) -> None:
         extend_at = monotonic() + self.lease / 3
@@ -511,16 +508,18 @@ class QueueServer(BaseServer):
         """When rows should start on other threads than those of the rows running
         (the loop woken for rows waiting, a claim beside); the lock is held.
 
-        PREFETCH_AFTER after the oldest row running went out to its handler: a
-        slow handler, and more rows should run beside it. Never while the rows
-        running are all being recorded, however long that takes: the database
+        PREFETCH_AFTER after the oldest handler running started: a slow handler,
+        and more rows should run beside it (not counted from get_request(): on a
+        busy machine a row can wait that long for its thread to be scheduled,
+        and each row handed on would then hand on the next). Never while the
+        rows running are all being recorded, however long that takes: the database
         is one connection a process, and another thread would wait there too
         (on a SQLite file other processes write, in the busy handler's sleeps);
         their threads come back for the rows waiting (look again in
         PREFETCH_AFTER). With no row running, PREFETCH_AFTER after the last row
         moved (the thread that claimed the rows waiting did not look)."""
-        if self._out:
-            return min(self._out.values()) + PREFETCH_AFTER
+        if self._running:
+            return min(self._running.values()) + PREFETCH_AFTER
         if self._in_flight:
             return now + PREFETCH_AFTER
         return self._last_move + PREFETCH_AFTER
@@ -597,7 +596,7 @@ class QueueServer(BaseServer):
         with self._mutex:
             job = self._children.pop(fd)
             said = self._said.pop(fd, b"")
-            self._out.pop(job.id, None)
+            self._running.pop(job.id, None)
         # Closed once out of _children: a child forked meanwhile closes what it finds
         # there, and the number may by then be that child's own pipe.
         os.close(fd)
@@ -647,6 +646,7 @@ if hasattr(os, "fork"):
                 os.close(write)
             with self._mutex:
                 self._children[read] = request
+                self._running[request.id] = monotonic()  # its handler, in the child
                 self._lock.notify_all()  # the source's thread listens to its children now
 
         def server_close(self) -> None:
