@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from servekit._wakeup import Waker
 from servekit.sql._backoff import backoff_delay
-from servekit.sql._job import STATES, DeadJob, Job, JobState, decode_payload, encode_payload
+from servekit.sql._job import (
+    STATES,
+    DeadJob,
+    Job,
+    JobState,
+    PayloadError,
+    decode_payload,
+    encode_payload,
+)
 from servekit.sql._url import DEFAULT_QUEUE, QueueURL, check_queue_name
 
 if TYPE_CHECKING:
@@ -30,11 +38,10 @@ __all__ = [
     "Stats",
     "add_count",
     "buried",
-    "claim_order",
     "dead_from_row",
     "empty_stats",
     "error_text",
-    "job_from_row",
+    "jobs_from_rows",
     "new_job",
 ]
 
@@ -498,6 +505,23 @@ def buried(row: Any, reason: str, failed_at: datetime, when: Callable[[Any], dat
 def claim_order(job: Job) -> tuple[int, datetime, int]:
     """The order of a claim's result: priority (higher first), run_at, id."""
     return (-job.priority, job.run_at, job.id)
+
+
+def jobs_from_rows(
+    rows: list[Any], default_max_attempts: int, when: Callable[[Any], datetime]
+) -> tuple[list[Job], list[tuple[Any, str]]]:
+    """A claim's rows (``CLAIMED`` columns) as Jobs, best first, and the rows whose
+    payload cannot be decoded, each with the reason its backend buries it for."""
+    jobs = []
+    undecodable = []
+    for row in rows:
+        try:
+            jobs.append(job_from_row(row, default_max_attempts, when))
+        except PayloadError as exc:
+            undecodable.append((row, f"undecodable payload: {exc}"))
+    if len(jobs) > 1:
+        jobs.sort(key=claim_order)
+    return jobs, undecodable
 
 
 def _new_token() -> str:

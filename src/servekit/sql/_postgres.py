@@ -40,15 +40,13 @@ from servekit.sql._backend import (
     Stats,
     add_count,
     buried,
-    claim_order,
     dead_from_row,
     empty_stats,
     error_text,
-    job_from_row,
+    jobs_from_rows,
 )
 from servekit.sql._backoff import backoff_delay
 from servekit.sql._errors import DriverMissing, QueueError, QueueUnavailable
-from servekit.sql._job import DeadJob, Job, JobState, PayloadError
 from servekit.sql._schema import (
     CLAIMED,
     DEAD_COLUMNS,
@@ -67,6 +65,8 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     import psycopg
+
+    from servekit.sql._job import DeadJob, Job, JobState
 
 __all__ = [
     "CHANNEL",
@@ -504,15 +504,9 @@ class PostgresBackend(BackendBase):
                     done.add(row[1])
                 else:
                     dead.append(_dead_from_step(row))
-            new = []
-            for row in claimed:
-                try:
-                    new.append(job_from_row(row, self._max_attempts, _utc))
-                except PayloadError as exc:
-                    dead.append(self._bury(conn, row, f"undecodable payload: {exc}"))
+            new, undecodable = jobs_from_rows(claimed, self._max_attempts, _utc)
+            dead.extend(self._bury(conn, row, reason) for row, reason in undecodable)
             if new or not claimed:
-                if len(new) > 1:
-                    new.sort(key=claim_order)
                 return [job for job in jobs if job.id in done], new
             params["ids"] = params["attempts"] = []  # done: claim again, alone
 

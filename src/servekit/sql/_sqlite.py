@@ -44,14 +44,12 @@ from servekit.sql._backend import (
     Stats,
     add_count,
     buried,
-    claim_order,
     dead_from_row,
     empty_stats,
     error_text,
-    job_from_row,
+    jobs_from_rows,
 )
 from servekit.sql._errors import QueueError, QueueUnavailable
-from servekit.sql._job import DeadJob, Job, JobState, PayloadError
 from servekit.sql._schema import (
     CLAIMED,
     DEAD_COLUMNS,
@@ -67,6 +65,8 @@ from servekit.sql._url import QueueURL, check_queue_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
+
+    from servekit.sql._job import DeadJob, Job, JobState
 
 __all__ = ["SQLiteBackend", "sqlite_insert"]
 
@@ -413,18 +413,10 @@ class SQLiteBackend(BackendBase):
         payload cannot be decoded (buried now) reported."""
         reaped, rows = claimed
         dead = [self._dead(row[1:]) for row in reaped if row[0] == "dead"]
-        jobs = []
-        undecodable = []
-        for row in rows:
-            try:
-                jobs.append(job_from_row(row, self._max_attempts, _utc))
-            except PayloadError as exc:
-                undecodable.append((row, f"undecodable payload: {exc}"))
+        jobs, undecodable = jobs_from_rows(rows, self._max_attempts, _utc)
         if undecodable:
             dead += self._write(lambda conn, now: self._bury(conn, now, undecodable))
         self._report_dead(dead)
-        if len(jobs) > 1:
-            jobs.sort(key=claim_order)
         return jobs
 
     @cached_property
