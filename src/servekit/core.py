@@ -430,9 +430,13 @@ class BaseServer:
                 self.shutdown_request(request)
                 raise
         else:
-            if self._access is not None:
-                self._access.refused(request)
-            self.shutdown_request(request)
+            self._refuse(request)
+
+    def _refuse(self, request: Any) -> None:
+        """verify_request() said no: noted in the connection log, and closed."""
+        if self._access is not None:
+            self._access.refused(request)
+        self.shutdown_request(request)
 
     def _take_held_request(self) -> tuple[Any, Any] | None:
         """For a worker whose request just ended: the next request the source
@@ -454,10 +458,9 @@ class BaseServer:
                     return request, client_address
             except Exception:
                 self._report_error(request, client_address)
+                self.shutdown_request(request)
             else:
-                if self._access is not None:
-                    self._access.refused(request)
-            self.shutdown_request(request)
+                self._refuse(request)
         return None
 
     def _in_forked_child(self) -> None:
