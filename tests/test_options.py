@@ -83,6 +83,8 @@ REFUSED: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"max_attempts": 0}, ValueError, "max_attempts must be a whole number >= 1"),
     ({"claim_batch": None}, TypeError, "claim_batch must be a whole number >= 1, not None"),
     ({"claim_batch": 0}, ValueError, "claim_batch must be a whole number >= 1"),
+    ({"ack_batch": 1.5}, TypeError, "ack_batch must be a whole number >= 1"),
+    ({"ack_batch": 0}, ValueError, "ack_batch must be a whole number >= 1"),
 ]  # fmt: skip
 
 

@@ -155,6 +155,7 @@ def make_server(
     retry_backoff: float = _DEFAULTS["retry_backoff"],
     max_attempts: int = _DEFAULTS["max_attempts"],
     claim_batch: int = _DEFAULTS["claim_batch"],
+    ack_batch: int = _DEFAULTS["ack_batch"],
 ) -> TCPServer | QueueServer:
     """Make a bound, listening server for ``address`` that runs ``handler``.
 
@@ -163,7 +164,7 @@ def make_server(
     ``"systemd"``, ...), or a queue's URL (``"sqlite:jobs.db"``,
     ``"postgresql://user@host/db?queue=emails"``): a ``servekit.sql.QueueServer``
     whose requests are the queue's rows, with the queue's options ``lease``,
-    ``retry_backoff``, ``max_attempts`` and ``claim_batch`` (docs/sql.md).
+    ``retry_backoff``, ``max_attempts``, ``claim_batch`` and ``ack_batch`` (docs/sql.md).
     The options are those of ``servekit.options.ServerConfig``: pass one as
     ``config``, or the options as keywords, or both (a keyword given
     overrides the config's value). ``server.config`` is the ServerConfig the

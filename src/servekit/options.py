@@ -27,6 +27,7 @@ from servekit.proxy import parse_networks
 __all__ = [
     "ANY_SOURCE_OPTIONS",
     "CONCURRENCY_MODELS",
+    "DEFAULT_ACK_BATCH",
     "DEFAULT_CLAIM_BATCH",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
@@ -66,6 +67,7 @@ DEFAULT_LEASE: Final = 30.0  #: seconds a claimed row is the worker's (extended 
 DEFAULT_RETRY_BACKOFF: Final = 1.0  #: seconds before a failed row's first retry
 DEFAULT_MAX_ATTEMPTS: Final = 5  #: attempts of a row before it is dead
 DEFAULT_CLAIM_BATCH: Final = 1  #: rows claimed in one query
+DEFAULT_ACK_BATCH: Final = 1  #: rows acknowledged in one transaction (1: each at its end)
 
 Kind = Literal["count", "seconds"]
 
@@ -158,11 +160,19 @@ OPTIONS: Final[dict[str, Option]] = {
                minimum=1, none=False,
                why="one: a row claimed ahead waits for this process while another may be "
                "free; raise it for throughput when rows are many and short"),
+        Option("ack_batch", "count", DEFAULT_ACK_BATCH,
+               "queue: rows whose handlers returned, acknowledged together in one "
+               "transaction (each waits at most ack_within seconds)", minimum=1, none=False,
+               why="one: a row is done in the database when its handler returns, so a "
+               "worker that dies runs none of its finished rows again; raise it with "
+               "claim_batch for throughput when rows are many, short and idempotent"),
     )
 }  # fmt: skip
 
 #: The options of the SQL queue source (servekit.sql), and only of it.
-QUEUE_OPTIONS: Final = frozenset({"lease", "retry_backoff", "max_attempts", "claim_batch"})
+QUEUE_OPTIONS: Final = frozenset(
+    {"lease", "retry_backoff", "max_attempts", "claim_batch", "ack_batch"}
+)
 #: The options that apply to every request source, sockets or not.
 ANY_SOURCE_OPTIONS: Final = frozenset(
     {"concurrency", "shutdown_timeout", "max_workers", "max_pending", "max_handler_threads"}
@@ -267,6 +277,8 @@ class ServerConfig:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     #: Queue: rows claimed in one query.
     claim_batch: int = DEFAULT_CLAIM_BATCH
+    #: Queue: rows whose handlers returned, acknowledged together (1: each at its end).
+    ack_batch: int = DEFAULT_ACK_BATCH
 
     def __post_init__(self) -> None:
         if self.concurrency not in CONCURRENCY_MODELS:

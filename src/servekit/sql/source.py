@@ -5,7 +5,8 @@ non-blocking ``get_request()``), so it runs on every model, and from
 ``make_server("sqlite:jobs.db", Handler)`` and ``servekit serve mod:Handler
 --listen sqlite:jobs.db``. A handler gets a claimed row as ``self.request``
 (a ``servekit.sql.Job``: ``id``, ``queue``, ``payload``, ``attempt``, ...);
-when it returns, the row is done; when it raises, the row is retried after a
+when it returns, the row is done (with ``ack_batch`` above one, acknowledged
+together with others: see _ack_later); when it raises, the row is retried after a
 back-off, or dead after ``max_attempts``; a row ``verify_request`` refuses is
 dead at once ("refused by verify_request").
 
@@ -68,6 +69,8 @@ _CHILD_POLL: Final = 0.05
 PREFETCH_AFTER: Final = 0.005
 #: At a stop, how long the children that outlived the drain get to say how they did.
 CHILD_GRACE: Final = 5.0
+#: ack_batch > 1: the longest a row whose handler returned waits for its acknowledgement.
+ACK_WITHIN: Final = 0.05
 
 
 def is_queue_address(address: object) -> bool:
@@ -80,9 +83,9 @@ def is_queue_address(address: object) -> bool:
 class QueueServer(BaseServer):
     """Rows of the queue at ``server_address`` (a URL), each served by a handler.
 
-    ``lease``, ``retry_backoff``, ``max_attempts`` and ``claim_batch`` are the
-    options of servekit.options.QUEUE_OPTIONS (make_server's keywords of those
-    names, and ``servekit serve --lease ...``). ``server_address`` is the URL
+    ``lease``, ``retry_backoff``, ``max_attempts``, ``claim_batch`` and
+    ``ack_batch`` are the options of servekit.options.QUEUE_OPTIONS (make_server's
+    keywords of those names, and ``servekit serve --lease ...``). ``server_address`` is the URL
     with its password hidden; the backend opened is ``self.backend``.
     """
 
@@ -98,11 +101,13 @@ class QueueServer(BaseServer):
         retry_backoff: float = 1.0,
         max_attempts: int = 5,
         claim_batch: int = 1,
+        ack_batch: int = 1,
     ) -> None:
         url = parse_url(server_address)
         super().__init__(url.redacted(), RequestHandlerClass)
         self.lease: float = check("lease", lease)
         self.claim_batch: int = check("claim_batch", claim_batch)
+        self.ack_batch: int = check("ack_batch", ack_batch)
         self._url = url
         self._backend_options = {
             "max_attempts": check("max_attempts", max_attempts),
@@ -124,6 +129,8 @@ class QueueServer(BaseServer):
         self._ready: deque[Job] = deque()  # claimed, not yet given to the loop
         self._last_move = 0.0  # when a row last came into _ready or left it
         self._unrecorded: list[tuple[Job, BaseException | str | None]] = []  # outcomes to retry
+        self._acks: list[Job] = []  # ack_batch: done, their acknowledgement waiting
+        self._acks_due = 0.0  # when the first of them must be acknowledged (ACK_WITHIN)
         self._failures: dict[int, BaseException] = {}  # row id -> what its handler raised
         # Rows whose handler started (else: refused) and whose outcome is not being
         # recorded yet: row id -> when the handler started (see _company_due).
@@ -241,6 +248,7 @@ class QueueServer(BaseServer):
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         self._hear_children(final=True)
+        self._ack_waiting()
         self._record_late()
         with self._mutex:
             # Any whose handler outlived the drain; not those whose outcome could not
@@ -297,20 +305,25 @@ class QueueServer(BaseServer):
     ) -> None:
         """Record how a row given to the loop went, and count it out of flight; if
         the database cannot take it now, the source's thread records it later.
-        ``claim_next``: _may_claim() reserved a claim, made with the acknowledgement."""
+        ``claim_next``: _may_claim() reserved a claim, made with the acknowledgement.
+        With ``ack_batch`` above one, a row done otherwise waits, still held, to be
+        acknowledged with others (_ack_later)."""
+        later = error is None and not claim_next and self.ack_batch > 1
         try:
             if claim_next:
                 self._complete_and_claim(job)
+            elif later:
+                self._ack_later(job)
             else:
                 self._settle(job, error, refused=refused)
         except QueueUnavailable as exc:
-            self._down_log("%s: cannot record row %d now (%s): will retry", self, job.id, exc)
+            self._not_recorded([job], exc, error)
             with self._mutex:
-                self._unrecorded.append((job, error))
                 self._ended_one()
         else:
             with self._mutex:
-                self._held.pop(job.id, None)
+                if not later:
+                    self._held.pop(job.id, None)
                 self._ended_one()
         if self._closing:
             self._close_when_idle()
@@ -348,14 +361,90 @@ class QueueServer(BaseServer):
             return True
 
     def _complete_and_claim(self, job: Job) -> None:
+        # The thread that ran the row may take the next itself (holds_request).
+        done, _ = self._claim_acknowledging([job], announce=not self._takes_held_requests)
+        if job not in done:
+            self._lost(job)
+
+    def _claim_acknowledging(
+        self, rows: list[Job], *, announce: bool = True
+    ) -> tuple[list[Job], list[Job]]:
+        """The claim _may_claim() reserved, in one transaction with the acknowledgement
+        of ``rows`` and of the rows waiting for theirs (_ack_later): (those of ``rows``
+        acknowledged, the rows claimed)."""
+        acks = self._take_acks() if self._acks else []
+        done: list[Job] = []
         jobs: list[Job] = []
         try:
-            done, jobs = self.backend.complete_and_claim([job], self.claim_batch, self.lease)
+            done, jobs = self.backend.complete_and_claim(
+                [*acks, *rows] if acks else rows, self.claim_batch, self.lease
+            )
+        except QueueUnavailable as exc:
+            self._not_recorded(acks, exc)
+            raise
         finally:
-            # The thread that ran the row may take the next itself (holds_request).
-            self._claimed(jobs, announce=not self._takes_held_requests)
-        if not done:
-            self._lost(job)
+            self._claimed(jobs, announce=announce)
+        if acks:
+            kept = self._acked(acks, done)
+            done = [row for row in rows if id(row) in kept]
+        return done, jobs
+
+    def _ack_later(self, job: Job) -> None:
+        """Keep a row done (and held: its lease extended) to be acknowledged with
+        others: with the next claim, once ``ack_batch`` rows wait, or ACK_WITHIN
+        after the first of them (the source's thread), or at the stop."""
+        with self._mutex:
+            if not self._acks:
+                self._acks_due = monotonic() + ACK_WITHIN
+                self._lock.notify_all()  # the source's thread: a time to keep
+            self._acks.append(job)
+            full = len(self._acks) >= self.ack_batch
+        if full:
+            self._ack_waiting()
+
+    def _take_acks(self) -> list[Job]:
+        with self._mutex:
+            acks, self._acks = self._acks, []
+        return acks
+
+    def _ack_waiting(self) -> None:
+        """Acknowledge the rows waiting for it in one transaction (not raising: the
+        source's thread retries those the database does not take now)."""
+        acks = self._take_acks()
+        if not acks:
+            return
+        try:
+            done = self.backend.complete_many(acks)
+        except QueueUnavailable as exc:
+            self._not_recorded(acks, exc)
+        else:
+            self._acked(acks, done)
+
+    def _acked(self, acks: list[Job], done: list[Job]) -> set[int]:
+        """The waiting rows ``acks`` were acknowledged (those in ``done``; the others
+        were no longer this worker's). Returns the ``id()`` of each row in ``done``."""
+        kept = {id(job) for job in done}
+        with self._mutex:
+            for job in acks:
+                self._held.pop(job.id, None)
+        for job in acks:
+            if id(job) not in kept:
+                self._lost(job)
+        return kept
+
+    def _not_recorded(
+        self, jobs: list[Job], exc: QueueUnavailable, error: BaseException | str | None = None
+    ) -> None:
+        """The database could not take these rows' outcome (``error``, or done): the
+        source's thread records them when it is back (_record_late)."""
+        if not jobs:
+            return
+        self._down_log(
+            "%s: cannot record %s now (%s): will retry", self,
+            f"row {jobs[0].id}" if len(jobs) == 1 else f"{len(jobs)} rows", exc,
+        )  # fmt: skip
+        with self._mutex:
+            self._unrecorded.extend((job, error) for job in jobs)
 
     def _claimed(self, jobs: list[Job], *, announce: bool = True) -> None:
         """End the claim _may_claim() reserved: ``jobs`` wait for the loop, which
@@ -453,7 +542,7 @@ class QueueServer(BaseServer):
         for fd in self._children:  # the other children's pipes are not this one's
             os.close(fd)
         self._children, self._said = {}, {}
-        self._ready, self._held, self._unrecorded = deque(), {}, []
+        self._ready, self._held, self._unrecorded, self._acks = deque(), {}, [], []
         self._failures, self._running = {}, {}
 
     def _run(self) -> None:
@@ -467,6 +556,8 @@ class QueueServer(BaseServer):
                     self._hear_children()
                 if self._unrecorded:
                     self._record_late()
+                if self._acks and monotonic() >= self._acks_due:
+                    self._ack_waiting()
                 if monotonic() >= extend_at:
                     self._extend()
                     extend_at = monotonic() + self.lease / 3
@@ -489,11 +580,7 @@ class QueueServer(BaseServer):
         """Claim rows if it is this thread's turn (_may_claim); True if some came."""
         if not self._may_claim():
             return False
-        jobs: list[Job] = []
-        try:
-            jobs = self.backend.claim(self.claim_batch, self.lease)
-        finally:
-            self._claimed(jobs)
+        _, jobs = self._claim_acknowledging([])
         return bool(jobs)
 
     def _announce_waiting(self) -> None:
@@ -528,6 +615,8 @@ class QueueServer(BaseServer):
         """Until there may be rows to claim, room for them, or leases to extend;
         while forked children run, no longer than _CHILD_POLL (their outcomes)."""
         timeout = max(timeout, 0.0)
+        if self._acks:
+            timeout = min(timeout, max(self._acks_due - monotonic(), 0.0))
         if self._children:
             timeout = min(timeout, _CHILD_POLL)
         if self._hands_off and (self._in_flight or self._ready):
