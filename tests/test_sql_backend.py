@@ -447,6 +447,39 @@ def test_an_undecodable_payload_is_dead_and_the_claim_goes_on(url: str, make: Fa
     assert {dead.raw_payload for dead in worker.dead()} == {data for data, _ in bad}
 
 
+def test_an_undecodable_row_another_worker_took_meanwhile_is_left_to_it(
+    url: str, make: Factory
+) -> None:
+    """An undecodable row is buried after the claim's commit: if by then its lease had run
+    out and another worker had claimed it (forced here, inside the bury), the bury leaves
+    that worker's claim alone and reports nothing."""
+    reported: list[DeadJob] = []
+    worker = make(on_dead=reported.append)
+    if url.startswith("sqlite"):
+        now = time.time()
+        raw(url, "INSERT INTO servekit_jobs (queue, payload, encoding, priority, run_at, "
+            "created_at, updated_at) VALUES ('default', ?, 'json', 0, ?, ?, ?)",
+            (b"{not json", now, now, now))  # fmt: skip
+    else:
+        raw(url, "INSERT INTO servekit_jobs (queue, payload, encoding) "
+            "VALUES ('default', ?, 'json')", (b"{not json",))  # fmt: skip
+    ((row,),) = raw(url, "SELECT id FROM servekit_jobs")
+    bury = worker._bury
+
+    def taken_first(conn: Any, *args: Any) -> Any:
+        conn.execute(
+            f"UPDATE servekit_jobs SET owner = 'another', attempt = attempt + 1 WHERE id = {row}"
+        )
+        return bury(conn, *args)
+
+    worker._bury = taken_first
+    assert worker.claim(limit=1) == []
+    assert reported == []
+    assert raw(url, "SELECT state, owner, attempt FROM servekit_jobs") == [
+        ("running", "another", 2)
+    ]
+
+
 # -- schema ---------------------------------------------------------------------------------
 
 

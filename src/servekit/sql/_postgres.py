@@ -505,7 +505,8 @@ class PostgresBackend(BackendBase):
                 else:
                     dead.append(_dead_from_step(row))
             new, undecodable = jobs_from_rows(claimed, self._max_attempts, _utc)
-            dead.extend(self._bury(conn, row, reason) for row, reason in undecodable)
+            if undecodable:
+                dead.extend(self._bury(conn, undecodable))
             if new or not claimed:
                 return [job for job in jobs if job.id in done], new
             params["ids"] = params["attempts"] = []  # done: claim again, alone
@@ -514,16 +515,21 @@ class PostgresBackend(BackendBase):
     def _statements(self) -> _Statements:
         return _Statements(self._queue_filter())
 
-    def _bury(self, conn: psycopg.Connection[Any], row: Any, reason: str) -> DeadJob:
-        (failed_at,) = cast(
-            "tuple[datetime]",
-            conn.execute(
+    def _bury(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, str]]) -> list[DeadJob]:
+        """Send claimed rows (with the reason for each) to the dead state, if this
+        worker still holds them (the step has committed: a lease that ran out since
+        would make the row another's); return those."""
+        dead = []
+        for row, reason in rows:
+            found = conn.execute(
                 f"UPDATE {JOBS} SET state = 'dead', last_error = %s, lease_until = NULL, "
-                "finished_at = now(), updated_at = now() WHERE id = %s RETURNING finished_at",
-                (reason, row[0]),
-            ).fetchone(),
-        )
-        return buried(row, reason, _utc(failed_at), _utc)
+                "finished_at = now(), updated_at = now() WHERE id = %s AND attempt = %s "
+                "AND owner = %s AND state = 'running' RETURNING finished_at",
+                (reason, row[0], row[4], self._owner),
+            ).fetchone()
+            if found is not None:
+                dead.append(buried(row, reason, _utc(cast("datetime", found[0])), _utc))
+        return dead
 
     def _held(
         self, jobs: list[Job], assignment: str, extra: dict[str, object] | None = None

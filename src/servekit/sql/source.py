@@ -55,7 +55,6 @@ from servekit.sql._url import parse_url
 if TYPE_CHECKING:
     from servekit.core import RequestHandlerFactory
     from servekit.sql._backend import Backend
-    from servekit.sql._job import DeadJob
 
 __all__ = ["AsyncQueueServer", "QueueServer", "is_queue_address"]
 
@@ -112,7 +111,6 @@ class QueueServer(BaseServer):
         self._backend_options = {
             "max_attempts": check("max_attempts", max_attempts),
             "retry_backoff": check("retry_backoff", retry_backoff),
-            "on_dead": self._row_died,
         }
         self.backend: Backend = self._open_backend()
         try:
@@ -485,12 +483,6 @@ class QueueServer(BaseServer):
         logger.warning(
             "%s: row %d of queue %r was no longer ours (its lease ran out and it was claimed "
             "again): this run's outcome is not recorded", self, job.id, job.queue,
-        )  # fmt: skip
-
-    def _row_died(self, dead: DeadJob) -> None:
-        logger.warning(
-            "%s: row %d of queue %r is dead: %s", self, dead.id, dead.queue,
-            _first_line(dead.last_error),
         )  # fmt: skip
 
     def _record_late(self) -> None:
