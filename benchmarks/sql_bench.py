@@ -20,7 +20,9 @@ PostgreSQL also the same SQL from a minimal psycopg loop (what any Python worker
 costs at least). Runs are taken in turns (each cell's sides once, which goes first
 alternating, then again), and the figures are medians, each ratio with its range over
 every pair of runs. ``--src DIR`` serves another servekit than the installed one (say, a
-``git archive`` of a commit's ``src/``).
+``git archive`` of a commit's ``src/``). ``--ack-batch N`` serves with the source's
+``ack_batch`` option (off by default, and so in the issue's cells), and the ceiling then
+groups its acknowledgements as the source does (``sql_ceiling.ack_groups``).
 
 Latency: one worker, unbatched, serving ``benchmarks.sql_handlers:Latency``; a producer
 enqueues ``--latency-rows`` rows at ``--rate`` a second, each with its ``time.time()`` in
@@ -176,11 +178,15 @@ def serving(argv: list[str], stamps: Path, log: Path) -> Iterator[subprocess.Pop
         proc.wait()
 
 
-def serve_argv(handler: str, url: str, workers: int, batch: int, concurrency: str) -> list[str]:
+def serve_argv(
+    handler: str, url: str, workers: int, batch: int, concurrency: str, ack_batch: int = 1
+) -> list[str]:
     return [
         sys.executable, "-m", "servekit", "serve", f"benchmarks.sql_handlers:{handler}",
         "--listen", url, "--workers", str(workers), "--claim-batch", str(batch),
         "--concurrency", concurrency, "--status-interval", "none", "--log-level", "WARNING",
+        # Only when asked: a --src export older than the option does not know the flag.
+        *(["--ack-batch", str(ack_batch)] if ack_batch > 1 else []),
     ]  # fmt: skip
 
 
@@ -222,7 +228,7 @@ def run_servekit(cell: Cell, db: Database, args: argparse.Namespace, log: Path) 
     url = db.fresh(rows)
     stamps = Path(tempfile.mkdtemp(prefix="stamps-", dir=db.folder))
     try:
-        argv = serve_argv("Job", url, cell.workers, cell.batch, args.concurrency)
+        argv = serve_argv("Job", url, cell.workers, cell.batch, args.concurrency, args.ack_batch)
         with serving(argv, stamps, log) as proc:
             until(proc, lambda: read_stamps(stamps)[2] >= rows, "every row started", log)
             # Stopped once every row is acknowledged too, not in the middle of the last.
@@ -250,9 +256,10 @@ def run_ceiling(cell: Cell, db: Database, args: argparse.Namespace, log: Path) -
     url = db.fresh(rows)
     try:
         if cell.backend == "sqlite":
-            rate = _processes(sql_ceiling.sqlite_worker, url.removeprefix("sqlite://"), cell)
+            path = url.removeprefix("sqlite://")
+            rate = _processes(sql_ceiling.sqlite_worker, path, cell, args.ack_batch)
         else:
-            rate = _pgbench(cell, db, rows, log)
+            rate = _pgbench(cell, db, rows, log, args.ack_batch)
         _check_done(db, rows, "the ceiling")
     finally:
         db.drop()
@@ -264,21 +271,21 @@ def run_floor(cell: Cell, db: Database, args: argparse.Namespace, log: Path) -> 
     rows = _rows(cell.backend, args)
     url = db.fresh(rows)
     try:
-        rate = _processes(sql_ceiling.psycopg_worker, url, cell)
+        rate = _processes(sql_ceiling.psycopg_worker, url, cell, args.ack_batch)
         _check_done(db, rows, "the psycopg loop")
     finally:
         db.drop()
     return rate
 
 
-def _processes(target: Callable[..., None], where: str, cell: Cell) -> float:
+def _processes(target: Callable[..., None], where: str, cell: Cell, ack_batch: int) -> float:
     """``cell.workers`` processes of ``target`` (spawned: no connection crosses a fork),
     started together once each is connected; rows over first start to last end."""
     context = multiprocessing.get_context("spawn")
     go = context.Barrier(cell.workers + 1)
     results: Any = context.Queue()
     procs = [
-        context.Process(target=target, args=(where, cell.batch, go, results))
+        context.Process(target=target, args=(where, cell.batch, go, results, ack_batch))
         for _ in range(cell.workers)
     ]
     try:
@@ -296,7 +303,7 @@ def _processes(target: Callable[..., None], where: str, cell: Cell) -> float:
     return float(sum(f[2] for f in found) / (end - start))
 
 
-def _pgbench(cell: Cell, db: Database, rows: int, log: Path) -> float:
+def _pgbench(cell: Cell, db: Database, rows: int, log: Path, ack_batch: int) -> float:
     """pgbench with ``cell.workers`` clients, each running its share of the steps and one
     more (whose transaction acknowledges the last row of its last claim): rows over the
     time pgbench took (steps processed / its tps)."""
@@ -305,7 +312,7 @@ def _pgbench(cell: Cell, db: Database, rows: int, log: Path) -> float:
     if pgbench is None:
         raise SystemExit("pgbench is missing (Debian: apt-get install postgresql-contrib)")
     script = db.folder / f"claim-{cell.batch}.sql"
-    script.write_text(sql_ceiling.pgbench_script(cell.batch))
+    script.write_text(sql_ceiling.pgbench_script(cell.batch, ack_batch))
     argv = [
         pgbench, "-n", "-M", "prepared", "-c", str(cell.workers), "-j", str(cell.workers),
         "-t", str(rows // (cell.workers * cell.batch) + 1), "-f", str(script),
@@ -477,6 +484,7 @@ def _meta(
         "runs": args.runs,
         "rows": {"sqlite": args.rows, "postgresql": args.pg_rows},
         "concurrency": args.concurrency,
+        "ack_batch": args.ack_batch,
         "servekit_measured": _source(args),
         "sqlite": "WAL, synchronous=NORMAL, busy_timeout 5 s, BEGIN IMMEDIATE",
         "postgresql": f"fsync on, synchronous_commit={args.pg_synchronous_commit}",
@@ -587,6 +595,11 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--cells", type=lambda s: s.split(","), help="e.g. sqlite-w1-b1")
     parser.add_argument("--concurrency", default="pool", help="servekit serve's (default pool)")
+    parser.add_argument(
+        "--ack-batch", type=int, default=1,
+        help="servekit serve's --ack-batch (default 1, off); the ceiling groups its "
+        "acknowledgements the same way",
+    )  # fmt: skip
     parser.add_argument("--pg-synchronous-commit", default="off", choices=("on", "off"))
     parser.add_argument("--no-latency", dest="latency", action="store_false")
     parser.add_argument("--latency-rows", type=int, default=1000)

@@ -12,6 +12,11 @@ claim as sub-statements of one ``WITH``), which the ceiling imports from the ser
 measured. What the loop leaves out is everything around the SQL: decoding rows into
 ``Job`` objects, the handler, the server's loop and threads.
 
+With ``ack_batch`` above one (the source's option, off by default), the rows of a claim
+are grouped as the source groups them when they run one after another: every
+``ack_batch`` rows ended are acknowledged in one transaction, and the rest with the last
+row, in the next claim's (``ack_groups``).
+
 - SQLite: a Python loop over ``sqlite3``, one connection per process, WAL,
   ``synchronous=NORMAL``, ``busy_timeout`` 5 s, ``BEGIN IMMEDIATE`` for every write,
   times from ``time.time()``: what ``SQLiteBackend`` does.
@@ -80,6 +85,14 @@ def sqlite_connect(path: str) -> sqlite3.Connection:
 Claimed = list[tuple[int, int]]  # (id, attempt) of each row claimed
 
 
+def ack_groups(claimed: int, ack_batch: int) -> tuple[list[slice], slice]:
+    """How the source acknowledges a claim of ``claimed`` rows run one after another: the
+    groups acknowledged on their own (a transaction each), and the rows acknowledged with
+    the next claim. ``ack_batch`` 1: each row alone, the last with the next claim."""
+    full = (claimed - 1) // ack_batch * ack_batch if claimed else 0
+    return [slice(k, k + ack_batch) for k in range(0, full, ack_batch)], slice(full, claimed)
+
+
 def _sqlite_claim(conn: sqlite3.Connection, owner: str, batch: int, now: float) -> Claimed:
     """The reap and the claim, in the caller's transaction."""
     conn.execute(SQLITE_REAP, (MAX_ATTEMPTS, MAX_ATTEMPTS, now, now, QUEUE, now)).fetchall()
@@ -87,41 +100,42 @@ def _sqlite_claim(conn: sqlite3.Connection, owner: str, batch: int, now: float) 
     return [(row[0], row[4]) for row in rows]
 
 
-def _sqlite_step(
-    conn: sqlite3.Connection, owner: str, batch: int, last: tuple[int, int] | None
-) -> Claimed:
-    """One transaction: acknowledge ``last`` (if any), then claim."""
+def _sqlite_step(conn: sqlite3.Connection, owner: str, batch: int, acks: Claimed) -> Claimed:
+    """One transaction: acknowledge ``acks``, then claim."""
     conn.execute("BEGIN IMMEDIATE")
     now = time.time()
-    if last is not None:
-        conn.execute(SQLITE_ACK, (now, now, *last, owner))
+    for row in acks:
+        conn.execute(SQLITE_ACK, (now, now, *row, owner))
     claimed = _sqlite_claim(conn, owner, batch, now)
     conn.execute("COMMIT")
     return claimed
 
 
-def _sqlite_ack(conn: sqlite3.Connection, owner: str, row: tuple[int, int]) -> None:
+def _sqlite_ack(conn: sqlite3.Connection, owner: str, rows: Claimed) -> None:
     conn.execute("BEGIN IMMEDIATE")
     now = time.time()
-    conn.execute(SQLITE_ACK, (now, now, *row, owner))
+    for row in rows:
+        conn.execute(SQLITE_ACK, (now, now, *row, owner))
     conn.execute("COMMIT")
 
 
 def sqlite_worker(
-    path: str, batch: int, go: Barrier, results: Queue[tuple[float, float, int]]
-) -> None:
+    path: str, batch: int, go: Barrier, results: Queue[tuple[float, float, int]],
+    ack_batch: int = 1,
+) -> None:  # fmt: skip
     """A process of the SQLite ceiling: once every process is connected (``go``), claim
     and acknowledge until the queue is empty; put (start, end, rows) in ``results``."""
     conn = sqlite_connect(path)
     owner = f"ceiling-{os.getpid()}"
     go.wait()
     start, rows = time.time(), 0
-    claimed = _sqlite_step(conn, owner, batch, None)
+    claimed = _sqlite_step(conn, owner, batch, [])
     while claimed:
-        for row in claimed[:-1]:
-            _sqlite_ack(conn, owner, row)
+        groups, last = ack_groups(len(claimed), ack_batch)
+        for group in groups:
+            _sqlite_ack(conn, owner, claimed[group])
         rows += len(claimed)
-        claimed = _sqlite_step(conn, owner, batch, claimed[-1])
+        claimed = _sqlite_step(conn, owner, batch, claimed[last])
     end = time.time()
     conn.close()
     results.put((start, end, rows))
@@ -145,29 +159,37 @@ def _pgbench(sql: str, **replaced: str) -> str:
     return re.sub(r"%\((\w+)\)s", lambda m: replaced.get(m[1], f":{m[1]}"), sql)
 
 
-def pgbench_script(batch: int) -> str:
+def _pg_rows(group: slice, ack_batch: int) -> tuple[str, str]:
+    """The ids and attempts of the claim's rows ``group`` (0-based), as pgbench arrays."""
+    if ack_batch == 1:  # one row: as the ceiling was written before ack_batch
+        index = group.start + 1
+        return f"ARRAY[(:ids::bigint[])[{index}]]", f"ARRAY[(:attempts::integer[])[{index}]]"
+    bounds = f"[{group.start + 1}:{group.stop}]"
+    return f"(:ids::bigint[]){bounds}", f"(:attempts::integer[]){bounds}"
+
+
+def pgbench_script(batch: int, ack_batch: int = 1) -> str:
     """The pgbench script of one step: the source's step statement, which acknowledges the
-    last row of the previous claim (element ``batch`` of the arrays its ``\\gset`` left;
-    none at first, ``-Dids={}``), reaps and claims ``:limit`` rows; then the
-    acknowledgement of rows 1 to ``batch - 1`` of the claim, one statement each. The step's
-    sub-statements are the source's; its result, the claim's rows gathered into two arrays
-    for ``\\gset`` (pgbench keeps one row), where the source reads every row."""
+    last rows of the previous claim (``ack_groups``: the last row, with ``ack_batch`` 1;
+    elements of the arrays its ``\\gset`` left; none at first, ``-Dids={}``), reaps and
+    claims ``:limit`` rows; then the acknowledgement of the claim's other rows, one
+    statement a group. The step's sub-statements are the source's; its result, the claim's
+    rows gathered into two arrays for ``\\gset`` (pgbench keeps one row), where the source
+    reads every row."""
     statements = pg_statements()
-    last_id, last_attempt = f"(:ids::bigint[])[{batch}]", f"(:attempts::integer[])[{batch}]"
-    ctes = _pgbench(
-        statements.ctes, ids=f"ARRAY[{last_id}]", attempts=f"ARRAY[{last_attempt}]",
-        lease=":lease::interval",
-    )  # fmt: skip
+    groups, last = ack_groups(batch, ack_batch)
+    last_ids, last_attempts = _pg_rows(last, ack_batch)
+    ctes = _pgbench(statements.ctes, ids=last_ids, attempts=last_attempts, lease=":lease::interval")
     step = (
         f"{ctes} SELECT COALESCE(array_agg(id), '{{}}') AS ids, "
         "COALESCE(array_agg(attempt), '{}') AS attempts, count(payload) AS n FROM claimed \\gset"
     )
 
-    def ack(index: int) -> str:
-        ids, attempts = f"(:ids::bigint[])[{index}]", f"(:attempts::integer[])[{index}]"
-        return _pgbench(statements.ack, ids=f"ARRAY[{ids}]", attempts=f"ARRAY[{attempts}]") + ";"
+    def ack(group: slice) -> str:
+        ids, attempts = _pg_rows(group, ack_batch)
+        return _pgbench(statements.ack, ids=ids, attempts=attempts) + ";"
 
-    return "\n".join([step, *[ack(index) for index in range(1, batch)]]) + "\n"
+    return "\n".join([step, *[ack(group) for group in groups]]) + "\n"
 
 
 def pgbench_variables(batch: int) -> list[str]:
@@ -178,8 +200,9 @@ def pgbench_variables(batch: int) -> list[str]:
 
 
 def psycopg_worker(
-    url: str, batch: int, go: Barrier, results: Queue[tuple[float, float, int]]
-) -> None:
+    url: str, batch: int, go: Barrier, results: Queue[tuple[float, float, int]],
+    ack_batch: int = 1,
+) -> None:  # fmt: skip
     """A process of the Python floor on PostgreSQL: PostgresBackend's statements and
     parameters through psycopg (autocommit: the step, and each other acknowledgement,
     is a transaction of its own), nothing else; like ``sqlite_worker``."""
@@ -192,18 +215,20 @@ def psycopg_worker(
     step_sql, ack = statements.step, statements.ack
     with psycopg.connect(url, autocommit=True) as conn:
 
-        def step(last: Any) -> list[Any]:
-            if last is not None:
-                params["ids"], params["attempts"] = [last[0]], [last[4]]
+        def step(acks: list[Any]) -> list[Any]:
+            params["ids"], params["attempts"] = [r[0] for r in acks], [r[4] for r in acks]
             rows = conn.execute(step_sql, params).fetchall()
             return [row[1:] for row in rows if row[0] == "claimed"]
 
         go.wait()
         start, rows = time.time(), 0
-        claimed = step(None)
+        claimed = step([])
         while claimed:
-            for row in claimed[:-1]:
-                conn.execute(ack, {"ids": [row[0]], "attempts": [row[4]], "owner": owner})
+            groups, last = ack_groups(len(claimed), ack_batch)
+            for group in groups:
+                acked = claimed[group]
+                ids, attempts = [r[0] for r in acked], [r[4] for r in acked]
+                conn.execute(ack, {"ids": ids, "attempts": attempts, "owner": owner})
             rows += len(claimed)
-            claimed = step(claimed[-1])
+            claimed = step(claimed[last])
         results.put((start, time.time(), rows))
