@@ -84,6 +84,8 @@ T = TypeVar("T")
 CHANNEL: Final = "servekit_jobs"
 _PURGE_BATCH: Final = 10_000
 _REAP_BATCH: Final = 1_000
+#: enqueue_many: rows a statement (its arrays stay a few megabytes at most).
+_ENQUEUE_CHUNK: Final = 10_000
 
 
 def import_psycopg() -> ModuleType:
@@ -179,8 +181,18 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _run_at(job: NewJob) -> tuple[str, dict[str, object]]:
+    """The SQL of ``job``'s run_at, and its parameter (if any)."""
+    if job.run_at is None:
+        return "now()", {}
+    if isinstance(job.run_at, timedelta):
+        return "now() + %(delay)s", {"delay": job.run_at}
+    return "%(run_at)s", {"run_at": job.run_at}
+
+
 def _insert_sql(job: NewJob) -> tuple[str, dict[str, object]]:
-    params: dict[str, object] = {
+    run_at, params = _run_at(job)
+    params |= {
         "queue": job.queue,
         "payload": job.data,
         "encoding": job.encoding,
@@ -189,14 +201,6 @@ def _insert_sql(job: NewJob) -> tuple[str, dict[str, object]]:
         "dedupe_key": job.dedupe_key,
         "channel": CHANNEL,
     }
-    if job.run_at is None:
-        run_at = "now()"
-    elif isinstance(job.run_at, timedelta):
-        run_at = "now() + %(delay)s"
-        params["delay"] = job.run_at
-    else:
-        run_at = "%(run_at)s"
-        params["run_at"] = job.run_at
     conflict = "" if job.dedupe_key is None else f" ON CONFLICT {DEDUPE_TARGET} DO NOTHING"
     sql = (
         f"WITH ins AS (INSERT INTO {JOBS} (queue, payload, encoding, priority, run_at, "
@@ -752,23 +756,34 @@ class PostgresBackend(BackendBase):
         ]
         if not jobs:
             return []
-        first, _ = _insert_sql(jobs[0])
-        # The NOTIFY is sent once per transaction and queue anyway: PostgreSQL folds
-        # identical notifications of one transaction into one.
-        sql = first.replace("WITH ins AS (", "").split(" RETURNING id)")[0] + " RETURNING id"
+        # One statement a chunk: the payloads as arrays, unnested in their order. An
+        # identity column numbers rows in the order the INSERT takes them (ORDER BY n),
+        # so the ids sorted are the payloads' ids in order, whatever order RETURNING
+        # gives them in (which PostgreSQL does not promise).
+        run_at_sql, params = _run_at(jobs[0])
+        first = jobs[0]
+        params |= {
+            "queue": first.queue,
+            "priority": first.priority,
+            "max_attempts": first.max_attempts,
+        }
+        sql = (
+            f"INSERT INTO {JOBS} (queue, payload, encoding, priority, run_at, max_attempts) "
+            f"SELECT %(queue)s, p.payload, p.encoding, %(priority)s, {run_at_sql}, "
+            "%(max_attempts)s FROM unnest(%(payloads)s::bytea[], %(encodings)s::text[]) "
+            "WITH ORDINALITY AS p(payload, encoding, n) ORDER BY p.n RETURNING id"
+        )
 
         def body(conn: psycopg.Connection[Any]) -> list[int]:
-            with conn.cursor() as cur:
-                cur.executemany(sql, [_insert_sql(job)[1] for job in jobs], returning=True)
-                ids = []
-                while True:
-                    row = cur.fetchone()
-                    if row is not None:
-                        ids.append(int(row[0]))
-                    if not cur.nextset():
-                        break
-            for queue_name in sorted({job.queue for job in jobs}):
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, queue_name))
+            ids: list[int] = []
+            for start in range(0, len(jobs), _ENQUEUE_CHUNK):
+                chunk = jobs[start : start + _ENQUEUE_CHUNK]
+                params["payloads"] = [job.data for job in chunk]
+                params["encodings"] = [job.encoding for job in chunk]
+                rows = conn.execute(sql, params).fetchall()
+                ids.extend(sorted(int(row[0]) for row in rows))
+            # Once: PostgreSQL folds a transaction's identical notifications anyway.
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, jobs[0].queue))
             return ids
 
         return self._write(body)
