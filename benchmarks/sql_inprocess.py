@@ -1,10 +1,11 @@
 """Rows per second of the SQL source served in one process, without the command line.
 
-    PYTHONPATH=<export>/src .venv/bin/python benchmarks/sql_inprocess.py sync 4000 [BATCH]
+    PYTHONPATH=<export>/src .venv/bin/python benchmarks/sql_inprocess.py sync 4000 [BATCH [ACK]]
     PYTHONPATH=<export>/src .venv/bin/python benchmarks/sql_inprocess.py pool 50000 --no-sql
 
 Enqueues ROWS rows into a new SQLite file, serves them with ``make_server(URL, handler,
-concurrency=MODEL, claim_batch=BATCH)`` and ``serve_forever()``, and prints the rows per
+concurrency=MODEL, claim_batch=BATCH, ack_batch=ACK)`` (ACK 1 unless given) and
+``serve_forever()``, and prints the rows per
 second from the first row's start to the last's, and the CPU time of the process a row
 (every thread's). For quick same-run A/B of the source's per-row path: run it in turns
 against two exports (``git archive REV src``); ``sql_bench.py`` is the full benchmark.
@@ -65,6 +66,7 @@ def main(argv: list[str]) -> None:
     model = argv[0] if argv else "sync"
     rows = int(argv[1]) if len(argv) > 1 else 4000
     batch = int(argv[2]) if len(argv) > 2 else 1
+    ack = {"ack_batch": int(argv[3])} if len(argv) > 3 else {}  # older exports lack it
     url = f"sqlite://{tempfile.mkdtemp(prefix='servekit-sql-inprocess-')}/queue.db"
     backend = open_backend(url)
     backend.init()
@@ -79,7 +81,7 @@ def main(argv: list[str]) -> None:
             if len(starts) == rows:
                 threading.Thread(target=self.server.shutdown).start()
 
-    server = servekit.make_server(url, Note, concurrency=model, claim_batch=batch)
+    server = servekit.make_server(url, Note, concurrency=model, claim_batch=batch, **ack)
     if no_sql:
         server.backend = NoSQL(server.backend, rows)  # type: ignore[attr-defined]
     cpu = time.process_time()
@@ -88,7 +90,7 @@ def main(argv: list[str]) -> None:
     server.server_close()
     wall = starts[-1] - starts[0]
     rate, per_row = rows / wall, cpu / rows * 1e6
-    what = " (no SQL)" if no_sql else ""
+    what = (" (no SQL)" if no_sql else "") + (f", ack batch {ack['ack_batch']}" if ack else "")
     sys.stdout.write(f"{model} batch {batch}{what}: {rate:,.0f} rows/s, CPU {per_row:.1f} us/row\n")
 
 
