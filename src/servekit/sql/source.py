@@ -6,8 +6,8 @@ non-blocking ``get_request()``), so it runs on every model, and from
 --listen sqlite:jobs.db``. A handler gets a claimed row as ``self.request``
 (a ``servekit.sql.Job``: ``id``, ``queue``, ``payload``, ``attempt``, ...);
 when it returns, the row is done (with ``ack_batch`` above one, acknowledged
-together with others: see _ack_later); when it raises, the row is retried after a
-back-off, or dead after ``max_attempts``; a row ``verify_request`` refuses is
+together with others: see _ack_later); when it raises, the row is retried after
+a back-off, or dead after ``max_attempts``; a row ``verify_request`` refuses is
 dead at once ("refused by verify_request").
 
 Each serving process has one thread of the source's (started with the
@@ -22,7 +22,8 @@ first request), which
 - extends the lease of every row the process holds, every third of
   ``lease``, so that a row is claimed again only when its worker is gone;
 - records the outcomes the database could not take when they came (it was
-  down), as soon as it is back.
+  down), as soon as it is back;
+- with ``ack_batch``, acknowledges the rows done that have waited ACK_WITHIN.
 
 A stop lets the handlers finish (``shutdown_timeout``), records their
 outcomes, and gives back every row claimed and not finished, so none waits
@@ -84,8 +85,8 @@ class QueueServer(BaseServer):
 
     ``lease``, ``retry_backoff``, ``max_attempts``, ``claim_batch`` and
     ``ack_batch`` are the options of servekit.options.QUEUE_OPTIONS (make_server's
-    keywords of those names, and ``servekit serve --lease ...``). ``server_address`` is the URL
-    with its password hidden; the backend opened is ``self.backend``.
+    keywords of those names, and ``servekit serve --lease ...``). ``server_address``
+    is the URL with its password hidden; the backend opened is ``self.backend``.
     """
 
     #: The options of ServerConfig this source takes, beside those of any source.
@@ -604,8 +605,9 @@ class QueueServer(BaseServer):
         return self._last_move + PREFETCH_AFTER
 
     def _wait(self, timeout: float) -> None:
-        """Until there may be rows to claim, room for them, or leases to extend;
-        while forked children run, no longer than _CHILD_POLL (their outcomes)."""
+        """Until there may be rows to claim, room for them, leases to extend, or rows
+        done to acknowledge (ACK_WITHIN); while forked children run, no longer than
+        _CHILD_POLL (their outcomes)."""
         timeout = max(timeout, 0.0)
         if self._acks:
             timeout = min(timeout, max(self._acks_due - monotonic(), 0.0))
