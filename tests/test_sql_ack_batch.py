@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,45 @@ def test_a_stop_acknowledges_the_rows_waiting(url: str, by_count: None) -> None:
     with sql.open_backend(url) as backend:
         (again,) = backend.claim(limit=4)
     assert (again.id, again.attempt) == (ids[3], 1)
+
+
+def test_a_fork_models_stop_returns_once_the_rows_waiting_are_acknowledged(
+    sqlite_url: str, by_count: None, tmp_path: Path
+) -> None:
+    """On the fork model the source's thread records the children's rows, and acknowledges
+    those waiting when the last has ended. server_close() once returned at that end, before
+    the acknowledgement: a program that then exits left the rows running until their leases
+    ran out. The acknowledgement is made slow here (0.3 s), so that such a stop is seen."""
+    release = tmp_path / "release"  # files: the children see them too
+    runs = Runs(tmp_path / "runs")
+
+    class Job(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            runs.add(self.request)
+            if self.request.payload == "hold":
+                until(release.exists, "the stop to begin")
+
+    class SlowAcks(sql.QueueServer):
+        def _ack_waiting(self) -> None:
+            time.sleep(0.3)
+            super()._ack_waiting()
+
+    ids = [sql.enqueue(sqlite_url, payload) for payload in ("a", "b", "c", "hold")]
+    config = servekit.ServerConfig(concurrency="fork", claim_batch=4, ack_batch=8)
+    server = servekit.make_source_server(SlowAcks, sqlite_url, Job, config=config)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        until(lambda: len(runs.ids()) == 4, "four rows started")
+        stopping = threading.Thread(target=server.shutdown)
+        stopping.start()
+        release.touch()
+        stopping.join(WAIT)
+        thread.join(WAIT)
+    finally:
+        release.touch()
+        server.server_close()
+    assert states(sqlite_url, ids) == ["done"] * 4
 
 
 def test_the_rows_waiting_keep_their_leases(sqlite_url: str, by_count: None) -> None:

@@ -136,6 +136,7 @@ class QueueServer(BaseServer):
         self._running: dict[int, float] = {}
         self._closing = False  # server_close() began: no more claims
         self._closed = False  # the database is closed (or being closed)
+        self._shut = False  # ... and every outcome recorded or set aside, the database closed
         self._thread: threading.Thread | None = None
         self._home = self._pid = os.getpid()  # the process that claims; _pid: this one
         self._held: dict[int, Job] = {}  # rows this process holds a lease on
@@ -258,6 +259,9 @@ class QueueServer(BaseServer):
         self._give_back(left)
         self.backend.close()
         self._waker.close()
+        with self._mutex:
+            self._shut = True
+            self._lock.notify_all()  # a fork model's server_close() waits for this
 
     def _give_back(self, jobs: list[Job]) -> None:
         if not jobs:
@@ -609,8 +613,6 @@ class QueueServer(BaseServer):
         done to acknowledge (ACK_WITHIN); while forked children run, no longer than
         _CHILD_POLL (their outcomes)."""
         timeout = max(timeout, 0.0)
-        if self._acks:
-            timeout = min(timeout, max(self._acks_due - monotonic(), 0.0))
         if self._children:
             timeout = min(timeout, _CHILD_POLL)
         if self._hands_off and (self._in_flight or self._ready):
@@ -621,6 +623,8 @@ class QueueServer(BaseServer):
             if self._ready and not self._announced:  # then may wake the loop for them
                 now = monotonic()
                 timeout = min(timeout, max(self._company_due(now) - now, 0.0))
+            if self._acks:  # read under the lock: _ack_later's notify comes after
+                timeout = min(timeout, max(self._acks_due - monotonic(), 0.0))
             if self._ready or self._claiming or self._in_flight or self._closing:
                 # The loop has rows, a claim is under way, or a row's end claims the
                 # next: until one of them calls (notify_all), or the time to look again.
@@ -734,10 +738,11 @@ if hasattr(os, "fork"):
 
         def server_close(self) -> None:
             super().server_close()  # and the drain: the children have ended
-            # The source's thread hears how their rows went: a stop returns with
-            # every one of them recorded.
+            # The source's thread hears how their rows went, and closes the source
+            # once the last is recorded (_close_when_idle): a stop returns with every
+            # one of them recorded, those waiting for their acknowledgement too.
             with self._mutex:
-                self._lock.wait_for(lambda: not self._in_flight, CHILD_GRACE)
+                self._lock.wait_for(lambda: self._shut, CHILD_GRACE)
 
     __all__ += ["ForkingQueueServer"]
 
