@@ -254,6 +254,45 @@ def test_a_stop_finishes_the_row_running_and_gives_back_those_not_started(
     assert {job.attempt for job in again} == {1}  # given back: no attempt spent
 
 
+def test_a_row_that_ends_while_a_stop_gives_rows_back_leaves_the_database_open(
+    sqlite_url: str,
+) -> None:
+    """server_close() gives back the rows claimed and not started, before the rows in
+    flight finish. A row that ended during that give-back once closed the database under
+    it: server_close() raised QueueError, and the rows it was giving back stayed running
+    until their leases ran out. Here the give-back lets the running row end, then takes
+    0.3 s, so that the row's end falls inside it."""
+    started, release = threading.Event(), threading.Event()
+
+    class Job(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            if self.request.payload == "hold":
+                started.set()
+                assert release.wait(WAIT)
+
+    class SlowGiveBack(sql.QueueServer):
+        def _give_back(self, jobs: list[sql.Job]) -> None:
+            if jobs:  # server_close()'s, of the three rows not started
+                release.set()
+                time.sleep(0.3)
+            super()._give_back(jobs)
+
+    # One pool thread, no queue: the other three wait in the source, not started.
+    config = servekit.ServerConfig(concurrency="pool", claim_batch=4, max_workers=1, max_pending=0)
+    server = servekit.make_source_server(SlowGiveBack, sqlite_url, Job, config=config)
+    ids = [sql.enqueue(sqlite_url, payload) for payload in ("hold", "a", "b", "c")]
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        assert started.wait(WAIT)
+        server.shutdown()
+        thread.join(WAIT)
+    finally:
+        release.set()
+        server.server_close()
+    assert counts(sqlite_url) == {"pending": 3, "running": 0, "done": 1, "dead": 0}, ids
+
+
 @pytest.mark.parametrize("concurrency", ["threads", "pool", "fork"])
 def test_a_stop_records_the_rows_that_finish_during_its_drain(
     concurrency: str, sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -230,9 +230,16 @@ class QueueServer(BaseServer):
             self._ready.clear()
             for job in not_started:
                 self._held.pop(job.id, None)
+            # The give-back counts as a row in flight: a row's end meanwhile must not
+            # close the database under it (_close_when_idle waits for none in flight).
+            self._in_flight += 1
             self._lock.notify_all()
         self.backend.wake()
-        self._give_back(not_started)
+        try:
+            self._give_back(not_started)
+        finally:
+            with self._mutex:
+                self._ended_one()
         self._close_when_idle()
 
     def _close_when_idle(self) -> None:
