@@ -250,25 +250,27 @@ class QueueServer(BaseServer):
                 return
             self._closed = True
             self._lock.notify_all()
-        self.backend.wake()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        self._hear_children(final=True)
-        self._ack_waiting()
-        self._record_late()
-        with self._mutex:
-            # Any whose handler outlived the drain; not those whose outcome could not
-            # be recorded (the database is down: their leases run out instead).
-            unrecorded = {job.id for job, _ in self._unrecorded}
-            left = [job for job in self._held.values() if job.id not in unrecorded]
-            self._held.clear()
-        self._give_back(left)
-        self.backend.close()
-        self._waker.close()
-        with self._mutex:
-            self._shut = True
-            self._lock.notify_all()  # a fork model's server_close() waits for this
+        try:
+            self.backend.wake()
+            thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
+            self._hear_children(final=True)
+            self._ack_waiting()
+            self._record_late()
+            with self._mutex:
+                # Any whose handler outlived the drain; not those whose outcome could
+                # not be recorded (the database is down: their leases run out instead).
+                unrecorded = {job.id for job, _ in self._unrecorded}
+                left = [job for job in self._held.values() if job.id not in unrecorded]
+                self._held.clear()
+            self._give_back(left)
+            self.backend.close()
+            self._waker.close()
+        finally:
+            with self._mutex:
+                self._shut = True
+                self._lock.notify_all()  # a fork model's server_close() waits for this
 
     def _give_back(self, jobs: list[Job]) -> None:
         if not jobs:
@@ -648,8 +650,12 @@ class QueueServer(BaseServer):
         for job in held:
             if job.id not in kept:
                 with self._mutex:
-                    self._held.pop(job.id, None)
-                self._lost(job)
+                    # Not if its outcome was recorded meanwhile: then it is not running.
+                    lost = self._held.get(job.id) is job
+                    if lost:
+                        del self._held[job.id]
+                if lost:
+                    self._lost(job)
 
     # -- forked children (ForkingQueueServer) -----------------------------------------
 
@@ -745,11 +751,13 @@ if hasattr(os, "fork"):
 
         def server_close(self) -> None:
             super().server_close()  # and the drain: the children have ended
-            # The source's thread hears how their rows went, and closes the source
-            # once the last is recorded (_close_when_idle): a stop returns with every
-            # one of them recorded, those waiting for their acknowledgement too.
+            # The source's thread hears how their rows went (within CHILD_GRACE), and
+            # closes the source once the last is recorded (_close_when_idle, whose
+            # database calls have bounds of their own): a stop returns with every one
+            # of them recorded, those waiting for their acknowledgement too.
             with self._mutex:
-                self._lock.wait_for(lambda: self._shut, CHILD_GRACE)
+                if self._lock.wait_for(lambda: not self._in_flight, CHILD_GRACE):
+                    self._lock.wait_for(lambda: self._shut)
 
     __all__ += ["ForkingQueueServer"]
 
