@@ -26,7 +26,7 @@ from servekit import sql
 from servekit.sql import source
 from tests._postgres import shared_server
 from tests.conftest import WAIT, serving
-from tests.test_sql_source import Runs, counts, handler_for, until
+from tests.test_sql_source import Runs, counts, handler_for, holding, until
 
 
 def initialised(url: str) -> str:
@@ -125,11 +125,7 @@ def test_a_row_done_waits_at_most_ack_within(url: str) -> None:
     handler still runs (the source's thread acknowledges it, ACK_WITHIN after its end),
     not held back until the second ends."""
     release = threading.Event()
-
-    class Job(servekit.BaseRequestHandler):
-        def handle(self) -> None:
-            if self.request.payload == "hold":
-                assert release.wait(WAIT)
+    Job = holding(release)
 
     first, second = sql.enqueue(url, "quick"), sql.enqueue(url, "hold")
     server = servekit.make_server(url, Job, concurrency="sync", claim_batch=2, ack_batch=8)
@@ -147,15 +143,10 @@ def test_a_stop_acknowledges_the_rows_waiting(url: str, by_count: None) -> None:
     """Rows done and waiting for their acknowledgement when a stop comes are done when it
     returns; the row claimed and not started is given back, no attempt spent."""
     started, release = threading.Event(), threading.Event()
-
-    class Job(servekit.BaseRequestHandler):
-        def handle(self) -> None:
-            if self.request.payload == "hold":
-                started.set()
-                assert release.wait(WAIT)
-
     ids = [sql.enqueue(url, payload) for payload in ("a", "b", "hold", "d")]
-    server = servekit.make_server(url, Job, concurrency="sync", claim_batch=4, ack_batch=4)
+    server = servekit.make_server(
+        url, holding(release, started), concurrency="sync", claim_batch=4, ack_batch=4
+    )
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     try:
@@ -219,11 +210,7 @@ def test_the_rows_waiting_keep_their_leases(sqlite_url: str, by_count: None) -> 
     """A row done and waiting stays this worker's: its lease is extended with the others'
     (lease 0.6 s, extended every 0.2 s), and it is acknowledged, not claimed again."""
     release = threading.Event()
-
-    class Job(servekit.BaseRequestHandler):
-        def handle(self) -> None:
-            if self.request.payload == "hold":
-                assert release.wait(WAIT)
+    Job = holding(release)
 
     ids = [sql.enqueue(sqlite_url, payload) for payload in ("a", "hold")]
     server = servekit.make_server(

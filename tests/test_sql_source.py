@@ -93,6 +93,22 @@ def handler_for(concurrency: str, runs: Runs) -> type[Any]:
     return Job
 
 
+def holding(
+    release: threading.Event, started: threading.Event | None = None
+) -> type[servekit.BaseRequestHandler]:
+    """A handler that holds the row whose payload is "hold" until ``release`` is set
+    (``started`` is set when it starts); any other row ends at once."""
+
+    class Hold(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            if self.request.payload == "hold":
+                if started is not None:
+                    started.set()
+                assert release.wait(WAIT)
+
+    return Hold
+
+
 @pytest.mark.parametrize("concurrency", MODELS)
 def test_rows_are_served_on_every_model_and_their_outcomes_recorded(
     concurrency: str, url: str, tmp_path: Path
@@ -264,12 +280,6 @@ def test_a_row_that_ends_while_a_stop_gives_rows_back_leaves_the_database_open(
     0.3 s, so that the row's end falls inside it."""
     started, release = threading.Event(), threading.Event()
 
-    class Job(servekit.BaseRequestHandler):
-        def handle(self) -> None:
-            if self.request.payload == "hold":
-                started.set()
-                assert release.wait(WAIT)
-
     class SlowGiveBack(sql.QueueServer):
         def _give_back(self, jobs: list[sql.Job]) -> None:
             if jobs:  # server_close()'s, of the three rows not started
@@ -279,7 +289,9 @@ def test_a_row_that_ends_while_a_stop_gives_rows_back_leaves_the_database_open(
 
     # One pool thread, no queue: the other three wait in the source, not started.
     config = servekit.ServerConfig(concurrency="pool", claim_batch=4, max_workers=1, max_pending=0)
-    server = servekit.make_source_server(SlowGiveBack, sqlite_url, Job, config=config)
+    server = servekit.make_source_server(
+        SlowGiveBack, sqlite_url, holding(release, started), config=config
+    )
     ids = [sql.enqueue(sqlite_url, payload) for payload in ("hold", "a", "b", "c")]
     thread = threading.Thread(target=server.serve_forever)
     thread.start()

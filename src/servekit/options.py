@@ -162,7 +162,7 @@ OPTIONS: Final[dict[str, Option]] = {
                "free; raise it for throughput when rows are many and short"),
         Option("ack_batch", "count", DEFAULT_ACK_BATCH,
                "queue: rows whose handlers returned, acknowledged together in one "
-               "transaction (each waits at most ack_within seconds)", minimum=1, none=False,
+               "transaction (none waits more than 50 ms)", minimum=1, none=False,
                why="one: a row is done in the database when its handler returns, so a "
                "worker that dies runs none of its finished rows again; raise it with "
                "claim_batch for throughput when rows are many, short and idempotent"),

@@ -760,8 +760,8 @@ class PostgresBackend(BackendBase):
         # identity column numbers rows in the order the INSERT takes them (ORDER BY n),
         # so the ids sorted are the payloads' ids in order, whatever order RETURNING
         # gives them in (which PostgreSQL does not promise).
-        run_at_sql, params = _run_at(jobs[0])
         first = jobs[0]
+        run_at_sql, params = _run_at(first)
         params |= {
             "queue": first.queue,
             "priority": first.priority,
@@ -783,7 +783,7 @@ class PostgresBackend(BackendBase):
                 rows = conn.execute(sql, params).fetchall()
                 ids.extend(sorted(int(row[0]) for row in rows))
             # Once: PostgreSQL folds a transaction's identical notifications anyway.
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, jobs[0].queue))
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, first.queue))
             return ids
 
         return self._write(body)
