@@ -9,7 +9,6 @@ groups, so that they are made by count and by claim alone, whatever the machine'
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from servekit import sql
 from servekit.sql import source
 from tests._postgres import shared_server
 from tests.conftest import WAIT, serving
+from tests.test_sql_backend import raw
 from tests.test_sql_source import Runs, counts, handler_for, holding, until
 
 
@@ -53,29 +53,19 @@ def by_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(source, "ACK_WITHIN", WAIT)
 
 
-def select(url: str, statement: str) -> list[tuple[Any, ...]]:
-    if url.startswith("sqlite:"):
-        with sqlite3.connect(url.removeprefix("sqlite:")) as conn:
-            return conn.execute(statement).fetchall()
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(statement).fetchall()
-
-
 def groups(url: str) -> list[int]:
     """The sizes of the groups of done rows (one transaction each), largest first."""
-    times = select(url, "SELECT finished_at FROM servekit_jobs WHERE state = 'done'")
+    times = raw(url, "SELECT finished_at FROM servekit_jobs WHERE state = 'done'")
     return sorted(Counter(times).values(), reverse=True)
 
 
 def states(url: str, ids: list[int]) -> list[str]:
-    found = dict(select(url, "SELECT id, state FROM servekit_jobs"))
+    found = dict(raw(url, "SELECT id, state FROM servekit_jobs"))
     return [found[row] for row in ids]
 
 
 def lease_until(url: str, row: int) -> Any:
-    return dict(select(url, "SELECT id, lease_until FROM servekit_jobs"))[row]
+    return dict(raw(url, "SELECT id, lease_until FROM servekit_jobs"))[row]
 
 
 @pytest.mark.parametrize(("ack_batch", "expected"), [(8, [8, 8, 8, 8]), (1, [1] * 32)])
@@ -225,7 +215,7 @@ def test_the_rows_waiting_keep_their_leases(sqlite_url: str, by_count: None) -> 
             until(lambda: counts(sqlite_url)["done"] == 2, "both done")
     finally:
         release.set()
-    attempts = dict(select(sqlite_url, "SELECT id, attempt FROM servekit_jobs"))
+    attempts = dict(raw(sqlite_url, "SELECT id, attempt FROM servekit_jobs"))
     assert [attempts[row] for row in ids] == [1, 1]
 
 
