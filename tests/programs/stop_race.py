@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -24,6 +25,16 @@ import servekit
 
 #: A round whose client hears nothing this long after the stop has hung.
 BOUND = 5.0
+
+#: The clients' sockets: a forked child closes its copies (_close_clients_in_child),
+#: else a client's close never reaches its handler and every fork round waits for
+#: the stop to cut the child (shutdown_timeout).
+_clients: list[socket.socket] = []
+
+
+def _close_clients_in_child() -> None:
+    for sock in _clients:
+        sock.close()
 
 
 class Echo(servekit.StreamRequestHandler):
@@ -53,7 +64,10 @@ def one_round(model: str, delay: float, errors: Errors, loop: str) -> str | None
 
     def client() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # for the main thread
-        with socket.create_connection(address, timeout=BOUND) as sock:
+        with socket.socket() as sock:
+            _clients.append(sock)  # before the connect, so before any fork that serves it
+            sock.settimeout(BOUND)
+            sock.connect(address)
             sock.sendall(b"hello\n")
             deadline = time.perf_counter() + delay
             while time.perf_counter() < deadline:
@@ -86,6 +100,7 @@ def one_round(model: str, delay: float, errors: Errors, loop: str) -> str | None
     finally:
         server.server_close()
     talker.join(BOUND * 2)
+    _clients.clear()
     left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if outcome == ["hung"] or talker.is_alive():
         return f"the client heard nothing for {BOUND}s after the stop"
@@ -101,6 +116,7 @@ def one_round(model: str, delay: float, errors: Errors, loop: str) -> str | None
 def main() -> None:
     model, rounds = sys.argv[1], int(sys.argv[2])
     loop = sys.argv[3] if len(sys.argv) > 3 else "serve_forever"
+    os.register_at_fork(after_in_child=_close_clients_in_child)
     errors = Errors()
     logging.getLogger("servekit").addHandler(errors)
     logging.getLogger("servekit").setLevel(logging.WARNING)
