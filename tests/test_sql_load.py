@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -30,6 +29,7 @@ import pytest
 from servekit import sql
 from tests._postgres import PostgresServer, shared_server
 from tests.conftest import WAIT
+from tests.test_sql_backend import raw
 
 APP = """
 import os, threading, time, servekit
@@ -179,18 +179,6 @@ def enqueue_rows(url: str, count: int, payload: object = None, chunk: int = 10_0
     return ids
 
 
-def execute(url: str, statement: str, *parameters: Any) -> list[tuple[Any, ...]]:
-    """Raw SQL on the queue's database (``?`` placeholders); the rows it returns."""
-    if url.startswith("sqlite:"):
-        with sqlite3.connect(url.removeprefix("sqlite:").split("?")[0]) as conn:
-            return conn.execute(statement, parameters).fetchall()
-    import psycopg
-
-    with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
-        cursor = conn.execute(statement.replace("?", "%s"), parameters)
-        return cursor.fetchall() if cursor.description else []
-
-
 def wait_done(url: str, expected: int, timeout: float, server: Serve) -> None:
     def done() -> bool:
         if server.process.poll() is not None:
@@ -283,7 +271,7 @@ def test_a_worker_killed_mid_stream_loses_no_row(
         assert second.attempt == first.attempt + 1, rows
     # (How many: the rows the killed worker was running; on the pool model that is not
     # bounded by --claim-batch, since the source claims more beside rows still running.)
-    attempts = dict(execute(url, "SELECT id, attempt FROM servekit_jobs"))
+    attempts = dict(raw(url, "SELECT id, attempt FROM servekit_jobs"))
     for row, rows in by_row.items():
         assert attempts[row] == max(run.attempt for run in rows), (row, rows)
     workers = {pid for _, pid in server.started()}
@@ -378,7 +366,7 @@ def test_postgresql_stopped_and_started_again_under_the_workers(
     assert len(server.started()) == 2, log[-3000:]  # no worker restarted
     assert "Traceback" not in log, log[-3000:]
 
-    rows = execute(url, "SELECT id, payload, state FROM servekit_jobs")
+    rows = raw(url, "SELECT id, payload, state FROM servekit_jobs")
     assert {state for _, _, state in rows} == {"done"}
     stored = Counter(bytes(payload).decode() for _, payload, _ in rows)
     confirmed = Counter(json.dumps(payload, separators=(",", ":")) for payload in producer.taken)
@@ -401,9 +389,9 @@ def test_malformed_payloads_go_dead_with_the_reason_and_the_worker_serves_on(
     good = enqueue_rows(url, 3, "good")
     not_utf8, not_json, unknown = enqueue_rows(url, 3, "to be spoiled")
     more = enqueue_rows(url, 3, "good")
-    execute(url, "UPDATE servekit_jobs SET payload = ? WHERE id = ?", b"\xff\xfe", not_utf8)
-    execute(url, "UPDATE servekit_jobs SET payload = ? WHERE id = ?", b'{"open', not_json)
-    execute(url, "UPDATE servekit_jobs SET encoding = 'yaml' WHERE id = ?", unknown)
+    raw(url, "UPDATE servekit_jobs SET payload = ? WHERE id = ?", (b"\xff\xfe", not_utf8))
+    raw(url, "UPDATE servekit_jobs SET payload = ? WHERE id = ?", (b'{"open', not_json))
+    raw(url, "UPDATE servekit_jobs SET encoding = 'yaml' WHERE id = ?", (unknown,))
     server = serve(url)
     until(lambda: counts(url)["done"] == 6 and counts(url)["dead"] == 3, "6 done, 3 dead")
     later = enqueue_rows(url, 3, "good")  # the worker is still serving
