@@ -6,6 +6,7 @@ the middle of a row, and the configuration refused before anything is served."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -26,6 +27,7 @@ from servekit import sql
 from servekit.aio import AsyncBaseRequestHandler
 from tests._postgres import shared_server
 from tests.conftest import WAIT, serving
+from tests.test_sql_backend import raw
 
 MODELS = ["sync", "threads", "pool", "fork", "async"]
 
@@ -197,6 +199,100 @@ def test_rows_held_while_the_database_is_busy_stay_with_the_thread_that_ran_the_
     # One thread; two if the machine kept a handler off the CPU for PREFETCH_AFTER
     # (then that row did look slow). Before, all eight ran on eight.
     assert len(set(threads)) <= 2
+
+
+def test_a_batch_that_ends_together_on_the_async_engine_brings_one_claim(
+    url: str, tmp_path: Path
+) -> None:
+    """Sixteen rows claimed together end together. Each row's end claimed the next
+    sixteen (only the last of a claim's rows was meant to), so the rows in flight
+    multiplied until max_in_flight (1,024) stopped the loop: peaks of 300 to 1,039 rows
+    held on 2,000. Here max_in_flight is eight claims' worth: one claim a batch, and the
+    claims beside that come when a handler looks slow (the loop's thread kept off the CPU
+    or waiting for the GIL for PREFETCH_AFTER), stay below it."""
+    batch, runs = 16, Runs(tmp_path / "runs")
+    server = servekit.make_server(
+        url, handler_for("async", runs), concurrency="async", claim_batch=batch
+    )
+    server.max_in_flight = 8 * batch  # type: ignore[attr-defined]
+    with sql.open_backend(url) as backend:
+        ids = backend.enqueue_many([None] * 2000)
+    with serving(server):
+        until(lambda: counts(url)["done"] == 2000, "the 2,000 rows done")
+    assert server.stats.limits == {}
+    assert runs.ids() == dict.fromkeys(ids, 1)
+
+
+def test_a_row_lost_before_it_started_is_not_run(
+    url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Four rows claimed together; while the first runs, another worker takes the other
+    three (in the database, as its claim after their leases ran out would). The lease's
+    extension finds them gone: they are dropped, not run here as well (they were)."""
+    runs, release, started = Runs(tmp_path / "runs"), threading.Event(), threading.Event()
+
+    class Hold(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            runs.add(self.request)
+            if self.request.payload == "hold":
+                started.set()
+                assert release.wait(WAIT)
+
+    server = servekit.make_server(url, Hold, concurrency="sync", claim_batch=4, lease=0.6)
+    first = sql.enqueue(url, "hold", priority=1)
+    others = [sql.enqueue(url, n) for n in range(3)]
+    with serving(server):
+        assert started.wait(WAIT)
+        raw(url, "UPDATE servekit_jobs SET owner = 'another', attempt = attempt + 1 "
+                 "WHERE id IN (?, ?, ?)", tuple(others))  # fmt: skip
+        until(lambda: caplog.text.count("not run here") == 3, "the three rows dropped")
+        release.set()
+        until(lambda: counts(url)["done"] == 1, "the first row done")
+    assert runs.ids() == {first: 1}
+    assert counts(url)["running"] == 3  # the other worker's
+    assert "was no longer ours (its lease ran out" not in caplog.text  # logged once each
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_while_postgresql_is_down_keeps_the_row_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fork model (the parent records its children's rows): a stop begins while a
+    row runs and PostgreSQL is down, then the row ends. The stop returns and says it
+    could not record that row, which stays running in the database, to run again when
+    its lease runs out. Before, the stop said nothing of it, and the source's thread,
+    which had closed the source on hearing the child, failed on the closed database
+    with a traceback."""
+    database = shared_server()
+    url = database.new_database()
+
+    class Hold(servekit.BaseRequestHandler):
+        def handle(self) -> None:  # in a child process: files, not events
+            (tmp_path / "started").touch()
+            until(lambda: (tmp_path / "release").exists(), "released")
+
+    server = servekit.make_server(url, Hold, concurrency="fork", lease=30)
+    sql.enqueue(url, "hold")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        until(lambda: (tmp_path / "started").exists(), "the row started")
+        database.stop()
+        server.shutdown()
+        stopping = threading.Thread(target=server.server_close)
+        stopping.start()
+        until(lambda: server._closing, "the stop begun")  # its drain waits for the child
+        (tmp_path / "release").touch()
+        stopping.join(WAIT)
+        assert not stopping.is_alive(), "the stop did not return"
+    finally:
+        (tmp_path / "release").touch()
+        thread.join(WAIT)
+        database.start()
+    assert "stopping with the outcome of 1 row(s) not recorded" in caplog.text
+    assert "the source's thread failed" not in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert counts(url)["running"] == 1
 
 
 def test_a_row_verify_request_refuses_is_dead_at_once(sqlite_url: str, tmp_path: Path) -> None:

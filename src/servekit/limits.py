@@ -287,6 +287,11 @@ class ThrottledLog:
         self._next = now + self._interval
         self._logger.log(self._level, message, *args)
 
+    def reset(self) -> None:
+        """The event is over: its next occurrence is logged at ``level`` at once (with
+        the count of those skipped before, if any)."""
+        self._next = 0.0
+
 
 def too_long_datagram(max_packet_size: int) -> str:
     """Why a datagram was dropped, for drop_datagram(), on every engine."""

@@ -142,6 +142,7 @@ class QueueServer(BaseServer):
         self._held: dict[int, Job] = {}  # rows this process holds a lease on
         self._in_flight = 0  # rows given to the loop and not yet recorded
         self._claiming = False  # a claim is under way (one at a time)
+        self._to_end = 0  # rows of the last claim not recorded yet (_may_claim)
         self._last_claim = 0.0  # when the last claim ended
         # Whether the loop takes another row while one runs (see _may_claim).
         self._hands_off = self._hands_off_requests or isinstance(self, AsyncServerMixIn)
@@ -264,6 +265,12 @@ class QueueServer(BaseServer):
                 unrecorded = {job.id for job, _ in self._unrecorded}
                 left = [job for job in self._held.values() if job.id not in unrecorded]
                 self._held.clear()
+            if unrecorded:
+                logger.warning(
+                    "%s: stopping with the outcome of %d row(s) not recorded (the database "
+                    "is unavailable): they run again when their leases run out",
+                    self, len(unrecorded),
+                )  # fmt: skip
             self._give_back(left)
             self.backend.close()
             self._waker.close()
@@ -293,11 +300,18 @@ class QueueServer(BaseServer):
             self._held[job.id] = job
             self._running[job.id] = monotonic()
 
-    def _record(self, job: Job) -> None:
-        """Tell the database how the row went (blocking; see AsyncQueueServer)."""
+    def _finished(self, job: Job) -> tuple[bool, BaseException | None]:
+        """The row's handler is over: whether it started (else: refused), and what it
+        raised. The row no longer counts as running (_company_due)."""
         with self._mutex:
             started = self._running.pop(job.id, None) is not None
             error = self._failures.pop(job.id, None)
+        return started, error
+
+    def _record(self, job: Job, finished: tuple[bool, BaseException | None] | None = None) -> None:
+        """Tell the database how the row went (blocking; see AsyncQueueServer).
+        ``finished``: what _finished() said, if the caller asked it already."""
+        started, error = self._finished(job) if finished is None else finished
         if not started:
             error = PermissionError("refused by verify_request")
         if self._report_to is not None:  # a forked child: the parent records it
@@ -343,15 +357,18 @@ class QueueServer(BaseServer):
     def _ended_one(self) -> None:
         """A row given to the loop is recorded (or set aside); the lock is held."""
         self._in_flight -= 1
+        self._to_end -= 1
         if not self._in_flight and not self._ready:
             self._lock.notify_all()  # nothing will claim but the source's thread now
 
     def _may_claim(self, *, after_one: bool = False) -> bool:
         """Whether to claim rows now, and if so reserve the claim (one at a time).
 
-        The buffer must be empty. A row's end (``after_one``) claims its successor
+        The buffer must be empty. A row's end (``after_one``) claims its successors
         in the same transaction as its acknowledgement: one commit a row where a
-        worker goes from row to row. The source's thread claims when nothing
+        worker goes from row to row. Only the last of the last claim's rows to
+        be recorded does: rows that end together (a batch on the async engine)
+        make one claim, not one each. The source's thread claims when nothing
         runs; or, when the model hands requests off, once no claim has come for
         PREFETCH_AFTER and a row has been in its handler as long (_company_due:
         more should run beside it, not wait for its end). Not the model's
@@ -360,6 +377,8 @@ class QueueServer(BaseServer):
         the buffer, its lease extended: at most claim_batch of them."""
         with self._mutex:
             if self._ready or self._claiming or self._closing or os.getpid() != self._home:
+                return False
+            if after_one and self._to_end > 1:  # this row is not counted out yet
                 return False
             if not after_one and self._in_flight:
                 now = monotonic()
@@ -463,6 +482,7 @@ class QueueServer(BaseServer):
         is woken if ``announce`` (else the thread that claimed them takes them)."""
         with self._mutex:
             self._claiming = False
+            self._to_end = len(jobs)
             self._last_claim = self._last_move = monotonic()
             self._ready.extend(jobs)
             for job in jobs:
@@ -512,6 +532,12 @@ class QueueServer(BaseServer):
                 return
             with self._mutex:
                 self._held.pop(job.id, None)
+        if waiting:
+            logger.info(
+                "%s: recorded the outcome of %d row(s) the database could not take before",
+                self, len(waiting),
+            )  # fmt: skip
+            self._down_log.reset()  # back: the next outage has its line at once
 
     # -- the source's thread ------------------------------------------------------------
 
@@ -553,6 +579,7 @@ class QueueServer(BaseServer):
 
     def _run(self) -> None:
         extend_at = monotonic() + self.lease / 3
+        failing = False  # the database failed since rows last came
         while True:
             with self._mutex:
                 if self._closed:
@@ -560,6 +587,8 @@ class QueueServer(BaseServer):
             try:
                 if self._children:
                     self._hear_children()
+                    if self._closed:  # the last child a stop waited for: it closed all
+                        return
                 if self._unrecorded:
                     self._record_late()
                 if self._acks and monotonic() >= self._acks_due:
@@ -569,9 +598,13 @@ class QueueServer(BaseServer):
                     extend_at = monotonic() + self.lease / 3
                 self._announce_waiting()
                 if self._claim():
+                    if failing:  # back: the next outage has its line at once
+                        failing = False
+                        self._down_log.reset()
                     continue
                 self._wait(extend_at - monotonic())
             except QueueUnavailable as exc:
+                failing = True
                 self._down_log("%s: the database is unavailable: %s", self, exc)
                 with self._mutex:
                     if not self._closed:
@@ -654,7 +687,21 @@ class QueueServer(BaseServer):
                     lost = self._held.get(job.id) is job
                     if lost:
                         del self._held[job.id]
-                if lost:
+                    # Not started: another worker has it now, and it must not run here
+                    # too. Done and waiting for its acknowledgement: logged once, below.
+                    unstarted = lost and job in self._ready
+                    if unstarted:
+                        self._ready.remove(job)
+                        self._to_end -= 1
+                    elif lost and job in self._acks:
+                        self._acks.remove(job)
+                if unstarted:
+                    logger.warning(
+                        "%s: row %d of queue %r was no longer ours before it started (its "
+                        "lease ran out and it was claimed again): not run here",
+                        self, job.id, job.queue,
+                    )  # fmt: skip
+                elif lost:
                     self._lost(job)
 
     # -- forked children (ForkingQueueServer) -----------------------------------------
@@ -775,7 +822,11 @@ class AsyncQueueServer(AsyncServerMixIn, QueueServer):
             raise
 
     async def shutdown_request(self, request: Any) -> None:  # type: ignore[override]
-        await asyncio.get_running_loop().run_in_executor(None, self._record, request)
+        # Out of _running before the executor takes it, which may be a while when many
+        # rows end together: a row waiting there is not a slow handler, and must not
+        # bring claims beside it (_company_due), each claim more rows to wait there.
+        finished = self._finished(request)
+        await asyncio.get_running_loop().run_in_executor(None, self._record, request, finished)
 
 
 def _first_line(error: object) -> str:
