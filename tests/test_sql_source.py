@@ -366,6 +366,49 @@ def test_a_stop_finishes_the_row_running_and_gives_back_those_not_started(
     assert {job.attempt for job in again} == {1}  # given back: no attempt spent
 
 
+def test_rows_a_claim_brings_after_a_stop_began_are_given_back_at_once(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A claim beside a slow row waits on the database (another writer holds the file)
+    while a stop begins; the row it brings is given back at once, not held until the
+    slow row ends (nor, if that row outlived the drain, left for its lease to run out)."""
+    caplog.set_level(logging.INFO, logger="servekit")
+    release, locked = threading.Event(), threading.Event()
+    writer = sqlite3.connect(
+        sqlite_url.removeprefix("sqlite:"), isolation_level=None, check_same_thread=False
+    )
+
+    class Slow(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            if self.request.payload == "hold":
+                writer.execute("BEGIN IMMEDIATE")  # the claim beside it waits on this
+                locked.set()
+                assert release.wait(2 * WAIT)  # past the test's own waits
+
+    server = servekit.make_server(sqlite_url, Slow, concurrency="pool")
+    sql.enqueue(sqlite_url, "hold", priority=1)
+    sql.enqueue(sqlite_url, "next")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    stopping = threading.Thread(target=server.server_close)
+    try:
+        assert locked.wait(WAIT)
+        until(lambda: server._claiming, "a claim beside it, waiting on the file")
+        server.shutdown()
+        stopping.start()
+        until(lambda: server._closing, "the stop begun")
+        writer.execute("ROLLBACK")  # the claim lands
+        until(lambda: "gave back 1 row(s)" in caplog.text, "the row claimed given back")
+        assert counts(sqlite_url)["pending"] == 1
+        assert counts(sqlite_url)["running"] == 1  # the slow row, still in its handler
+    finally:
+        release.set()
+        stopping.join(WAIT)
+        thread.join(WAIT)
+        writer.close()
+    assert counts(sqlite_url) == {"pending": 1, "running": 0, "done": 1, "dead": 0}
+
+
 def test_a_row_that_ends_while_a_stop_gives_rows_back_leaves_the_database_open(
     sqlite_url: str,
 ) -> None:

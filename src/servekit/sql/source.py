@@ -414,7 +414,10 @@ class QueueServer(BaseServer):
             self._not_recorded(acks, exc)
             raise
         finally:
-            self._claimed(jobs, announce=announce)
+            late = self._claimed(jobs, announce=announce)
+        if late:  # a stop began during the claim: it gave back the rows it found then
+            self._give_back(late)
+            jobs = []
         if acks:
             kept = self._acked(acks, done)
             done = [row for row in rows if id(row) in kept]
@@ -477,11 +480,15 @@ class QueueServer(BaseServer):
         with self._mutex:
             self._unrecorded.extend((job, error) for job in jobs)
 
-    def _claimed(self, jobs: list[Job], *, announce: bool = True) -> None:
+    def _claimed(self, jobs: list[Job], *, announce: bool = True) -> list[Job]:
         """End the claim _may_claim() reserved: ``jobs`` wait for the loop, which
-        is woken if ``announce`` (else the thread that claimed them takes them)."""
+        is woken if ``announce`` (else the thread that claimed them takes them).
+        Returns them instead if a stop began meanwhile: to give back."""
         with self._mutex:
             self._claiming = False
+            if self._closing:
+                self._lock.notify_all()
+                return jobs
             self._to_end = len(jobs)
             self._last_claim = self._last_move = monotonic()
             self._ready.extend(jobs)
@@ -491,6 +498,7 @@ class QueueServer(BaseServer):
                 self._lock.notify_all()  # none: the source's thread waits on the database
             elif announce:
                 self._announce()
+        return []
 
     def _settle(
         self, job: Job, error: BaseException | str | None, *, refused: bool = False
