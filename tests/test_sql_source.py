@@ -409,6 +409,46 @@ def test_rows_a_claim_brings_after_a_stop_began_are_given_back_at_once(
     assert counts(sqlite_url) == {"pending": 1, "running": 0, "done": 1, "dead": 0}
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("concurrency", ["fork", "async"])
+def test_a_row_the_stop_cuts_is_given_back_without_spending_an_attempt(
+    concurrency: str, sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row still in its handler when shutdown_timeout runs out is cut (its forked
+    child ended; its task cancelled, after CUT_GRACE): it is given back, pending with
+    no attempt spent, and the log names it. It was recorded as failed: dead here, on
+    its one attempt, with the cancellation's traceback for its error."""
+    started = tmp_path / "started"  # a file: the fork model runs the row in a child
+
+    class Hang(servekit.BaseRequestHandler):
+        def handle(self) -> None:
+            started.touch()
+            time.sleep(3 * WAIT)
+
+    class AsyncHang(AsyncBaseRequestHandler):
+        async def handle(self) -> None:
+            started.touch()
+            await asyncio.sleep(3 * WAIT)
+
+    server = servekit.make_server(
+        sqlite_url, AsyncHang if concurrency == "async" else Hang, concurrency=concurrency,
+        shutdown_timeout=0.2, max_attempts=1,
+    )  # fmt: skip
+    row = sql.enqueue(sqlite_url, "hang")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        until(started.exists, "the row started")
+    finally:
+        server.shutdown()
+        thread.join(WAIT)
+        server.server_close()
+    assert counts(sqlite_url) == {"pending": 1, "running": 0, "done": 0, "dead": 0}
+    assert raw(sqlite_url, "SELECT attempt FROM servekit_jobs") == [(0,)]
+    assert f"1 row(s) still in their handlers after shutdown_timeout=0.2s ({row})" in caplog.text
+    assert f"row {row} of queue 'default' was cut by the stop" in caplog.text
+
+
 def test_a_row_that_ends_while_a_stop_gives_rows_back_leaves_the_database_open(
     sqlite_url: str,
 ) -> None:

@@ -136,6 +136,7 @@ class QueueServer(BaseServer):
         self._running: dict[int, float] = {}
         self._closing = False  # server_close() began: no more claims
         self._closed = False  # the database is closed (or being closed)
+        self._cut = False  # the stop cut the rows still running (cut_requests)
         self._shut = False  # ... and every outcome recorded or set aside, the database closed
         self._thread: threading.Thread | None = None
         self._home = self._pid = os.getpid()  # the process that claims; _pid: this one
@@ -279,6 +280,30 @@ class QueueServer(BaseServer):
                 self._shut = True
                 self._lock.notify_all()  # a fork model's server_close() waits for this
 
+    def cut_requests(self) -> int:
+        """The stop's cut: the model ends what it can (a forked child, an async task,
+        after CUT_GRACE), and those rows are given back when they end, not recorded as
+        failed. A thread cannot be ended: its row is recorded if it ends, and runs
+        again when its lease runs out if the process exits first."""
+        self._mark_cut()
+        return super().cut_requests()
+
+    def _mark_cut(self) -> None:
+        with self._mutex:
+            self._cut = True
+
+    def _cut_late_requests(self) -> None:
+        with self._mutex:
+            rows = sorted(self._running)
+        self.cut_requests()
+        if rows:
+            shown = ", ".join(map(str, rows[:20])) + (", ..." if len(rows) > 20 else "")
+            logger.warning(
+                "%s: %d row(s) still in their handlers after shutdown_timeout=%ss (%s): "
+                "each runs again, given back when the stop ends it, or when its lease runs "
+                "out if the process exits first", self, len(rows), self.shutdown_timeout, shown,
+            )  # fmt: skip
+
     def _give_back(self, jobs: list[Job]) -> None:
         if not jobs:
             return
@@ -319,7 +344,8 @@ class QueueServer(BaseServer):
             self._report_to = None
             return
         claim_next = error is None and self._may_claim(after_one=True)
-        self._end(job, error, refused=not started, claim_next=claim_next)
+        cut = self._cut and isinstance(error, asyncio.CancelledError)  # the async engine's
+        self._end(job, error, refused=not started, claim_next=claim_next, cut=cut)
 
     def _end(
         self,
@@ -328,10 +354,12 @@ class QueueServer(BaseServer):
         *,
         refused: bool = False,
         claim_next: bool = False,
+        cut: bool = False,
     ) -> None:
         """Record how a row given to the loop went, and count it out of flight; if
         the database cannot take it now, the source's thread records it later.
         ``claim_next``: _may_claim() reserved a claim, made with the acknowledgement.
+        ``cut``: the stop ended it (_given_back_cut), not its handler.
         With ``ack_batch`` above one, a row done otherwise waits, still held, to be
         acknowledged with others (_ack_later)."""
         later = error is None and not claim_next and self.ack_batch > 1
@@ -340,6 +368,8 @@ class QueueServer(BaseServer):
                 self._complete_and_claim(job)
             elif later:
                 self._ack_later(job)
+            elif cut:
+                self._given_back_cut(job)
             else:
                 self._settle(job, error, refused=refused)
         except QueueUnavailable as exc:
@@ -520,6 +550,17 @@ class QueueServer(BaseServer):
                 "%s: row %d of queue %r is dead after attempt %d of %d: %s", self, job.id,
                 job.queue, job.attempt, job.max_attempts, _first_line(error),
             )  # fmt: skip
+
+    def _given_back_cut(self, job: Job) -> None:
+        """A row the stop cut (its forked child ended, its task cancelled) runs again:
+        not a failure of its own, so no attempt is spent."""
+        if not self.backend.release(job):
+            self._lost(job)
+            return
+        logger.warning(
+            "%s: row %d of queue %r was cut by the stop after shutdown_timeout: given back, "
+            "it runs again", self, job.id, job.queue,
+        )  # fmt: skip
 
     def _lost(self, job: Job) -> None:
         logger.warning(
@@ -759,7 +800,7 @@ class QueueServer(BaseServer):
         if said != _DONE:
             text = said.removeprefix(_FAILED).decode(errors="replace")
             error = text or "the process running it ended without saying how it went"
-        self._end(job, error)
+        self._end(job, error, cut=self._cut and not said)
 
 
 #: What a forked child writes its parent: _DONE, or _FAILED and the error's text.
@@ -803,6 +844,10 @@ if hasattr(os, "fork"):
                 self._children[read] = request
                 self._running[request.id] = monotonic()  # its handler, in the child
                 self._lock.notify_all()  # the source's thread listens to its children now
+
+        def cut_requests(self) -> int:
+            self._mark_cut()  # (ForkingMixIn's, which ends the children, comes first)
+            return super().cut_requests()
 
         def server_close(self) -> None:
             super().server_close()  # and the drain: the children have ended
