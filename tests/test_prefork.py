@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -487,3 +489,36 @@ def test_max_requests_with_code_that_does_not_import_keeps_the_worker(tmp_path: 
         log.wait_for("SIGHUP: all workers replaced")
         log.wait_for(rf"\(pid {first}\) exited with status 0")
         assert _ask(port)[0] == "v2"
+
+
+SLOW_IMPORT = """
+import os, pathlib, time, servekit
+pathlib.Path("importing").touch()
+deadline = time.monotonic() + 30
+while not pathlib.Path("go").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)  # the import the test holds: until it says go
+class Handler(servekit.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(self.rfile.readline())
+"""
+
+
+def test_a_sigterm_while_a_worker_imports_the_application_is_a_graceful_stop(
+    tmp_path: Path,
+) -> None:
+    """The worker notes the SIGTERM from the fork on, as a single process does from
+    before its first bind: it ended on the default action, mid-import ("killed by
+    SIGTERM"), where a roll or a stop meets a worker just started."""
+    with prefork(tmp_path, "--workers", "1", app=SLOW_IMPORT) as (proc, log, _):
+        log.wait_for(r"worker 1 started")
+        deadline = time.monotonic() + WAIT
+        while not (tmp_path / "importing").exists():
+            assert time.monotonic() < deadline, "the worker never imported the application"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        log.wait_for("stopping the workers gracefully")
+        (tmp_path / "go").touch()
+        assert proc.wait(WAIT) == 0
+    output = "".join(log.lines)
+    assert "killed by SIGTERM" not in output, output
+    assert re.search(r"worker 1 \(pid \d+\) exited with status 0", output), output

@@ -1089,24 +1089,49 @@ def _bind(address: str, args: argparse.Namespace) -> BaseServer:
 def _serve_in_worker(
     args: argparse.Namespace, listeners: list[BaseServer], channel: WorkerChannel
 ) -> int:
-    try:
-        identity: _process.Identity | None = getattr(args, "identity", None)
-        if identity is not None:
-            identity.take()  # before the application is imported
-        target = load_target(args.target)
-        if not _is_handler_class(target):
-            raise UsageError(f"--workers needs a request handler class; {args.target} is not one")
-        if args.source is not None:
-            servers = _make_from_source(target, args)
-        else:
-            addresses = args.listen or ["127.0.0.1:8000"]
-            servers = [
-                _make(f"fd://{lis.fileno()}", target, args, shown=address)
-                for lis, address in zip(listeners, addresses, strict=True)
-            ]
-    except UsageError as exc:
-        channel.failed(str(exc))
-        return WORKER_BOOT_FAILED
+    runner = Runner([], args.status_interval, escalate=False)
+    # From the fork on, as _serve() does from before the first bind: a SIGTERM while the
+    # application is imported (a roll, a stop) is a graceful stop once it serves, not the
+    # default action that ends the worker at once.
+    with runner.noting_signals():
+        try:
+            servers = _worker_servers(args, listeners)
+        except UsageError as exc:
+            channel.failed(str(exc))
+            return WORKER_BOOT_FAILED
+        _log_connections(servers, args)
+        runner.servers = servers
+        limit = None
+        if args.max_requests is not None:
+            limit = args.max_requests + random.randint(0, args.max_requests_jitter)
+        for server in servers:
+            _beat_from_loop(server, channel, runner, limit)
+        reporter = Reporter(servers, channel) if args.metrics is not None else None
+        if reporter is not None:
+            reporter.start()
+        try:
+            return runner.run(started=channel.ready)
+        finally:
+            if reporter is not None:
+                reporter.stop()
+
+
+def _worker_servers(args: argparse.Namespace, listeners: list[BaseServer]) -> list[BaseServer]:
+    """A worker's servers, on the supervisor's listeners (UsageError if it cannot)."""
+    identity: _process.Identity | None = getattr(args, "identity", None)
+    if identity is not None:
+        identity.take()  # before the application is imported
+    target = load_target(args.target)
+    if not _is_handler_class(target):
+        raise UsageError(f"--workers needs a request handler class; {args.target} is not one")
+    if args.source is not None:
+        servers = _make_from_source(target, args)
+    else:
+        addresses = args.listen or ["127.0.0.1:8000"]
+        servers = [
+            _make(f"fd://{lis.fileno()}", target, args, shown=address)
+            for lis, address in zip(listeners, addresses, strict=True)
+        ]
     for server in servers:
         if hasattr(server, "rpc_unregister_at_close"):
             server.rpc_unregister_at_close = False  # the supervisor's, at the end
@@ -1114,21 +1139,7 @@ def _serve_in_worker(
         # the losers must get EAGAIN from accept(), not block in it.
         if isinstance(getattr(server, "socket", None), socket.socket):
             server.socket.setblocking(False)  # type: ignore[attr-defined]
-    _log_connections(servers, args)
-    runner = Runner(servers, args.status_interval, escalate=False)
-    limit = None
-    if args.max_requests is not None:
-        limit = args.max_requests + random.randint(0, args.max_requests_jitter)
-    for server in servers:
-        _beat_from_loop(server, channel, runner, limit)
-    reporter = Reporter(servers, channel) if args.metrics is not None else None
-    if reporter is not None:
-        reporter.start()
-    try:
-        return runner.run(started=channel.ready)
-    finally:
-        if reporter is not None:
-            reporter.stop()
+    return servers
 
 
 def _beat_from_loop(
