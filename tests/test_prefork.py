@@ -522,3 +522,38 @@ def test_a_sigterm_while_a_worker_imports_the_application_is_a_graceful_stop(
     output = "".join(log.lines)
     assert "killed by SIGTERM" not in output, output
     assert re.search(r"worker 1 \(pid \d+\) exited with status 0", output), output
+
+
+def _most_not_retiring(lines: list[str]) -> int:
+    """The most workers alive and not retiring at once (started, and neither told to
+    stop nor ended), from the log's lines."""
+    live: set[str] = set()
+    most = 0
+    for line in lines:
+        if started := re.search(r"worker \d+ started \(pid (\d+)\)", line):
+            live.add(started.group(1))
+            most = max(most, len(live))
+        elif gone := re.search(r"worker \d+ \(pid (\d+)\)(: stopping| exited| killed)", line):
+            live.discard(gone.group(1))
+    return most
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_of_sighups_runs_one_new_worker_at_a_time(tmp_path: Path) -> None:
+    """Each SIGHUP of a burst started the roll over with the new worker the last one was
+    waiting for among the workers to replace, and started another at once: ten SIGHUPs
+    20 ms apart had 13 workers alive for two asked. The roll now waits for that one
+    first: beside the workers retiring (each drains on its own), the two asked and the
+    one starting."""
+    with prefork(tmp_path, "--workers", "2") as (proc, log, port):
+        old = set(_worker_pids(log, 2))
+        (tmp_path / "app.py").write_text(APP.format(version="v2-new"))
+        for _ in range(10):
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.02)  # the burst's pace (the scenario, not a wait for anything)
+        log.wait_for("SIGHUP: replacing", count=10)
+        log.wait_for("SIGHUP: all workers replaced")
+        for pid in old:
+            log.wait_for(rf"\(pid {pid}\) exited with status 0")
+        assert _ask(port)[0] == "v2-new"
+    assert _most_not_retiring(log.lines) <= 2 + 1, "".join(log.lines)

@@ -553,12 +553,17 @@ class Supervisor:
             elif self._stopping is not None:
                 continue
             elif signum == signal.SIGHUP:
+                # A roll under way starts over, every worker to replace (the one it was
+                # starting may have imported the code before this SIGHUP's), but waits
+                # for that one first: a new worker each SIGHUP of a burst, each an extra
+                # until its roll ended, made a storm of them.
+                pending = self._roll.waiting_for if self._roll is not None else None
                 old = deque(w.pid for w in self._workers.values() if not w.retiring)
                 logger.info("SIGHUP: replacing %d worker(s) one by one", len(old))
                 self._notifier.reloading()
                 self._replace_queue.clear()  # the roll replaces them all
                 self._replacing = None
-                self._roll = _Roll(old=old)
+                self._roll = _Roll(old=old, waiting_for=pending)
             elif signum == signal.SIGUSR1:
                 self._kill_all(signal.SIGUSR1)  # each worker logs its own statistics
             elif signum == signal.SIGUSR2:
