@@ -13,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,19 @@ def serving(server: Any, poll_interval: float = 0.5) -> Iterator[Any]:
         thread.join(WAIT)
         server.server_close()
         assert not thread.is_alive(), "serve_forever did not stop within the bound"
+
+
+def until(
+    condition: Callable[[], Any], what: str, timeout: float = WAIT, every: float = 0.02
+) -> Any:
+    """Poll ``condition`` until it returns something true (that value), bounded: what
+    has no event to wait on (a database's rows, a file another process writes)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout} s")
+        time.sleep(every)
+    return value
 
 
 def connect(address: Any, family: int = socket.AF_INET) -> socket.socket:

@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import pytest
 
-from tests.conftest import WAIT, ProcessLog, connect, recv_until, running
+from tests.conftest import WAIT, ProcessLog, connect, recv_until, running, until
 
 SRC = Path(__file__).parent.parent / "src"
 
@@ -511,10 +511,7 @@ def test_a_sigterm_while_a_worker_imports_the_application_is_a_graceful_stop(
     SIGTERM"), where a roll or a stop meets a worker just started."""
     with prefork(tmp_path, "--workers", "1", app=SLOW_IMPORT) as (proc, log, _):
         log.wait_for(r"worker 1 started")
-        deadline = time.monotonic() + WAIT
-        while not (tmp_path / "importing").exists():
-            assert time.monotonic() < deadline, "the worker never imported the application"
-            time.sleep(0.01)
+        until((tmp_path / "importing").exists, "the worker importing the application")
         proc.send_signal(signal.SIGTERM)
         log.wait_for("stopping the workers gracefully")
         (tmp_path / "go").touch()

@@ -24,9 +24,9 @@ import servekit
 from servekit import sql
 from servekit.sql import source
 from tests._postgres import shared_server
-from tests.conftest import WAIT, serving
+from tests.conftest import WAIT, serving, until
 from tests.test_sql_backend import raw
-from tests.test_sql_source import Runs, counts, handler_for, holding, until
+from tests.test_sql_source import Runs, counts, handler_for, holding
 
 
 def initialised(url: str) -> str:

@@ -24,7 +24,7 @@ import pytest
 from servekit import sql
 from servekit.sql import DeadJob, Job, SchemaError
 from tests._postgres import shared_server
-from tests.conftest import WAIT
+from tests.conftest import WAIT, until
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -61,18 +61,6 @@ def make(url: str) -> Iterator[Factory]:
 @pytest.fixture
 def backend(make: Factory) -> Any:
     return make()
-
-
-def until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``condition`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.01)
 
 
 def raw(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:

@@ -28,7 +28,7 @@ import pytest
 
 from servekit import sql
 from tests._postgres import PostgresServer, shared_server
-from tests.conftest import WAIT
+from tests.conftest import WAIT, until
 from tests.test_sql_backend import raw
 
 APP = """
@@ -140,18 +140,6 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
     yield start
     for server in started:
         server.kill()
-
-
-def until(
-    condition: Callable[[], Any], what: str, timeout: float = WAIT, every: float = 0.02
-) -> Any:
-    """Poll ``condition`` until it returns something true, bounded."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout} s")
-        time.sleep(every)
-    return value
 
 
 def new_url(kind: str, tmp_path: Path) -> str:
